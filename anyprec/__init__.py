@@ -1,0 +1,7 @@
+"""anyprec: quantize a causal LM once, serve every bit-width from 3 to 8 from one artifact.
+
+Kept import-light on purpose: `import anyprec` must not pull torch, transformers or the
+pipeline packages; import the submodule you need (`anyprec.runtime`, `anyprec.quantize`, ...).
+"""
+
+__version__ = "0.1.0"
