@@ -91,6 +91,13 @@ class ModelEntry(_Strict):
         """The string `anyprec.models.resolve_model_dir` accepts."""
         return DEFAULT_MODEL if self.is_embedded else self.path
 
+    def location(self, root: str | Path = ".") -> str:
+        """The model reference with a relative `path` taken relative to `root` (params.yaml's folder)."""
+        if self.is_embedded:
+            return DEFAULT_MODEL
+        path = Path(self.path).expanduser()
+        return str(path if path.is_absolute() else Path(root) / path)
+
 
 class PipelineConfig(_Strict):
     """Where the pipeline writes and tracks (pipeline issue)."""
@@ -100,8 +107,17 @@ class PipelineConfig(_Strict):
     mlflow_tracking_uri: str = "sqlite:///mlflow.db"
     mlflow_experiment: str = "anyprec"
     task_runner: Literal["thread", "dask", "ray"] = "thread"
+    task_runner_address: str | None = Field(
+        None, description="existing Dask scheduler / Ray cluster address; None starts a local one"
+    )
     inbox_dir: str = "inbox"
     schedule_cron: str = "0 3 * * *"
+    results_dir: str = Field(".prefect-results", description="Prefect task results + cache records")
+    registered_model_prefix: str = Field("anyprec-", description="MLflow registry name = prefix + model name")
+    dvc_models: list[str] = Field(
+        default_factory=lambda: ["smollm2-135m"], description="models whose stages dvc.yaml reproduces"
+    )
+    dvc_commit: bool = Field(True, description="record flow outputs in dvc.lock (dvc commit) when DVC is set up")
 
 
 class Params(_Strict):

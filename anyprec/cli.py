@@ -1,0 +1,189 @@
+"""`anyprec` command line: quantize, info, ppl, generate, bench, eval.
+
+Heavy imports happen inside the subcommands so `anyprec --help` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+BITS_HELP = "bit-widths, e.g. --bits 3 4 5 6 7 8 (default: every bit-width the artifact holds)"
+
+
+def _write_json(path: str | Path, data: Any) -> None:
+    from anyprec.quantize import _write_json as write_atomic
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, data)
+    print(f"wrote {path}")
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from anyprec.config import CalibrationConfig, QuantizationConfig
+    from anyprec.quantize import quantize_model
+
+    calib = CalibrationConfig(corpus=args.corpus, n_samples=args.samples, seq_len=args.seq_len, seed=args.seed)
+    quant = QuantizationConfig(seed_bits=args.seed_bits, parent_bits=args.parent_bits, method=args.method)
+    out = quantize_model(args.model, args.out, calib, quant, work_dir=args.work_dir)
+    print(f"wrote {out}")
+    return cmd_info(argparse.Namespace(dir=out, json=False))
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:,.1f}"
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from anyprec.packed import artifact_sizes, read_manifest
+
+    manifest = read_manifest(args.dir)
+    sizes = artifact_sizes(args.dir)
+    if args.json:
+        print(json.dumps({"sizes": sizes, "manifest": manifest}, indent=2, sort_keys=True))
+        return 0
+    print(f"artifact {args.dir}: {manifest['model_type']}, bits {manifest['seed_bits']}..{manifest['parent_bits']}, "
+          f"{len(manifest['modules'])} quantized modules, {sizes['quantized_params']:,} quantized weights, "
+          f"method {manifest.get('method', '?')}")
+    print(f"base model: {manifest['inputs'].get('base_model_ref')}")
+    print(f"{'bits':>6} {'codes MiB':>11} {'LUTs MiB':>10} {'dense MiB':>10} {'total MiB':>10} {'bytes':>14}")
+    for b, row in sizes["per_bits"].items():
+        print(f"{b:>6} {_mib(row['codes']):>11} {_mib(row['luts']):>10} {_mib(row['dense']):>10} "
+              f"{_mib(row['total']):>10} {row['total']:>14,}")
+    art = sizes["artifact"]
+    print(f"{'all':>6} {_mib(art['codes']):>11} {_mib(art['luts']):>10} {_mib(art['dense']):>10} "
+          f"{_mib(art['total']):>10} {art['total']:>14,}   <- one artifact, every bit-width")
+    print(f"six separately packed models: {_mib(sizes['separate_sum'])} MiB "
+          f"(artifact = {art['total'] / sizes['separate_sum']:.2f} x that); "
+          f"fp16 model: {_mib(sizes['fp16_model'])} MiB; files on disk: {_mib(sizes['files_on_disk'])} MiB")
+    return 0
+
+
+def _texts(args: argparse.Namespace, manifest: dict) -> dict[str, str]:
+    if args.text:
+        texts = {}
+        for path in args.text:
+            try:
+                texts[Path(path).name] = Path(path).read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as err:
+                raise SystemExit(f"error: cannot read --text {path} as UTF-8 text: {err}") from None
+        return texts
+    from anyprec.calibration import heldout_text
+
+    calib = manifest["inputs"].get("calibration", {})
+    frac, seed = calib.get("eval_fraction", 0.2), calib.get("seed", 0)
+    return {corpus: heldout_text(corpus, frac, seed) for corpus in args.corpus}
+
+
+def cmd_ppl(args: argparse.Namespace) -> int:
+    from anyprec.models import load_model
+    from anyprec.perplexity import evaluate_perplexity, perplexity, tokenize_text
+    from anyprec.runtime import load_anyprec
+
+    apm = load_anyprec(args.dir, bits=args.bits)
+    texts = _texts(args, apm.manifest)
+    bits = apm.bits_available
+    results: dict[str, Any] = {"artifact": str(args.dir), "window": args.window, "bits": {}}
+    if not args.no_base:
+        base, tok = load_model(apm.manifest["inputs"]["base_model_ref"])
+        results["base"] = {n: perplexity(base, tokenize_text(tok, t), args.window, desc=f"ppl {n} base")
+                           for n, t in texts.items()}
+        del base
+    per_bits = evaluate_perplexity(apm, bits, texts, args.window)
+    results["bits"] = {str(b): v for b, v in per_bits.items()}
+    names = list(texts)
+    print(f"{'model':>8} " + " ".join(f"{n:>14}" for n in names))
+    if "base" in results:
+        print(f"{'base':>8} " + " ".join(f"{results['base'][n]:>14.3f}" for n in names))
+    for b in bits:
+        print(f"{str(b) + '-bit':>8} " + " ".join(f"{per_bits[b][n]:>14.3f}" for n in names))
+    if args.json:
+        _write_json(args.json, results)
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from anyprec.runtime import load_anyprec
+
+    apm = load_anyprec(args.dir, bits=args.bits)
+    tok = apm.tokenizer
+    ids = tok(args.prompt, return_tensors="pt")
+    for b in apm.bits_available:
+        out = apm.generate(**ids, precision=b, max_new_tokens=args.max_new_tokens, do_sample=False,
+                           pad_token_id=tok.pad_token_id or tok.eos_token_id)
+        text = tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+        print(f"[{b}-bit] {args.prompt}{text}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="anyprec", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    q = sub.add_parser("quantize", help="quantize a model once into a 3..8-bit any-precision artifact")
+    q.add_argument("model", help="local HF model directory, or 'smollm2-135m' (the embedded default)")
+    q.add_argument("--out", required=True, help="artifact directory to write")
+    q.add_argument("--seed-bits", type=int, default=3)
+    q.add_argument("--parent-bits", type=int, default=8)
+    q.add_argument("--method", choices=["optimal", "lloyd"], default="optimal",
+                   help="clustering: exact optimal (default) or the reference's Lloyd/binary-search")
+    q.add_argument("--corpus", choices=["wiki", "news"], default="wiki", help="calibration corpus")
+    q.add_argument("--samples", type=int, default=100, help="calibration sequences (default 100)")
+    q.add_argument("--seq-len", type=int, default=512, help="tokens per calibration sequence (default 512)")
+    q.add_argument("--seed", type=int, default=0, help="calibration sampling seed")
+    q.add_argument("--work-dir", default=None, help="intermediate results (default: a cache folder; resumable)")
+    q.set_defaults(func=cmd_quantize)
+
+    i = sub.add_parser("info", help="bit-widths, bytes per bit-width and total, manifest")
+    i.add_argument("dir")
+    i.add_argument("--json", action="store_true", help="print sizes and manifest as JSON")
+    i.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("ppl", help="perplexity per bit-width (and of the base model) on held-out text")
+    p.add_argument("dir")
+    p.add_argument("--bits", type=int, nargs="+", default=None, help=BITS_HELP)
+    p.add_argument("--text", nargs="+", default=None, help="UTF-8 text file(s) (default: held-out corpora)")
+    p.add_argument("--corpus", nargs="+", choices=["wiki", "news"], default=["wiki"],
+                   help="held-out corpora when no --text is given (default: wiki)")
+    p.add_argument("--window", type=int, default=2048, help="window length (capped at the model's context)")
+    p.add_argument("--no-base", action="store_true", help="skip the base model's perplexity")
+    p.add_argument("--json", default=None, help="write results (base included) to this JSON file")
+    p.set_defaults(func=cmd_ppl)
+
+    g = sub.add_parser("generate", help="greedy generation at one or more bit-widths")
+    g.add_argument("dir")
+    g.add_argument("--bits", type=int, nargs="+", default=None, help=BITS_HELP)
+    g.add_argument("--prompt", required=True)
+    g.add_argument("--max-new-tokens", type=int, default=32)
+    g.set_defaults(func=cmd_generate)
+
+    for module, hook in (("anyprec.bench", "add_bench_parser"), ("anyprec.eval_cli", "add_eval_parser")):
+        try:
+            getattr(importlib.import_module(module), hook)(sub)
+        except ModuleNotFoundError as err:
+            if err.name != module:
+                raise
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from anyprec.packed import ArtifactError
+
+    try:
+        return int(args.func(args) or 0)
+    except (ArtifactError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

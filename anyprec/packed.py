@@ -1,0 +1,317 @@
+"""The packed artifact: one directory holding every bit-width from seed to parent.
+
+Layout (format version 1, see docs/DESIGN.md):
+    manifest.json           written last; names every file with its sha256 and size
+    quantized.safetensors   "<module>.planes" int32[parent, N, ceil(K/32)], "<module>.lut<b>" float16[N, 2**b]
+    dense.safetensors       every other tensor of the model (fp16, or fp32 where fp16 would overflow)
+    config.json, generation_config.json, tokenizer files
+
+Only safetensors and JSON are ever read: nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+FORMAT_NAME = "anyprec"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+QUANTIZED_FILE = "quantized.safetensors"
+DENSE_FILE = "dense.safetensors"
+PLANE_LAYOUT = {
+    "dtype": "int32 (bit-for-bit uint32)",
+    "shape": "[parent_bits, out_features, ceil(in_features / 32)]",
+    "plane_order": "msb-first: plane 0 is the most significant bit of the parent code",
+    "bit_order": "column k of a row is bit k % 32 (lsb first) of word k // 32; padding bits are 0",
+}
+_FP16_MAX = 65504.0
+
+
+class ArtifactError(ValueError):
+    """A packed artifact is missing, damaged, or asked for something it does not hold."""
+
+
+@dataclass(frozen=True)
+class QuantizedModule:
+    """One quantized Linear: packed parent codes and one LUT per bit-width.
+
+    planes: int32[parent, N, ceil(K/32)]; luts: {b: float[N, 2**b]}; bias: float[N] or None.
+    """
+
+    planes: torch.Tensor
+    luts: dict[int, torch.Tensor]
+    in_features: int
+    bias: torch.Tensor | None = None
+    conv1d: bool = False
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    """sha256 hex digest of a file, streamed."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _dense_tensors(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Deduplicate shared storage (tied embeddings) and pick fp16 unless it would overflow."""
+    out: dict[str, torch.Tensor] = {}
+    tied: dict[str, str] = {}
+    seen: dict[tuple[int, int, tuple], str] = {}
+    for name, t in state.items():
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
+        if key in seen:
+            tied[name] = seen[key]
+            continue
+        seen[key] = name
+        t = t.detach().cpu()
+        if t.is_floating_point():
+            fits = t.numel() == 0 or float(t.abs().max()) <= _FP16_MAX
+            t = t.to(torch.float16 if fits else torch.float32)
+        out[name] = t.contiguous()
+    return out, tied
+
+
+def save_packed(
+    out_dir: str | Path,
+    model: torch.nn.Module,
+    tokenizer: Any,
+    modules: dict[str, QuantizedModule],
+    seed_bits: int,
+    parent_bits: int,
+    inputs: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write the artifact atomically: a temp directory renamed into place, manifest last.
+
+    `model` supplies config and dense tensors (its quantized weights are skipped: the names in
+    `modules` + ".weight" / ".bias"). An interrupted write leaves only a `.tmp-*` directory,
+    which never loads as an artifact.
+    """
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        quantized: dict[str, torch.Tensor] = {}
+        module_meta: dict[str, Any] = {}
+        for name, qm in modules.items():
+            if qm.planes.shape[0] != parent_bits:
+                raise ValueError(f"{name}: {qm.planes.shape[0]} planes, expected parent_bits={parent_bits}")
+            quantized[f"{name}.planes"] = qm.planes.to(torch.int32).contiguous()
+            for b in range(seed_bits, parent_bits + 1):
+                quantized[f"{name}.lut{b}"] = qm.luts[b].to(torch.float16).contiguous()
+            module_meta[name] = {
+                "out_features": int(qm.planes.shape[1]),
+                "in_features": int(qm.in_features),
+                "bias": qm.bias is not None,
+                "conv1d": bool(qm.conv1d),
+            }
+        skip = {f"{n}.weight" for n in modules}
+        state = {k: v for k, v in model.state_dict().items() if k not in skip}
+        dense, tied = _dense_tensors(state)
+        save_file(quantized, tmp / QUANTIZED_FILE, metadata={"format": FORMAT_NAME})
+        save_file(dense, tmp / DENSE_FILE, metadata={"format": FORMAT_NAME})
+        model.config.save_pretrained(tmp)
+        if getattr(model, "generation_config", None) is not None:
+            model.generation_config.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        files = {
+            p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+            for p in sorted(tmp.iterdir())
+            if p.is_file()
+        }
+        manifest = {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "seed_bits": seed_bits,
+            "parent_bits": parent_bits,
+            "plane_layout": PLANE_LAYOUT,
+            "lut_dtype": "float16",
+            "model_type": model.config.model_type,
+            "modules": module_meta,
+            "tied": tied,
+            "files": files,
+            "inputs": inputs,
+            **(extra or {}),
+        }
+        _write_json(tmp / MANIFEST, manifest)
+        _replace_dir(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def _write_json(path: Path, data: Any) -> None:
+    part = path.with_name(path.name + ".part")
+    part.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(part, path)
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Move `src` to `dst`; an existing `dst` is swapped out first and removed after."""
+    if dst.exists():
+        old = dst.parent / f".{dst.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(dst, old)
+        os.replace(src, dst)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(src, dst)
+
+
+def read_manifest(artifact_dir: str | Path) -> dict[str, Any]:
+    """Read and check manifest.json (format name and version); does not hash files."""
+    artifact_dir = Path(artifact_dir)
+    path = artifact_dir / MANIFEST
+    if not path.is_file():
+        raise ArtifactError(
+            f"{artifact_dir} is not an anyprec artifact: {MANIFEST} is missing "
+            "(an interrupted write leaves no manifest; re-run `anyprec quantize`)"
+        )
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ArtifactError(f"{path} is not valid JSON ({err}); re-run `anyprec quantize`") from None
+    if manifest.get("format") != FORMAT_NAME:
+        raise ArtifactError(f"{path}: format is {manifest.get('format')!r}, expected {FORMAT_NAME!r}")
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ArtifactError(
+            f"{path}: unknown format_version {version!r}; this anyprec reads version {FORMAT_VERSION}. "
+            "Upgrade anyprec or re-quantize the model with this version."
+        )
+    return manifest
+
+
+def verify_files(artifact_dir: str | Path, manifest: dict[str, Any]) -> None:
+    """Check every file named in the manifest exists with the recorded size and sha256."""
+    artifact_dir = Path(artifact_dir)
+    for name, meta in manifest["files"].items():
+        path = artifact_dir / name
+        if not path.is_file():
+            raise ArtifactError(f"{path} is missing; the artifact is incomplete: re-run `anyprec quantize`")
+        size = path.stat().st_size
+        if size != meta["bytes"]:
+            raise ArtifactError(
+                f"{path} has {size} bytes, the manifest says {meta['bytes']}: the file is truncated or "
+                "altered; restore it (e.g. `dvc pull`) or re-run `anyprec quantize`"
+            )
+        if sha256_file(path) != meta["sha256"]:
+            raise ArtifactError(
+                f"{path} does not match its sha256 in {MANIFEST}: the file is altered or corrupt; "
+                "restore it (e.g. `dvc pull`) or re-run `anyprec quantize`"
+            )
+
+
+def check_bits(manifest: dict[str, Any], bits: list[int]) -> list[int]:
+    """Sorted unique bit-widths, each within [seed_bits, parent_bits] of the artifact."""
+    lo, hi = manifest["seed_bits"], manifest["parent_bits"]
+    wanted = sorted(set(int(b) for b in bits))
+    bad = [b for b in wanted if not lo <= b <= hi]
+    if bad or not wanted:
+        raise ArtifactError(
+            f"bit-width(s) {bad or bits} not in this artifact: it holds {lo}..{hi} bits "
+            f"(choose --bits from {list(range(lo, hi + 1))})"
+        )
+    return wanted
+
+
+def load_packed_tensors(
+    artifact_dir: str | Path, bits: list[int] | None = None, verify: bool = True
+) -> tuple[dict[str, Any], dict[str, QuantizedModule], dict[str, torch.Tensor]]:
+    """Load (manifest, quantized modules, dense tensors) keeping only what `bits` needs.
+
+    Planes 0..max(bits)-1 and the LUTs of `bits` are read (safetensors slices); nothing else.
+    """
+    artifact_dir = Path(artifact_dir)
+    manifest = read_manifest(artifact_dir)
+    wanted = check_bits(manifest, bits or list(range(manifest["seed_bits"], manifest["parent_bits"] + 1)))
+    if verify:
+        verify_files(artifact_dir, manifest)
+    top = max(wanted)
+    modules: dict[str, QuantizedModule] = {}
+    with safe_open(artifact_dir / QUANTIZED_FILE, framework="pt") as qf, safe_open(
+        artifact_dir / DENSE_FILE, framework="pt"
+    ) as df:
+        dense = {k: df.get_tensor(k) for k in df.keys()}
+        for name, meta in manifest["modules"].items():
+            planes = qf.get_slice(f"{name}.planes")[:top].contiguous()
+            luts = {b: qf.get_tensor(f"{name}.lut{b}") for b in wanted}
+            bias = dense.pop(f"{name}.bias", None)
+            modules[name] = QuantizedModule(planes, luts, meta["in_features"], bias, meta["conv1d"])
+    return manifest, modules, dense
+
+
+def artifact_sizes(artifact_dir: str | Path) -> dict[str, Any]:
+    """Bytes of the artifact split into codes, LUTs and dense tensors, per bit-width and total.
+
+    `per_bits[b]` is what a b-bit-only load keeps in memory; `separate_sum` is what six separately
+    packed b-bit models would weigh together; `fp16_model` is the unquantized model in fp16.
+    """
+    artifact_dir = Path(artifact_dir)
+    manifest = read_manifest(artifact_dir)
+    seed, parent = manifest["seed_bits"], manifest["parent_bits"]
+    dense_bytes = _tensor_bytes(artifact_dir / DENSE_FILE)
+    q_params = 0
+    plane_bytes_per_bit = 0
+    lut_bytes = {b: 0 for b in range(seed, parent + 1)}
+    for meta in manifest["modules"].values():
+        n, k = meta["out_features"], meta["in_features"]
+        q_params += n * k
+        plane_bytes_per_bit += n * ((k + 31) // 32) * 4
+        for b in lut_bytes:
+            lut_bytes[b] += n * (2**b) * 2
+    per_bits = {
+        b: {
+            "codes": plane_bytes_per_bit * b,
+            "luts": lut_bytes[b],
+            "dense": dense_bytes,
+            "total": plane_bytes_per_bit * b + lut_bytes[b] + dense_bytes,
+        }
+        for b in lut_bytes
+    }
+    codes_all = plane_bytes_per_bit * parent
+    luts_all = sum(lut_bytes.values())
+    return {
+        "seed_bits": seed,
+        "parent_bits": parent,
+        "quantized_params": q_params,
+        "per_bits": per_bits,
+        "artifact": {
+            "codes": codes_all,
+            "luts": luts_all,
+            "dense": dense_bytes,
+            "total": codes_all + luts_all + dense_bytes,
+        },
+        "files_on_disk": sum(m["bytes"] for m in manifest["files"].values()),
+        "separate_sum": sum(v["total"] for v in per_bits.values()),
+        "fp16_model": q_params * 2 + dense_bytes,
+    }
+
+
+def _tensor_bytes(path: Path) -> int:
+    with safe_open(path, framework="pt") as fh:
+        total = 0
+        for key in fh.keys():
+            sl = fh.get_slice(key)
+            numel = 1
+            for d in sl.get_shape():
+                numel *= d
+            total += numel * _DTYPE_BYTES[sl.get_dtype()]
+        return total
+
+
+_DTYPE_BYTES = {"F16": 2, "BF16": 2, "F32": 4, "F64": 8, "I32": 4, "I64": 8, "U8": 1, "I8": 1, "BOOL": 1, "I16": 2}

@@ -1,0 +1,66 @@
+"""Perplexity as the paper measures it: non-overlapping windows, exp(mean token NLL)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+
+def tokenize_text(tokenizer: Any, text: str) -> torch.Tensor:
+    """The whole text as one int64[T] token stream (no special tokens added)."""
+    ids = tokenizer(text, add_special_tokens=False, return_attention_mask=False)["input_ids"]
+    return torch.tensor(ids, dtype=torch.int64)
+
+
+def context_window(model: torch.nn.Module, requested: int) -> int:
+    """min(requested, the model's context length)."""
+    config = model.config
+    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    return min(requested, limit) if limit else requested
+
+
+@torch.inference_mode()
+def perplexity(model: torch.nn.Module, ids: torch.Tensor, window: int = 2048, progress: bool = True,
+               desc: str = "perplexity") -> float:
+    """exp(mean NLL) over non-overlapping windows of `ids` (int64[T]).
+
+    Each window of length L scores its L-1 next-token predictions; a final window shorter
+    than 2 tokens is dropped. The window is capped at the model's context length.
+    """
+    window = context_window(model, window)
+    if ids.ndim != 1 or ids.numel() < 2:
+        raise ValueError(f"need a 1-D token stream of at least 2 tokens, got shape {tuple(ids.shape)}")
+    total_nll = 0.0
+    total_tokens = 0
+    starts = range(0, ids.numel(), window)
+    for start in tqdm(starts, desc=desc, disable=not progress, leave=False):
+        chunk = ids[start : start + window]
+        if chunk.numel() < 2:
+            continue
+        logits = model(chunk.unsqueeze(0)).logits[0, :-1].float()
+        nll = torch.nn.functional.cross_entropy(logits, chunk[1:], reduction="sum")
+        total_nll += float(nll)
+        total_tokens += chunk.numel() - 1
+    return math.exp(total_nll / total_tokens)
+
+
+def evaluate_perplexity(
+    apm: Any,
+    bits: list[int],
+    texts: dict[str, str],
+    window: int = 2048,
+    progress: bool = True,
+) -> dict[int, dict[str, float]]:
+    """Perplexity of an AnyPrecisionModel per bit-width and per named text: {bits: {name: ppl}}."""
+    streams = {name: tokenize_text(apm.tokenizer, text) for name, text in texts.items()}
+    results: dict[int, dict[str, float]] = {}
+    for b in bits:
+        with apm.precision(b):
+            results[b] = {
+                name: perplexity(apm.model, ids, window, progress, desc=f"ppl {name} @{b}-bit")
+                for name, ids in streams.items()
+            }
+    return results

@@ -1,0 +1,284 @@
+"""The quantization pipeline as plain functions, one per stage (docs/DESIGN.md).
+
+calibration -> sensitivity -> seed quantization -> upscaling -> packing. Each stage reads
+the previous stage's directory and writes its own; per-layer stages write one file per
+decoder layer atomically and skip layers already done for the same inputs, so a killed
+run resumes where it stopped. The Prefect tasks wrap these one to one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from anyprec import archs
+from anyprec.config import CalibrationConfig, QuantizationConfig, config_hash
+from anyprec.env import apply_offline_env, cache_dir
+
+log = logging.getLogger(__name__)
+CALIB_FILE = "calib.safetensors"
+CALIB_META = "calib.json"
+SENS_META = "sensitivity.json"
+LAYER_FILE = "layer_{:03d}.safetensors"
+OBJECTIVE_FILE = "objective.json"
+
+
+def _write_json(path: Path, data: Any) -> None:
+    part = path.with_name(path.name + f".part-{os.getpid()}")
+    part.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(part, path)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _save_atomic(tensors: dict[str, torch.Tensor], path: Path, key: str) -> None:
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    save_file(tensors, str(tmp), metadata={"key": key})
+    os.replace(tmp, path)
+
+
+def _done_key(path: Path) -> str | None:
+    """The input key a finished layer file was written for (None if absent or unreadable)."""
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            return (fh.metadata() or {}).get("key")
+    except Exception:  # a torn or foreign file counts as not done: it is rewritten
+        return None
+
+
+def _key(*parts: str) -> str:
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()
+
+
+def prepare_calibration(model_ref: str, calib: CalibrationConfig, out_dir: str | Path) -> Path:
+    """Tokenize the calibration set: out_dir/calib.safetensors {"input_ids": int64[n, L]} + calib.json."""
+    from transformers import AutoTokenizer
+
+    from anyprec.calibration import build_calibration, calibration_hash
+    from anyprec.models import resolve_model_dir
+
+    apply_offline_env()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_dir(model_ref), local_files_only=True)
+    ids = build_calibration(tokenizer, calib.corpus, calib.n_samples, calib.seq_len, calib.seed, calib.eval_fraction)
+    digest = calibration_hash(ids)
+    _save_atomic({"input_ids": ids.contiguous()}, out_dir / CALIB_FILE, digest)
+    _write_json(out_dir / CALIB_META, {"sha256": digest, "config": calib.model_dump(), "shape": list(ids.shape)})
+    return out_dir
+
+
+def calibration_sha256(calib_dir: str | Path) -> str:
+    return _read_json(Path(calib_dir) / CALIB_META)["sha256"]
+
+
+def run_sensitivity(model_ref: str, calib_dir: str | Path, out_dir: str | Path, progress: bool = True) -> Path:
+    """Diagonal Fisher of every quantized weight: out_dir/layer_NNN.safetensors + sensitivity.json."""
+    from anyprec.models import hash_model_dir, load_model
+    from anyprec.sensitivity import compute_sensitivity, save_sensitivity
+
+    out_dir = Path(out_dir)
+    key = _key(hash_model_dir(model_ref), calibration_sha256(calib_dir))
+    meta = out_dir / SENS_META
+    if meta.is_file() and _read_json(meta).get("key") == key:
+        log.info("sensitivity in %s is up to date", out_dir)
+        return out_dir
+    model, _ = load_model(model_ref)
+    ids = load_file(str(Path(calib_dir) / CALIB_FILE))["input_ids"]
+    fisher = compute_sensitivity(model, ids, archs.quantizable_modules(model), progress=progress)
+    save_sensitivity(fisher, out_dir)
+    _write_json(meta, {"key": key, "modules": list(fisher)})
+    return out_dir
+
+
+def _sensitivity_key(sens_dir: Path) -> str:
+    meta = sens_dir / SENS_META
+    if not meta.is_file():
+        raise FileNotFoundError(f"{meta} is missing: run the sensitivity stage first (run_sensitivity)")
+    return _read_json(meta)["key"]
+
+
+def _per_layer(
+    model_ref: str,
+    out_dir: Path,
+    key: str,
+    work: Callable[[int, list[str], Any], dict[str, torch.Tensor]],
+    desc: str,
+    progress: bool,
+) -> Path:
+    """Run `work(layer_index, module_names, model)` for every decoder layer not already done."""
+    from anyprec.models import load_model
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model, _ = load_model(model_ref)
+    groups = archs.layer_groups(model)
+    todo = [i for i in range(len(groups)) if _done_key(out_dir / LAYER_FILE.format(i)) != key]
+    if len(todo) < len(groups):
+        log.info("%s: %d of %d layers already done in %s, resuming", desc, len(groups) - len(todo), len(groups), out_dir)
+    for index in tqdm(todo, desc=desc, unit="layer", disable=not progress):
+        _save_atomic(work(index, groups[index], model), out_dir / LAYER_FILE.format(index), key)
+    return out_dir
+
+
+def _weights_and_importance(model: Any, name: str, fisher: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    from anyprec.clustering import sample_weights
+
+    w = archs.get_weight(model.get_submodule(name)).numpy()
+    return w, sample_weights(w, fisher.numpy())
+
+
+def run_seed_quantization(
+    model_ref: str, sens_dir: str | Path, quant: QuantizationConfig, out_dir: str | Path, progress: bool = True
+) -> Path:
+    """Seed codes per layer: {"<m>.codes": uint8[N, K], "<m>.lut": f32[N, 2**seed]}; resumable."""
+    from anyprec.clustering import ClusterMethod, quantize_seed
+    from anyprec.sensitivity import load_sensitivity
+
+    sens_dir = Path(sens_dir)
+    key = _key(_sensitivity_key(sens_dir), "seed", str(quant.seed_bits), quant.method)
+
+    def work(index: int, names: list[str], model: Any) -> dict[str, torch.Tensor]:
+        fisher = load_sensitivity(sens_dir, names)
+        out: dict[str, torch.Tensor] = {}
+        for name in names:
+            w, imp = _weights_and_importance(model, name, fisher[name])
+            codes, lut = quantize_seed(w, imp, quant.seed_bits, ClusterMethod(quant.method))
+            out[f"{name}.codes"] = torch.from_numpy(np.ascontiguousarray(codes))
+            out[f"{name}.lut"] = torch.from_numpy(np.ascontiguousarray(lut, dtype=np.float32))
+        return out
+
+    return _per_layer(model_ref, Path(out_dir), key, work, f"seed {quant.seed_bits}-bit", progress)
+
+
+def run_upscaling(
+    model_ref: str,
+    sens_dir: str | Path,
+    seed_dir: str | Path,
+    quant: QuantizationConfig,
+    out_dir: str | Path,
+    progress: bool = True,
+) -> Path:
+    """Nested parent codes + one LUT per bit-width, per layer; writes objective.json at the end."""
+    from anyprec.clustering import ClusterMethod, upscale
+    from anyprec.sensitivity import load_sensitivity
+
+    sens_dir, seed_dir, out_dir = Path(sens_dir), Path(seed_dir), Path(out_dir)
+    key = _key(_sensitivity_key(sens_dir), "nested", str(quant.seed_bits), str(quant.parent_bits), quant.method)
+
+    def work(index: int, names: list[str], model: Any) -> dict[str, torch.Tensor]:
+        seed_file = seed_dir / LAYER_FILE.format(index)
+        if not seed_file.is_file():
+            raise FileNotFoundError(f"{seed_file} is missing: run the seed quantization stage first")
+        seed = load_file(str(seed_file))
+        fisher = load_sensitivity(sens_dir, names)
+        out: dict[str, torch.Tensor] = {}
+        for name in names:
+            w, imp = _weights_and_importance(model, name, fisher[name])
+            codes, luts = upscale(
+                w, imp, seed[f"{name}.codes"].numpy(), seed[f"{name}.lut"].numpy(),
+                quant.seed_bits, quant.parent_bits, ClusterMethod(quant.method),
+            )
+            out[f"{name}.codes"] = torch.from_numpy(np.ascontiguousarray(codes))
+            for b, lut in luts.items():
+                out[f"{name}.lut{b}"] = torch.from_numpy(np.ascontiguousarray(lut, dtype=np.float32))
+        return out
+
+    _per_layer(model_ref, out_dir, key, work, f"upscale {quant.seed_bits}->{quant.parent_bits}", progress)
+    _write_json(out_dir / OBJECTIVE_FILE, nested_objective(model_ref, sens_dir, out_dir, quant))
+    return out_dir
+
+
+def nested_objective(model_ref: str, sens_dir: Path, nested_dir: Path, quant: QuantizationConfig) -> dict[str, float]:
+    """Total weighted objective sum_j f_j (w_j - c_j)^2 over all layers, per bit-width."""
+    from anyprec.clustering import weighted_objective
+    from anyprec.models import load_model
+    from anyprec.sensitivity import load_sensitivity
+
+    model, _ = load_model(model_ref)
+    totals = {b: 0.0 for b in quant.bit_widths}
+    for index, names in enumerate(archs.layer_groups(model)):
+        layer = load_file(str(nested_dir / LAYER_FILE.format(index)))
+        fisher = load_sensitivity(sens_dir, names)
+        for name in names:
+            w, imp = _weights_and_importance(model, name, fisher[name])
+            parent = layer[f"{name}.codes"].numpy()
+            for b in totals:
+                codes = parent >> (quant.parent_bits - b)
+                totals[b] += float(weighted_objective(w, imp, codes, layer[f"{name}.lut{b}"].numpy()).sum())
+    return {str(b): v for b, v in totals.items()}
+
+
+def run_packing(
+    model_ref: str, nested_dir: str | Path, quant: QuantizationConfig, out_dir: str | Path, inputs: dict[str, Any]
+) -> Path:
+    """Pack nested codes into bitplanes + LUTs and write the artifact (anyprec.packed)."""
+    from anyprec.kernels import pack_bitplanes
+    from anyprec.models import load_model
+    from anyprec.packed import QuantizedModule, save_packed
+
+    nested_dir = Path(nested_dir)
+    model, tokenizer = load_model(model_ref)
+    modules: dict[str, QuantizedModule] = {}
+    for index, names in enumerate(tqdm(archs.layer_groups(model), desc="pack", unit="layer")):
+        layer_file = nested_dir / LAYER_FILE.format(index)
+        if not layer_file.is_file():
+            raise FileNotFoundError(f"{layer_file} is missing: run the upscaling stage first")
+        layer = load_file(str(layer_file))
+        for name in names:
+            module = model.get_submodule(name)
+            modules[name] = QuantizedModule(
+                planes=pack_bitplanes(layer[f"{name}.codes"], quant.parent_bits),
+                luts={b: layer[f"{name}.lut{b}"] for b in quant.bit_widths},
+                in_features=int(layer[f"{name}.codes"].shape[1]),
+                conv1d=archs.is_conv1d(module),
+            )
+    objective_path = nested_dir / OBJECTIVE_FILE
+    extra = {"objective": _read_json(objective_path)} if objective_path.is_file() else {}
+    extra["method"] = quant.method
+    return save_packed(out_dir, model, tokenizer, modules, quant.seed_bits, quant.parent_bits, inputs, extra)
+
+
+def quantize_model(
+    model_ref: str,
+    out_dir: str | Path,
+    calib: CalibrationConfig = CalibrationConfig(),
+    quant: QuantizationConfig = QuantizationConfig(),
+    work_dir: str | Path | None = None,
+    progress: bool = True,
+) -> Path:
+    """All stages for one model; intermediate results in `work_dir` (default: a cache folder
+    keyed by the model and settings, so re-running an interrupted command resumes)."""
+    from anyprec.models import hash_model_dir
+
+    apply_offline_env()
+    model_hash = hash_model_dir(model_ref)
+    if work_dir is None:
+        work_dir = cache_dir() / "work" / f"{model_hash[:16]}-{config_hash(calib, quant)[:16]}"
+    work = Path(work_dir)
+    calib_dir = prepare_calibration(model_ref, calib, work / "calib")
+    sens_dir = run_sensitivity(model_ref, calib_dir, work / "sensitivity", progress)
+    seed_dir = run_seed_quantization(model_ref, sens_dir, quant, work / "quantized" / "seed", progress)
+    nested_dir = run_upscaling(model_ref, sens_dir, seed_dir, quant, work / "quantized" / "nested", progress)
+    inputs = {
+        "base_model_ref": str(Path(model_ref).resolve()) if Path(model_ref).is_dir() else str(model_ref),
+        "base_model_sha256": model_hash,
+        "calibration": calib.model_dump(),
+        "calibration_sha256": calibration_sha256(calib_dir),
+        "quantization": quant.model_dump(),
+        "params_sha256": config_hash(calib, quant),
+    }
+    return run_packing(model_ref, nested_dir, quant, out_dir, inputs)

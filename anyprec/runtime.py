@@ -1,0 +1,198 @@
+"""The any-precision runtime: one loaded artifact serves every bit-width it holds.
+
+`load_anyprec(dir)` builds the transformers model from the artifact's config, fills its
+dense tensors, and swaps each quantized Linear for an `AnyPrecisionLinear` that computes
+from bitplanes + LUT through `anyprec.kernels.matmul` (the single dispatch point).
+
+Precision is chosen per model (`set_precision(b)`) or per call (`precision=b` on
+`generate`/`forward`, or `with apm.precision(b):`). The per-call choice lives in a
+ContextVar, so concurrent requests in different threads/tasks never see each other's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from anyprec.kernels import matmul
+from anyprec.packed import ArtifactError, QuantizedModule, check_bits, load_packed_tensors
+
+
+class PrecisionState:
+    """The bit-width every AnyPrecisionLinear of one model follows: a default + per-call override."""
+
+    def __init__(self, default: int, available: list[int]) -> None:
+        self.available = available
+        self.default = default
+        self.override: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+            f"anyprec_precision_{id(self)}", default=None
+        )
+
+    @property
+    def current(self) -> int:
+        value = self.override.get()
+        return self.default if value is None else value
+
+    def check(self, bits: int) -> int:
+        if bits not in self.available:
+            raise ValueError(
+                f"precision {bits} is not loaded; this model holds bit-widths {self.available} "
+                "(load the artifact with bits=None for all of them)"
+            )
+        return int(bits)
+
+
+class AnyPrecisionLinear(nn.Module):
+    """y = x W_b^T + bias with W_b[n, k] = lut_b[n, code_b(n, k)] read from the first b planes.
+
+    planes: int32[P, N, ceil(K/32)] (P = largest loaded bit-width); lut<b>: float16[N, 2**b].
+    """
+
+    def __init__(self, qm: QuantizedModule, state: PrecisionState) -> None:
+        super().__init__()
+        self.in_features = qm.in_features
+        self.out_features = int(qm.planes.shape[1])
+        self.state = state
+        self.register_buffer("planes", qm.planes)
+        for b, lut in qm.luts.items():
+            self.register_buffer(f"lut{b}", lut)
+        self.bias = None if qm.bias is None else nn.Parameter(qm.bias.float(), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bits = self.state.current
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        return matmul(x, self.planes, getattr(self, f"lut{bits}"), bits, self.in_features, bias=bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bits={self.state.available}"
+
+
+class AnyPrecisionModel:
+    """A transformers causal LM whose quantized layers serve any loaded bit-width.
+
+    Attributes: model (PreTrainedModel), tokenizer, manifest (dict), bits_available (list[int]).
+    """
+
+    def __init__(self, model: nn.Module, tokenizer: Any, manifest: dict, state: PrecisionState) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.manifest = manifest
+        self._state = state
+
+    @property
+    def bits_available(self) -> list[int]:
+        return list(self._state.available)
+
+    @property
+    def current_precision(self) -> int:
+        return self._state.current
+
+    def set_precision(self, bits: int) -> None:
+        """Make `bits` the default for every later call (no reload)."""
+        self._state.default = self._state.check(bits)
+
+    @contextlib.contextmanager
+    def precision(self, bits: int | None) -> Iterator[None]:
+        """Use `bits` for the calls inside the block only (None: keep the default)."""
+        if bits is None:
+            yield
+            return
+        token = self._state.override.set(self._state.check(bits))
+        try:
+            yield
+        finally:
+            self._state.override.reset(token)
+
+    def generate(self, *args: Any, precision: int | None = None, **kwargs: Any) -> torch.Tensor:
+        """`model.generate` at `precision` bits (default: the current precision)."""
+        with self.precision(precision), torch.inference_mode():
+            return self.model.generate(*args, **kwargs)
+
+    def __call__(self, *args: Any, precision: int | None = None, **kwargs: Any) -> Any:
+        """`model(...)` (forward) at `precision` bits."""
+        with self.precision(precision):
+            return self.model(*args, **kwargs)
+
+
+def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, child, module)
+
+
+def build_model(artifact_dir: Path, manifest: dict, dense: dict[str, torch.Tensor], dtype: torch.dtype) -> nn.Module:
+    """Instantiate the HF model from config.json (no weights read) and load the dense tensors."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(artifact_dir, local_files_only=True)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, torch_dtype=dtype)
+    quantized_weights = {f"{n}.weight" for n in manifest["modules"]}
+    expected = set(model.state_dict()) - quantized_weights - set(manifest.get("tied", {}))
+    missing = expected - set(dense)
+    if missing:
+        raise ArtifactError(f"{artifact_dir}: dense tensors missing from the artifact: {sorted(missing)[:5]}")
+    for name in manifest["modules"]:
+        _set_submodule(model, name, nn.Identity())  # placeholder; real module set after load
+    model.load_state_dict({k: v.to(dtype) for k, v in dense.items()}, strict=False, assign=True)
+    for alias, source in manifest.get("tied", {}).items():
+        _set_param(model, alias, model.get_parameter(source))
+    _materialize_buffers(model, config, dtype)
+    return model
+
+
+def _set_param(model: nn.Module, name: str, param: nn.Parameter) -> None:
+    mod_name, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(mod_name), attr, param)
+
+
+def _materialize_buffers(model: nn.Module, config: Any, dtype: torch.dtype) -> None:
+    """Non-persistent buffers (rotary inv_freq, causal masks) are not in any file: rebuild them on CPU."""
+    for mod_name, module in model.named_modules():
+        for buf_name, buf in list(module.named_buffers(recurse=False)):
+            if buf is not None and buf.is_meta:
+                fresh = _fresh_module_buffer(module, buf_name, config)
+                module.register_buffer(buf_name, fresh, persistent=False)
+    leftover = [n for n, p in list(model.named_parameters()) + list(model.named_buffers()) if p.is_meta]
+    if leftover:
+        raise ArtifactError(f"tensors not restored from the artifact: {leftover[:5]}")
+
+
+def _fresh_module_buffer(module: nn.Module, buf_name: str, config: Any) -> torch.Tensor:
+    """Re-create one non-persistent buffer by building the same module type on CPU."""
+    with torch.device("cpu"):
+        if hasattr(module, "rope_init_fn") or buf_name in {"inv_freq", "original_inv_freq"}:
+            fresh = type(module)(config=config)
+        else:
+            raise ArtifactError(f"cannot rebuild buffer {buf_name!r} of {type(module).__name__}")
+    return getattr(fresh, buf_name)
+
+
+def load_anyprec(
+    artifact_dir: str | Path,
+    bits: list[int] | int | None = None,
+    dtype: torch.dtype = torch.float32,
+    verify: bool = True,
+) -> AnyPrecisionModel:
+    """Load a packed artifact; `bits` restricts what is kept (planes up to max(bits), those LUTs).
+
+    The default precision is the largest loaded bit-width.
+    """
+    from transformers import AutoTokenizer
+
+    artifact_dir = Path(artifact_dir)
+    wanted = [bits] if isinstance(bits, int) else bits
+    manifest, modules, dense = load_packed_tensors(artifact_dir, wanted, verify=verify)
+    available = check_bits(manifest, wanted or list(range(manifest["seed_bits"], manifest["parent_bits"] + 1)))
+    state = PrecisionState(default=max(available), available=available)
+    model = build_model(artifact_dir, manifest, dense, dtype)
+    for name, qm in modules.items():
+        _set_submodule(model, name, AnyPrecisionLinear(qm, state))
+    model.eval()
+    tokenizer = AutoTokenizer.from_pretrained(artifact_dir, local_files_only=True)
+    return AnyPrecisionModel(model, tokenizer, manifest, state)

@@ -1,0 +1,100 @@
+"""Where every pipeline stage reads and writes, derived from params.yaml.
+
+Paths in params.yaml are relative to the folder holding params.yaml (the repository root
+for the checked-in file), so a flow run, a DVC stage and a test with its own params file in
+a temporary folder all agree on the same layout (docs/DESIGN.md, "Artifact paths"):
+
+    <artifacts_dir>/<model>/{calib,sensitivity,quantized/seed,quantized/nested,packed}/
+    <reports_dir>/<model>/{ppl,eval,bench}.json
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+
+from anyprec.config import Params, load_params
+
+
+class Stage(str, Enum):
+    """The pipeline stages, in order; the value is the stage's folder or report name."""
+
+    CALIBRATION = "calib"
+    SENSITIVITY = "sensitivity"
+    SEED = "quantized/seed"
+    NESTED = "quantized/nested"
+    PACKED = "packed"
+    PERPLEXITY = "ppl"
+    LM_EVAL = "eval"
+    BENCH = "bench"
+
+
+REPORT_STAGES = (Stage.PERPLEXITY, Stage.LM_EVAL, Stage.BENCH)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Resolved paths of one params file (root = the folder holding it)."""
+
+    root: Path
+    params: Params
+
+    @classmethod
+    def from_file(cls, params_file: str | Path) -> "Layout":
+        """Load and validate params_file; relative paths resolve against its folder."""
+        path = Path(params_file).expanduser().resolve()
+        return cls(root=path.parent, params=load_params(path))
+
+    def _under_root(self, value: str) -> Path:
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else self.root / path
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self._under_root(self.params.pipeline.artifacts_dir)
+
+    @property
+    def reports_dir(self) -> Path:
+        return self._under_root(self.params.pipeline.reports_dir)
+
+    @property
+    def results_dir(self) -> Path:
+        """Prefect result storage + cache records (kept out of git)."""
+        return self._under_root(self.params.pipeline.results_dir)
+
+    @property
+    def inbox_dir(self) -> Path:
+        return self._under_root(self.params.pipeline.inbox_dir)
+
+    @property
+    def state_file(self) -> Path:
+        """What `watch-base-models` last triggered, per model: {name: base model sha256}."""
+        return self.artifacts_dir / "watch-state.json"
+
+    def stage_path(self, model: str, stage: Stage) -> Path:
+        """Folder of a quantization stage, or JSON file of an evaluation stage, for one model."""
+        if stage in REPORT_STAGES:
+            return self.reports_dir / model / f"{stage.value}.json"
+        return self.artifacts_dir / model / stage.value
+
+    def dashboard_dir(self, model: str) -> Path:
+        return self.reports_dir / model / "dashboard"
+
+    @property
+    def tracking_uri(self) -> str:
+        """The MLflow tracking URI, a relative sqlite path made absolute under root."""
+        uri = self.params.pipeline.mlflow_tracking_uri
+        prefix = "sqlite:///"
+        if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+            return prefix + str(self.root / uri[len(prefix):])
+        return uri
+
+    @property
+    def mlflow_artifacts_dir(self) -> Path:
+        """Artifact root of experiments this pipeline creates (next to the sqlite store)."""
+        return self.root / "mlartifacts"
+
+    def model_location(self, model: str) -> str:
+        """The model reference of params.yaml `models.<model>` (relative paths under root)."""
+        return self.params.model(model).location(self.root)
