@@ -93,11 +93,13 @@ def _cost(W, S1, S2, j, i):
 
 
 @nb.njit(cache=True)
-def _dp_level(W, S1, S2, d_prev, d_cur, opt_row, ilo, ihi, jlo):
+def _dp_level(W, S1, S2, d_prev, d_cur, opt_prev, opt_row, ilo, ihi, jlo):
     """One DP layer: d_cur[i] = min_{jlo <= j < i} d_prev[j] + cost(j, i) for i in [ilo, ihi].
 
     The cost is a Monge array, so the leftmost argmin is non-decreasing in i and
     divide & conquer needs O((ihi - ilo) log K) cost evaluations instead of O(K^2).
+    It is also no smaller than the previous layer's argmin at the same i (with one
+    more cluster the last one does not grow), which prunes each scan further.
     """
     stack = np.empty((_STACK, 4), dtype=np.int64)
     sp = 0
@@ -114,9 +116,11 @@ def _dp_level(W, S1, S2, d_prev, d_cur, opt_row, ilo, ihi, jlo):
         jh = stack[sp, 3]
         mid = (lo + hi) // 2
         jend = min(jh, mid - 1)
+        # Clamped so rounding that bends monotonicity can never empty the scan.
+        jstart = min(max(jl, opt_prev[mid]), jend)
         best = np.inf
-        bj = jl
-        for j in range(jl, jend + 1):
+        bj = jstart
+        for j in range(jstart, jend + 1):
             v = d_prev[j] + _cost(W, S1, S2, j, mid)
             if v < best:
                 best = v
@@ -156,11 +160,11 @@ def _optimal_bounds(x, f, k, bounds):
         d_prev[i] = _cost(W, S1, S2, 0, i)
     for m in range(2, k):
         d_cur[:] = np.inf
-        _dp_level(W, S1, S2, d_prev, d_cur, opt[m], m, n - (k - m), m - 1)
+        _dp_level(W, S1, S2, d_prev, d_cur, opt[m - 1], opt[m], m, n - (k - m), m - 1)
         d_prev, d_cur = d_cur, d_prev
     best = np.inf
-    bj = k - 1
-    for j in range(k - 1, n):
+    bj = max(k - 1, opt[k - 1, n - 1])
+    for j in range(bj, n):
         v = d_prev[j] + _cost(W, S1, S2, j, n)
         if v < best:
             best = v

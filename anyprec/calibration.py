@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import bz2
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -53,11 +54,11 @@ def _corpus(corpus: str | Corpus) -> Corpus:
 
 
 def _gensim_data(name: str) -> Path:
-    from gensim.test.utils import datapath
-
-    path = Path(datapath(name))
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: the gensim package (with its test data) is required")
+    """Path of a file in gensim's bundled test data, found without importing gensim (slow)."""
+    spec = importlib.util.find_spec("gensim")
+    path = Path(spec.submodule_search_locations[0]) / "test" / "test_data" / name if spec else None
+    if path is None or not path.is_file():
+        raise FileNotFoundError(f"gensim test data file {name} not found: install gensim (pip install gensim)")
     return path
 
 

@@ -102,7 +102,9 @@ def _sorted_rows(w: np.ndarray, weights: np.ndarray, codes: np.ndarray | None = 
     """Sort each row ascending (by (code, value) when codes are given): (order, xs, fs) in f64."""
     w64 = w.astype(np.float64)
     if codes is None:
-        order = np.argsort(w64, axis=1, kind="stable")
+        # Stable, so equal values keep column order exactly as lexsort does in upscale:
+        # upscaling a seed then reproduces quantize_nested bit for bit.
+        order = np.argsort(w, axis=1, kind="stable")
     else:
         order = np.lexsort((w64, codes), axis=-1)
     xs = np.ascontiguousarray(np.take_along_axis(w64, order, axis=1))

@@ -63,6 +63,7 @@ class EvaluationConfig(_Strict):
         default_factory=lambda: ["bb_step_inference", "bb_social_iqa", "bb_winowhy", "bb_cause_and_effect"]
     )
     limit: int | None = Field(50, ge=1)
+    ppl_max_tokens: int | None = Field(None, ge=2, description="truncate each held-out stream (None: all)")
     methods: list[str] = Field(default_factory=lambda: ["base", "rtn", "dedicated", "reference", "ours"])
 
 

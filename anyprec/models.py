@@ -78,6 +78,7 @@ def convert_gguf(gguf: Path, out_dir: Path) -> Path:
     apply_offline_env()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f"{out_dir.name}.tmp-", dir=out_dir.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it 0700; the cache is shared like any model dir
     try:
         kwargs = {"gguf_file": gguf.name, **_gguf_kwargs()}
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, dtype=torch.float32, **kwargs)

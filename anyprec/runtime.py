@@ -131,7 +131,7 @@ def build_model(artifact_dir: Path, manifest: dict, dense: dict[str, torch.Tenso
 
     config = AutoConfig.from_pretrained(artifact_dir, local_files_only=True)
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, torch_dtype=dtype)
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     quantized_weights = {f"{n}.weight" for n in manifest["modules"]}
     expected = set(model.state_dict()) - quantized_weights - set(manifest.get("tied", {}))
     missing = expected - set(dense)

@@ -1,8 +1,152 @@
-"""Native CPU backend (placeholder until the C library lands)."""
+"""Native CPU backend: wraps the C extension `anyprec.kernels._cpu` (built by setup.py).
+
+Decode (<= DECODE_MAX_TOKENS rows of x): the fused bitplane-LUT kernel, reading only the
+first `bits` planes. Prefill (more rows): the layer is dequantized in row tiles by the
+native kernel and multiplied with torch's dense matmul (fp32, or bf16 for bf16 x).
+"""
 
 from __future__ import annotations
+
+import torch
+
+from anyprec.kernels.bitplanes import words_per_row
+from anyprec.kernels.reference import check_lut
+
+try:
+    from anyprec.kernels import _cpu
+except ImportError as err:  # not built: the dispatcher falls back to the reference
+    _cpu = None
+    IMPORT_ERROR: ImportError | None = err
+else:
+    IMPORT_ERROR = None
+
+DECODE_MAX_TOKENS = 8
+TILE_ELEMENTS = 1 << 20  # dequantized tile size for prefill: stays in L2/L3
+SMALL_LAYER_BYTES = 1 << 16  # layers below this many plane bytes run on one thread
 
 
 def is_available() -> bool:
     """True if the native CPU library is built and loads."""
-    return False
+    return _cpu is not None
+
+
+def _lib():
+    if _cpu is None:
+        raise RuntimeError(
+            f"the native CPU kernels are not built ({IMPORT_ERROR}); reinstall the package "
+            "(pip install -e .) with gcc available, or use backend='reference'"
+        )
+    return _cpu
+
+
+def isa() -> str:
+    """Kernel family in use: 'avx512', 'avx2' or 'portable'."""
+    return _lib().isa()
+
+
+def set_isa(name: str) -> None:
+    """Force a kernel family ('avx512', 'avx2', 'portable') no better than the CPU's."""
+    _lib().set_isa(name)
+
+
+def _check_planes(planes: torch.Tensor, bits: int, in_features: int) -> None:
+    if planes.device.type != "cpu" or planes.dtype != torch.int32 or planes.dim() != 3:
+        raise ValueError(
+            f"cpu backend needs int32[P, N, W] planes on the cpu, got {planes.dtype}"
+            f"{list(planes.shape)} on {planes.device}"
+        )
+    if not 1 <= bits <= min(8, planes.shape[0]):
+        raise ValueError(f"bits={bits} must be in 1..{min(8, planes.shape[0])} for these planes")
+    if planes.shape[2] != words_per_row(in_features):
+        raise ValueError(
+            f"planes have {planes.shape[2]} words per row but in_features={in_features} "
+            f"needs {words_per_row(in_features)}"
+        )
+    if planes.stride(2) != 1 or planes.stride(1) != planes.shape[2]:
+        raise ValueError("each plane must be row-contiguous; pass planes.contiguous()")
+
+
+def _prepared_lut(lut: torch.Tensor, bits: int, n: int) -> torch.Tensor:
+    """fp32 or fp16 contiguous lut (fp16 is read as is: half the bytes, exact widening)."""
+    check_lut(lut, bits, n)
+    if lut.dtype not in (torch.float32, torch.float16):
+        lut = lut.float()
+    return lut.contiguous()
+
+
+def _threads(planes_bytes: int) -> int:
+    return 1 if planes_bytes < SMALL_LAYER_BYTES else torch.get_num_threads()
+
+
+def gemv(x2: torch.Tensor, planes: torch.Tensor, lut: torch.Tensor, bits: int, in_features: int) -> torch.Tensor:
+    """y f32[T, N] = x2 f32[T, K] @ W_b.T for T <= DECODE_MAX_TOKENS (no checks on x2)."""
+    n, w = planes.shape[1], planes.shape[2]
+    y = torch.empty((x2.shape[0], n), dtype=torch.float32)
+    _lib().gemv(
+        planes.data_ptr(), planes.stride(0), n, w, in_features,
+        lut.data_ptr(), int(lut.dtype == torch.float16), bits,
+        x2.data_ptr(), x2.shape[0], x2.stride(0), y.data_ptr(), y.stride(0),
+        _threads(bits * n * w * 4),
+    )
+    return y
+
+
+def _dequant_rows(planes, lut, bits, in_features, row0, row1, out: torch.Tensor) -> None:
+    n, w = planes.shape[1], planes.shape[2]
+    _lib().dequant(
+        planes.data_ptr(), planes.stride(0), n, w, in_features,
+        lut.data_ptr(), int(lut.dtype == torch.float16), bits,
+        row0, row1, out.data_ptr(), int(out.dtype == torch.bfloat16),
+        _threads(bits * (row1 - row0) * w * 4),
+    )
+
+
+def dequantize_cpu(
+    planes: torch.Tensor, lut: torch.Tensor, bits: int, in_features: int, dtype: torch.dtype
+) -> torch.Tensor:
+    """Dense weight [N, K] in `dtype` (computed in fp32 or bf16, then cast)."""
+    _check_planes(planes, bits, in_features)
+    lut = _prepared_lut(lut, bits, planes.shape[1])
+    kernel_dtype = torch.bfloat16 if dtype == torch.bfloat16 else torch.float32
+    out = torch.empty((planes.shape[1], in_features), dtype=kernel_dtype)
+    _dequant_rows(planes, lut, bits, in_features, 0, planes.shape[1], out)
+    return out.to(dtype)
+
+
+def _prefill(x2: torch.Tensor, planes, lut, bits: int, in_features: int) -> torch.Tensor:
+    """y[T, N] = x2 @ W.T through dequantized row tiles and torch's dense matmul."""
+    n = planes.shape[1]
+    tile_rows = max(16, TILE_ELEMENTS // max(in_features, 1))
+    tile = torch.empty((min(tile_rows, n), in_features), dtype=x2.dtype)
+    y = torch.empty((x2.shape[0], n), dtype=x2.dtype)
+    for row0 in range(0, n, tile_rows):
+        row1 = min(n, row0 + tile_rows)
+        part = tile[: row1 - row0]
+        _dequant_rows(planes, lut, bits, in_features, row0, row1, part)
+        torch.matmul(x2, part.T, out=y[:, row0:row1])
+    return y
+
+
+def matmul_cpu(
+    x: torch.Tensor,
+    planes: torch.Tensor,
+    lut: torch.Tensor,
+    bits: int,
+    in_features: int,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """y[..., N] = x[..., K] @ W_b.T + bias on the native kernels; result in x's dtype."""
+    if x.shape[-1] != in_features:
+        raise ValueError(f"x has {x.shape[-1]} features in its last dim but the layer takes {in_features}")
+    _check_planes(planes, bits, in_features)
+    lut = _prepared_lut(lut, bits, planes.shape[1])
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, in_features)
+    if 0 < x2.shape[0] <= DECODE_MAX_TOKENS:
+        y = gemv(x2.float().contiguous(), planes, lut, bits, in_features)
+    else:
+        work = torch.bfloat16 if x.dtype == torch.bfloat16 else torch.float32
+        y = _prefill(x2.to(work).contiguous(), planes, lut, bits, in_features)
+    if bias is not None:
+        y = y + bias.to(y.dtype)
+    return y.to(x.dtype).reshape(*lead, planes.shape[1])

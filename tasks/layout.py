@@ -98,3 +98,30 @@ class Layout:
     def model_location(self, model: str) -> str:
         """The model reference of params.yaml `models.<model>` (relative paths under root)."""
         return self.params.model(model).location(self.root)
+
+
+class ModelMissingError(FileNotFoundError):
+    """A registered base model whose directory has not been filled in."""
+
+
+def require_model(layout: Layout, model: str, model_path: str | None = None) -> str:
+    """The model reference to quantize; fails at once, naming the params.yaml key to fill in.
+
+    `model_path` (an inbox folder found by watch-base-models) overrides / stands in for a
+    params.yaml entry. The embedded default needs no folder.
+    """
+    if model_path is not None:
+        location, where = str(Path(model_path).expanduser()), f"model_path={model_path!r}"
+    else:
+        entry = layout.params.model(model)
+        if entry.is_embedded:
+            return entry.location(layout.root)
+        location = entry.location(layout.root)
+        where = f"{layout.root / 'params.yaml'} key models.{model}.path (= {entry.path!r})"
+    if not (Path(location) / "config.json").is_file():
+        raise ModelMissingError(
+            f"base model {model!r} is missing: {where} points to {location}, which has no config.json. "
+            f"Put the Hugging Face model there (config.json + *.safetensors + tokenizer files), "
+            f"or set models.{model}.path in params.yaml to the folder that holds it."
+        )
+    return location

@@ -120,3 +120,26 @@ def tiny_gpt2_dir(tmp_path_factory, tiny_gpt2) -> Path:
     """A local HF directory holding the tiny GPT-2 and its tokenizer."""
     model, tok = tiny_gpt2
     return save_model_dir(model, tok, tmp_path_factory.mktemp("tiny_gpt2"))
+
+
+TINY_CALIB = {"n_samples": 4, "seq_len": 32}
+
+
+@pytest.fixture(scope="session")
+def tiny_quantized(tmp_path_factory, tiny_model_dir):
+    """(artifact_dir, work_dir): the tiny Llama quantized 3..8 bits with a 4 x 32 calibration set."""
+    from anyprec.config import CalibrationConfig, QuantizationConfig
+    from anyprec.quantize import quantize_model
+
+    root = tmp_path_factory.mktemp("tiny_quantized")
+    out = quantize_model(
+        str(tiny_model_dir), root / "packed", CalibrationConfig(**TINY_CALIB), QuantizationConfig(),
+        work_dir=root / "work", progress=False,
+    )
+    return out, root / "work"
+
+
+@pytest.fixture(scope="session")
+def tiny_artifact(tiny_quantized) -> Path:
+    """A packed 3..8-bit artifact of the tiny Llama (read-only: copy it to modify)."""
+    return tiny_quantized[0]

@@ -1,0 +1,124 @@
+"""`anyprec eval DIR`: every method at every bit-width on a packed artifact's base model.
+
+The artifact's manifest names the base model and the calibration/quantization settings
+(inputs.base_model_ref, inputs.calibration, inputs.quantization); the sensitivity is
+reused from the quantization work folder when present, else recomputed there, so the
+baselines see exactly the calibration the artifact was built from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any
+
+from anyprec.evaluation.baselines import Method
+from anyprec.evaluation.bigbench import DEFAULT_SUITE
+
+log = logging.getLogger(__name__)
+
+
+def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register the `eval` subcommand on an argparse subparsers object; sets func=run_eval."""
+    p = subparsers.add_parser("eval", help="perplexity + zero-shot + baselines per bit-width",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("dir", type=Path, help="packed artifact directory (manifest.json)")
+    p.add_argument("--bits", type=int, nargs="+", default=[3, 4, 5, 6, 7, 8])
+    p.add_argument("--methods", nargs="+", default=[m.value for m in Method],
+                   choices=[m.value for m in Method])
+    p.add_argument("--tasks", nargs="*", default=list(DEFAULT_SUITE),
+                   help="BIG-bench specs (bb_step_inference, social_iqa, cause_and_effect:two_sentences, "
+                        "bigbench:<task>) or lm-eval task names with local data (arc_easy, ...); none: skip")
+    p.add_argument("--limit", type=int, default=50, help="examples per task (0: all)")
+    p.add_argument("--corpus", nargs="*", default=["wiki", "news"], choices=["wiki", "news"],
+                   help="held-out perplexity corpora (none: skip perplexity)")
+    p.add_argument("--window", type=int, default=2048, help="perplexity window (capped at the context)")
+    p.add_argument("--ppl-max-tokens", type=int, default=None, help="truncate each corpus to N tokens")
+    p.add_argument("--batch-size", type=int, default=8, help="lm-eval batch size")
+    p.add_argument("--bigbench-source", type=Path, default=None,
+                   help="bigbench-1.0.0.tar.gz or its unpacked tree (default: cache, else pip download)")
+    p.add_argument("--work-dir", type=Path, default=None,
+                   help="calibration/sensitivity folder (default: the quantization run's cache folder)")
+    p.add_argument("--json", type=Path, default=None, help="write the report (with deltas) here")
+    p.add_argument("--markdown", type=Path, default=None, help="write the markdown tables here")
+    p.add_argument("--plots", type=Path, default=None, help="write <metric>.png plots into this folder")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run_eval)
+    return p
+
+
+def _work_dir(inputs: dict[str, Any]) -> Path:
+    """The folder quantize_model used for this artifact's calibration and sensitivity."""
+    from anyprec.config import CalibrationConfig, QuantizationConfig, config_hash
+    from anyprec.env import cache_dir
+
+    calib = CalibrationConfig(**inputs["calibration"])
+    quant = QuantizationConfig(**inputs["quantization"])
+    return cache_dir() / "work" / f"{inputs['base_model_sha256'][:16]}-{config_hash(calib, quant)[:16]}"
+
+
+def load_fisher(manifest: dict[str, Any], work: Path, progress: bool) -> dict:
+    """Sensitivity of every quantized module for the artifact's calibration (reused or computed).
+
+    Raises ValueError if the calibration rebuilt here differs from the artifact's (hash).
+    """
+    from anyprec import quantize
+    from anyprec.config import CalibrationConfig
+    from anyprec.sensitivity import load_sensitivity
+
+    inputs = manifest["inputs"]
+    ref = inputs["base_model_ref"]
+    calib_dir = work / "calib"
+    if not (calib_dir / quantize.CALIB_META).is_file():
+        quantize.prepare_calibration(ref, CalibrationConfig(**inputs["calibration"]), calib_dir)
+    digest = quantize.calibration_sha256(calib_dir)
+    if inputs.get("calibration_sha256") not in (None, digest):
+        raise ValueError(f"calibration in {calib_dir} (sha256 {digest[:12]}) differs from the artifact's "
+                         f"({inputs['calibration_sha256'][:12]}); pass --work-dir to a fresh folder")
+    sens_dir = quantize.run_sensitivity(ref, calib_dir, work / "sensitivity", progress)
+    return load_sensitivity(sens_dir, list(manifest["modules"]))
+
+
+def settings_from_args(args: argparse.Namespace, manifest: dict[str, Any]):
+    """EvalSettings from the CLI flags and the artifact's quantization/calibration inputs."""
+    from anyprec.evaluation.runner import EvalSettings
+
+    calib = manifest["inputs"].get("calibration", {})
+    return EvalSettings(
+        bits=args.bits, methods=args.methods, tasks=args.tasks, limit=args.limit or None,
+        corpora=args.corpus, window=args.window, ppl_max_tokens=args.ppl_max_tokens,
+        batch_size=args.batch_size, seed_bits=manifest["seed_bits"], parent_bits=manifest["parent_bits"],
+        eval_fraction=calib.get("eval_fraction", 0.2), split_seed=calib.get("seed", 0),
+        bigbench_source=str(args.bigbench_source) if args.bigbench_source else None,
+        progress=not args.no_progress,
+    )
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    """Run the evaluation, print the markdown tables, write --json/--markdown/--plots."""
+    from anyprec.env import apply_offline_env
+    from anyprec.evaluation import table
+    from anyprec.evaluation.runner import run_evaluation
+    from anyprec.models import load_model
+    from anyprec.packed import read_manifest
+    from anyprec.runtime import load_anyprec
+
+    apply_offline_env()
+    manifest = read_manifest(args.dir)
+    settings = settings_from_args(args, manifest)
+    fisher = load_fisher(manifest, args.work_dir or _work_dir(manifest["inputs"]), settings.progress)
+    model, tokenizer = load_model(manifest["inputs"]["base_model_ref"])
+    artifact = load_anyprec(args.dir, bits=args.bits) if Method.OURS.value in settings.methods else None
+    report = run_evaluation(model, tokenizer, fisher, settings, artifact)
+    report["artifact"] = str(Path(args.dir).resolve())
+    report["base_model_ref"] = manifest["inputs"]["base_model_ref"]
+    print(table.markdown_report(report))
+    if args.json:
+        table.write_json(report, args.json)
+    if args.markdown:
+        table.write_markdown(report, args.markdown)
+    if args.plots:
+        for metric in [m for m in table.metric_names(report) if not m.startswith("acc_norm")] + ["objective"]:
+            table.plot_metric(report, metric, Path(args.plots) / f"{metric}.png")
+    return 0

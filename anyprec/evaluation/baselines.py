@@ -1,0 +1,146 @@
+"""Baselines at each bit-width on the same calibration and sensitivity, and weight swapping.
+
+Methods (all per output row, sample weights f = Fisher * [w != 0]):
+- base: the unquantized model;
+- rtn: uniform min-max round-to-nearest at b bits (unweighted);
+- dedicated: SqueezeLLM-style weighted non-uniform clustering at exactly b bits, not nested
+  (our exact optimal 1-D clustering, so it is the best any b-bit non-uniform LUT can do on
+  the weighted objective: a lower bound for nested methods, not the reference's Lloyd);
+- reference: the paper's nested algorithm (Lloyd seed + Lloyd/binary-search splits);
+- ours: nested with the exact optimal seed and splits (what the packed artifact holds).
+
+A method's result is `{bits: {module: (codes uint8[N, K], lut f32[N, 2**b])}}`; the model is
+evaluated by writing the dequantized weights lut[n, codes[n, k]] into its Linear layers
+and restoring the originals afterwards.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from anyprec import archs
+
+QuantizedWeights = dict[str, tuple[np.ndarray, np.ndarray]]
+
+
+class Method(str, Enum):
+    """Evaluated models; every one but BASE is quantized per bit-width."""
+
+    BASE = "base"
+    RTN = "rtn"
+    DEDICATED = "dedicated"
+    REFERENCE = "reference"
+    OURS = "ours"
+
+
+NESTED_METHODS = (Method.REFERENCE, Method.OURS)
+
+
+@dataclass
+class MethodResult:
+    """One method on every module: quantized weights and weighted objective per bit-width.
+
+    codes: {bits: {module: (codes, lut)}}; objective: {bits: {module: sum of row objectives}}.
+    """
+
+    method: Method
+    codes: dict[int, QuantizedWeights] = field(default_factory=dict)
+    objective: dict[int, dict[str, float]] = field(default_factory=dict)
+
+    def total_objective(self, bits: int) -> float:
+        """Sum of the weighted objective over all modules at `bits`."""
+        return float(sum(self.objective[bits].values()))
+
+
+def dequantize(codes: np.ndarray, lut: np.ndarray) -> np.ndarray:
+    """W[n, k] = lut[n, codes[n, k]]: codes uint8[N, K], lut float[N, 2**b] -> f32[N, K]."""
+    if codes.ndim != 2 or lut.ndim != 2 or codes.shape[0] != lut.shape[0]:
+        raise ValueError(f"codes {codes.shape} and lut {lut.shape} must be [N, K] and [N, 2**b]")
+    if codes.size and int(codes.max()) >= lut.shape[1]:
+        raise ValueError(f"code {int(codes.max())} out of range for a LUT of {lut.shape[1]} entries")
+    return np.take_along_axis(np.asarray(lut, np.float32), codes.astype(np.int64), axis=1)
+
+
+def apply_quantized_weights(model: nn.Module, qweights: QuantizedWeights) -> dict[str, torch.Tensor]:
+    """Write each module's dequantized weight into the model (GPT-2 Conv1D handled by archs).
+
+    Returns the originals as CPU float32 [out, in] copies for restore_weights.
+    """
+    originals: dict[str, torch.Tensor] = {}
+    try:
+        for name, (codes, lut) in qweights.items():
+            module = model.get_submodule(name)
+            originals[name] = archs.get_weight(module).cpu()
+            archs.set_weight(module, torch.from_numpy(dequantize(codes, lut)))
+    except Exception:
+        restore_weights(model, originals)
+        raise
+    return originals
+
+
+def restore_weights(model: nn.Module, originals: dict[str, torch.Tensor]) -> None:
+    """Write back the weights apply_quantized_weights returned."""
+    for name, weight in originals.items():
+        archs.set_weight(model.get_submodule(name), weight)
+
+
+@contextmanager
+def quantized_weights(model: nn.Module, qweights: QuantizedWeights) -> Iterator[nn.Module]:
+    """Run the block with the model's weights replaced by qweights; originals restored after."""
+    originals = apply_quantized_weights(model, qweights)
+    try:
+        yield model
+    finally:
+        restore_weights(model, originals)
+
+
+def _quantize_module(
+    w: np.ndarray, weights: np.ndarray, method: Method, bits: list[int], seed_bits: int, parent_bits: int
+) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """One module quantized by `method` at every bit-width: {b: (codes, lut)}."""
+    from anyprec.clustering import ClusterMethod, quantize_nested, quantize_rtn, quantize_seed
+
+    if method is Method.RTN:
+        return {b: quantize_rtn(w, b) for b in bits}
+    if method is Method.DEDICATED:
+        return {b: quantize_seed(w, weights, b, ClusterMethod.OPTIMAL) for b in bits}
+    if method in NESTED_METHODS:
+        outside = [b for b in bits if not seed_bits <= b <= parent_bits]
+        if outside:
+            raise ValueError(f"bits {outside} outside the nested range {seed_bits}..{parent_bits}")
+        cluster = ClusterMethod.OPTIMAL if method is Method.OURS else ClusterMethod.LLOYD
+        parent, luts = quantize_nested(w, weights, seed_bits, parent_bits, cluster)
+        return {b: (parent >> (parent_bits - b), luts[b]) for b in bits}
+    raise ValueError(f"method {method.value!r} is not quantized; use one of "
+                     f"{[m.value for m in Method if m is not Method.BASE]}")
+
+
+def quantize_method(
+    model: nn.Module,
+    fisher: dict[str, torch.Tensor],
+    method: Method | str,
+    bits: list[int],
+    seed_bits: int = 3,
+    parent_bits: int = 8,
+    progress: bool = True,
+) -> MethodResult:
+    """Quantize every module in `fisher` (f32[N, K] per module name) with `method` at `bits`."""
+    from anyprec.clustering import sample_weights, weighted_objective
+
+    method = Method(method)
+    result = MethodResult(method, {b: {} for b in bits}, {b: {} for b in bits})
+    for name in tqdm(list(fisher), desc=f"quantize {method.value}", disable=not progress, leave=False):
+        w = archs.get_weight(model.get_submodule(name)).numpy()
+        weights = sample_weights(w, fisher[name].detach().cpu().numpy().astype(np.float32))
+        for b, (codes, lut) in _quantize_module(w, weights, method, bits, seed_bits, parent_bits).items():
+            result.codes[b][name] = (codes, lut)
+            result.objective[b][name] = float(weighted_objective(w, weights, codes, lut).sum())
+    return result

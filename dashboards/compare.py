@@ -1,0 +1,62 @@
+"""Comparison data from MLflow: one row per (base model, bit-width), and its Pareto front.
+
+Reads the child runs the pipeline logs (tag kind=bits, anyprec.tasks.tracking); when a
+model was run several times the latest run per (model, bits) wins, unless a parent run id
+is given, in which case only that pipeline run's children are used.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+CHILD_KIND = "bits"
+# Metric -> (label, True when larger is better) for the plots and the Pareto front.
+METRICS: dict[str, tuple[str, bool]] = {
+    "bytes_in_memory": ("bytes in memory", False),
+    "decode_tok_s": ("decode tokens/s", True),
+    "gemv_latency_us": ("GEMV latency (us)", False),
+}
+
+
+def load_runs(tracking_uri: str, experiment: str, parent_run_id: str | None = None) -> pd.DataFrame:
+    """Child runs as a frame: columns model, bits, run_id, start_time, and one per metric."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    query = f"tags.kind = '{CHILD_KIND}'"
+    if parent_run_id:
+        query += f" and tags.mlflow.parentRunId = '{parent_run_id}'"
+    runs = mlflow.search_runs(experiment_names=[experiment], filter_string=query, order_by=["start_time DESC"])
+    if runs.empty:
+        return pd.DataFrame(columns=["model", "bits", "run_id", "start_time"])
+    frame = pd.DataFrame({
+        "model": runs["tags.model"],
+        "bits": runs["params.bits"].astype(int),
+        "run_id": runs["run_id"],
+        "start_time": runs["start_time"],
+    })
+    for column in runs.columns:
+        if column.startswith("metrics."):
+            frame[column[len("metrics."):]] = runs[column]
+    latest = frame.sort_values("start_time", ascending=False).drop_duplicates(["model", "bits"])
+    return latest.sort_values(["model", "bits"]).reset_index(drop=True)
+
+
+def quality_metric(frame: pd.DataFrame) -> str | None:
+    """The perplexity column the front uses: wiki if logged, else the first ppl_* column."""
+    ppl = sorted(c for c in frame.columns if c.startswith("ppl_"))
+    return "ppl_wiki" if "ppl_wiki" in ppl else (ppl[0] if ppl else None)
+
+
+def pareto_front(frame: pd.DataFrame, cost: str, quality: str) -> pd.DataFrame:
+    """Rows not dominated in (lower cost, lower quality value), sorted by cost.
+
+    A row is dominated when another row has cost <= and quality <= with one strictly less.
+    """
+    rows = frame.dropna(subset=[cost, quality]).sort_values([cost, quality])
+    keep, best = [], float("inf")
+    for index, row in rows.iterrows():
+        if row[quality] < best:
+            keep.append(index)
+            best = row[quality]
+    return rows.loc[keep]

@@ -1,0 +1,38 @@
+"""Task runner as a configuration choice (params.yaml pipeline.task_runner).
+
+- thread (default): Prefect's ThreadPoolTaskRunner in the flow process.
+- dask: prefect-dask's DaskTaskRunner; `task_runner_address` names an existing scheduler
+  (e.g. tcp://10.0.0.5:8786), else a local cluster is started.
+- ray: prefect-ray's RayTaskRunner; `task_runner_address` is the Ray address (ray://...).
+Dask and Ray are optional extras (see docs/OPERATIONS.md); nothing here schedules by itself.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from anyprec.config import PipelineConfig
+
+INSTALL = {"dask": "pip install prefect-dask", "ray": "pip install prefect-ray"}
+
+
+def make_task_runner(pipeline: PipelineConfig) -> Any:
+    """The Prefect task runner named by pipeline.task_runner (errors say what to install)."""
+    kind, address = pipeline.task_runner, pipeline.task_runner_address
+    if kind == "thread":
+        from prefect.task_runners import ThreadPoolTaskRunner
+
+        return ThreadPoolTaskRunner(max_workers=4)
+    try:
+        if kind == "dask":
+            from prefect_dask import DaskTaskRunner
+
+            return DaskTaskRunner(address=address) if address else DaskTaskRunner()
+        from prefect_ray import RayTaskRunner
+
+        return RayTaskRunner(address=address) if address else RayTaskRunner()
+    except ImportError:
+        raise ImportError(
+            f"params.yaml pipeline.task_runner={kind!r} needs its Prefect integration: "
+            f"{INSTALL[kind]} (or set pipeline.task_runner: thread)"
+        ) from None

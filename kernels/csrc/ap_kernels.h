@@ -1,0 +1,53 @@
+/* Shared declarations of the native bitplane-LUT kernels (format v1 planes).
+ *
+ * Planes: int32 words, plane p of row n at planes + p * plane_stride + n * W, column k in
+ * word k / 32, bit k % 32 (LSB first); plane 0 is the most significant code bit.
+ * LUT: float32 or float16 [N, 2**bits], row-contiguous.
+ */
+#ifndef AP_KERNELS_H
+#define AP_KERNELS_H
+
+#include <stdint.h>
+
+#define AP_MAX_BITS 8
+#define AP_MAX_TOKENS 8   /* decode kernels take up to this many tokens per call */
+#define AP_CHUNK 64       /* columns per inner step: one 64-bit word of each plane */
+
+typedef struct {
+    const uint32_t *planes;  /* plane 0, row 0, word 0 */
+    int64_t plane_stride;    /* words between consecutive planes */
+    int64_t n_rows, words, in_features;
+    const void *lut;         /* [N, 2**bits] */
+    int lut_f16;             /* 1: lut is IEEE half, 0: float32 */
+    int bits;
+    const float *x;          /* [T, xstride] padded with zeros to a multiple of AP_CHUNK */
+    int64_t xstride;
+    int tokens;              /* 1..AP_MAX_TOKENS */
+    float *y;                /* [T, ystride] */
+    int64_t ystride;
+} ap_gemv_args;
+
+typedef struct {
+    const uint32_t *planes;
+    int64_t plane_stride, n_rows, words, in_features;
+    const void *lut;
+    int lut_f16, bits;
+    void *out;               /* [row1 - row0, in_features] */
+    int out_bf16;            /* 1: bfloat16 output, 0: float32 */
+} ap_dequant_args;
+
+/* Row-range workers: each computes rows [row0, row1). */
+void ap_gemv_rows_portable(const ap_gemv_args *a, int64_t row0, int64_t row1);
+void ap_gemv_rows_avx2(const ap_gemv_args *a, int64_t row0, int64_t row1);
+void ap_gemv_rows_avx512(const ap_gemv_args *a, int64_t row0, int64_t row1);
+void ap_dequant_rows_portable(const ap_dequant_args *a, int64_t row0, int64_t row1, int64_t out_row0);
+void ap_dequant_rows_avx2(const ap_dequant_args *a, int64_t row0, int64_t row1, int64_t out_row0);
+void ap_dequant_rows_avx512(const ap_dequant_args *a, int64_t row0, int64_t row1, int64_t out_row0);
+
+/* The AVX-512 decode kernel reads x in a permuted column order for bits <= 5. */
+int ap_avx512_wants_permuted_x(int bits);
+
+float ap_half_to_float(uint16_t h);
+uint16_t ap_float_to_bf16(float f);
+
+#endif

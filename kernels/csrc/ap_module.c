@@ -1,0 +1,182 @@
+/* CPython module anyprec.kernels._cpu: runtime ISA dispatch and OpenMP row split.
+ *
+ * Functions take raw data pointers (int) from torch tensors; the Python wrapper in
+ * kernels/cpu.py checks shapes, dtypes and contiguity before calling. The GIL is
+ * released while the kernels run.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+#include "ap_kernels.h"
+
+enum { ISA_PORTABLE = 0, ISA_AVX2 = 1, ISA_AVX512 = 2 };
+static const char *ISA_NAMES[] = {"portable", "avx2", "avx512"};
+static int g_isa = -1;
+
+static int best_isa(void) {
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
+        return ISA_AVX512;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return ISA_AVX2;
+    return ISA_PORTABLE;
+}
+
+static int current_isa(void) {
+    if (g_isa < 0) g_isa = best_isa();
+    return g_isa;
+}
+
+/* x [T, K] -> buffer [T, Kpad] zero-padded, permuted for the AVX-512 bits <= 5 kernel. */
+static float *prepare_x(const float *x, int64_t T, int64_t xstride, int64_t K, int64_t words,
+                        int permuted, int64_t *kpad_out) {
+    const int64_t kpad = ((words * 32 + AP_CHUNK - 1) / AP_CHUNK) * AP_CHUNK;
+    float *buf = aligned_alloc(64, (size_t)(T * kpad) * sizeof(float));
+    if (!buf) return NULL;
+    for (int64_t t = 0; t < T; t++) {
+        const float *src = x + t * xstride;
+        float *dst = buf + t * kpad;
+        for (int64_t c = 0; c < kpad; c += AP_CHUNK) {
+            for (int64_t q = 0; q < AP_CHUNK; q++) {
+                /* natural: dst[c+q] = x[c+q]; permuted: dst[c + 16j + i] = x[c + 4i + j] */
+                const int64_t col = permuted ? c + 4 * (q % 16) + q / 16 : c + q;
+                dst[c + q] = col < K ? src[col] : 0.0f;
+            }
+        }
+    }
+    *kpad_out = kpad;
+    return buf;
+}
+
+static void split_rows(int64_t n_rows, int nth, int tid, int64_t *r0, int64_t *r1) {
+    *r0 = n_rows * tid / nth;
+    *r1 = n_rows * (tid + 1) / nth;
+}
+
+static int run_gemv(ap_gemv_args *a, const float *x, int64_t xstride, int nthreads) {
+    const int isa = current_isa();
+    int64_t kpad = 0;
+    float *buf = prepare_x(x, a->tokens, xstride, a->in_features, a->words,
+                           isa == ISA_AVX512 && ap_avx512_wants_permuted_x(a->bits), &kpad);
+    if (!buf) return -1;
+    a->x = buf;
+    a->xstride = kpad;
+#pragma omp parallel num_threads(nthreads)
+    {
+        int64_t r0, r1;
+        split_rows(a->n_rows, omp_get_num_threads(), omp_get_thread_num(), &r0, &r1);
+        if (isa == ISA_AVX512) ap_gemv_rows_avx512(a, r0, r1);
+        else if (isa == ISA_AVX2) ap_gemv_rows_avx2(a, r0, r1);
+        else ap_gemv_rows_portable(a, r0, r1);
+    }
+    free(buf);
+    return 0;
+}
+
+static void run_dequant(const ap_dequant_args *a, int64_t row0, int64_t row1, int nthreads) {
+    const int isa = current_isa();
+#pragma omp parallel num_threads(nthreads)
+    {
+        int64_t r0, r1;
+        split_rows(row1 - row0, omp_get_num_threads(), omp_get_thread_num(), &r0, &r1);
+        if (isa == ISA_AVX512) ap_dequant_rows_avx512(a, row0 + r0, row0 + r1, row0);
+        else if (isa == ISA_AVX2) ap_dequant_rows_avx2(a, row0 + r0, row0 + r1, row0);
+        else ap_dequant_rows_portable(a, row0 + r0, row0 + r1, row0);
+    }
+}
+
+static int parse_ints(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t want, int64_t *out, const char *name) {
+    if (nargs != want) {
+        PyErr_Format(PyExc_TypeError, "%s takes %zd integer arguments, got %zd", name, want, nargs);
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < nargs; i++) {
+        out[i] = PyLong_AsLongLong(args[i]);
+        if (out[i] == -1 && PyErr_Occurred()) return -1;
+    }
+    return 0;
+}
+
+static int check_common(int64_t bits, int64_t nthreads) {
+    if (bits < 1 || bits > AP_MAX_BITS || nthreads < 1) {
+        PyErr_Format(PyExc_ValueError, "bits=%lld must be in 1..8 and nthreads=%lld >= 1",
+                     (long long)bits, (long long)nthreads);
+        return -1;
+    }
+    return 0;
+}
+
+/* gemv(planes, plane_stride, n_rows, words, in_features, lut, lut_f16, bits,
+ *      x, tokens, x_stride, y, y_stride, nthreads) */
+static PyObject *py_gemv(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    int64_t v[14];
+    if (parse_ints(args, nargs, 14, v, "gemv") || check_common(v[7], v[13])) return NULL;
+    if (v[9] < 1 || v[9] > AP_MAX_TOKENS) {
+        PyErr_Format(PyExc_ValueError, "tokens=%lld must be in 1..%d", (long long)v[9], AP_MAX_TOKENS);
+        return NULL;
+    }
+    ap_gemv_args a = {(const uint32_t *)(intptr_t)v[0], v[1], v[2], v[3], v[4],
+                      (const void *)(intptr_t)v[5], (int)v[6], (int)v[7],
+                      NULL, 0, (int)v[9], (float *)(intptr_t)v[11], v[12]};
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = run_gemv(&a, (const float *)(intptr_t)v[8], v[10], (int)v[13]);
+    Py_END_ALLOW_THREADS
+    if (rc) return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
+/* dequant(planes, plane_stride, n_rows, words, in_features, lut, lut_f16, bits,
+ *         row0, row1, out, out_bf16, nthreads) */
+static PyObject *py_dequant(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    int64_t v[13];
+    if (parse_ints(args, nargs, 13, v, "dequant") || check_common(v[7], v[12])) return NULL;
+    if (v[8] < 0 || v[9] > v[2] || v[8] > v[9]) {
+        PyErr_Format(PyExc_ValueError, "row range [%lld, %lld) is outside [0, %lld)",
+                     (long long)v[8], (long long)v[9], (long long)v[2]);
+        return NULL;
+    }
+    ap_dequant_args a = {(const uint32_t *)(intptr_t)v[0], v[1], v[2], v[3], v[4],
+                         (const void *)(intptr_t)v[5], (int)v[6], (int)v[7],
+                         (void *)(intptr_t)v[10], (int)v[11]};
+    Py_BEGIN_ALLOW_THREADS
+    run_dequant(&a, v[8], v[9], (int)v[12]);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_isa(PyObject *self, PyObject *unused) { return PyUnicode_FromString(ISA_NAMES[current_isa()]); }
+
+static PyObject *py_best_isa(PyObject *self, PyObject *unused) { return PyUnicode_FromString(ISA_NAMES[best_isa()]); }
+
+/* set_isa(name): force a kernel family no better than the CPU supports (tests, benchmarks). */
+static PyObject *py_set_isa(PyObject *self, PyObject *arg) {
+    const char *name = PyUnicode_AsUTF8(arg);
+    if (!name) return NULL;
+    for (int i = 0; i <= ISA_AVX512; i++) {
+        if (strcmp(name, ISA_NAMES[i]) == 0) {
+            if (i > best_isa()) {
+                PyErr_Format(PyExc_ValueError, "this CPU does not support isa %s; best is %s", name, ISA_NAMES[best_isa()]);
+                return NULL;
+            }
+            g_isa = i;
+            Py_RETURN_NONE;
+        }
+    }
+    PyErr_Format(PyExc_ValueError, "unknown isa %s; use portable, avx2 or avx512", name);
+    return NULL;
+}
+
+static PyMethodDef METHODS[] = {
+    {"gemv", (PyCFunction)(void (*)(void))py_gemv, METH_FASTCALL, "bitplane-LUT mat-vec for 1..8 tokens"},
+    {"dequant", (PyCFunction)(void (*)(void))py_dequant, METH_FASTCALL, "dense rows from bitplanes + LUT"},
+    {"isa", py_isa, METH_NOARGS, "kernel family in use"},
+    {"best_isa", py_best_isa, METH_NOARGS, "best kernel family this CPU supports"},
+    {"set_isa", py_set_isa, METH_O, "force a kernel family"},
+    {NULL, NULL, 0, NULL}};
+
+static struct PyModuleDef MODULE = {PyModuleDef_HEAD_INIT, "_cpu", "native bitplane kernels", -1, METHODS};
+
+PyMODINIT_FUNC PyInit__cpu(void) { return PyModule_Create(&MODULE); }

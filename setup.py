@@ -1,0 +1,26 @@
+"""Build the native CPU kernels (anyprec.kernels._cpu); metadata lives in pyproject.toml.
+
+One C extension, compiled by the package's own install with gcc: AVX-512 and AVX2
+variants are compiled via target attributes and picked at run time from the CPU flags,
+so the same build runs on any x86-64 machine. OpenMP splits rows over threads.
+"""
+
+from setuptools import Extension, setup
+
+SOURCES = [
+    "kernels/csrc/ap_module.c",
+    "kernels/csrc/ap_avx512.c",
+    "kernels/csrc/ap_portable.c",
+]
+
+setup(
+    ext_modules=[
+        Extension(
+            "anyprec.kernels._cpu",
+            sources=SOURCES,
+            depends=["kernels/csrc/ap_kernels.h"],
+            extra_compile_args=["-O3", "-fopenmp", "-fno-strict-aliasing", "-std=c11", "-Wall", "-Wno-unused-function"],
+            extra_link_args=["-fopenmp"],
+        )
+    ],
+)

@@ -1,0 +1,117 @@
+"""Prefect tasks for the evaluation stages: perplexity, lm-eval accuracy, kernel/decode bench.
+
+Each writes one JSON report (reports/<model>/{ppl,eval,bench}.json) and returns its content.
+They take only the settings they read (not whole sections), so e.g. changing
+`evaluation.tasks` re-runs lm-eval but not perplexity. Cached like the quantization tasks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+
+from anyprec.env import apply_offline_env
+from anyprec.tasks.caching import BaseModelInfo, StageOutput
+from anyprec.tasks.quantize import CACHED
+
+apply_offline_env()
+
+
+def write_report(out: str | Path, report: dict[str, Any]) -> dict[str, Any]:
+    """Write a JSON report atomically (sorted keys, so identical content gives identical bytes)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, out)
+    return report
+
+
+def heldout_streams(tokenizer: Any, corpora: list[str], eval_fraction: float, split_seed: int,
+                    max_tokens: int | None) -> dict[str, Any]:
+    """{corpus: int64[T]} held-out token streams (the calibration split never enters), truncated."""
+    from anyprec.calibration import heldout_text
+    from anyprec.perplexity import tokenize_text
+
+    streams = {}
+    for corpus in corpora:
+        ids = tokenize_text(tokenizer, heldout_text(corpus, eval_fraction, split_seed))
+        streams[corpus] = ids[:max_tokens] if max_tokens else ids
+    return streams
+
+
+@task(name="perplexity", **CACHED)
+def perplexity(
+    base: BaseModelInfo,
+    packed: StageOutput,
+    bits: list[int],
+    corpora: list[str],
+    window: int,
+    max_tokens: int | None,
+    eval_fraction: float,
+    split_seed: int,
+    out: str,
+) -> dict[str, Any]:
+    """Perplexity per corpus of the base model (fp32) and of the artifact at each bit-width.
+
+    Report: {"base": {corpus: ppl}, "bits": {"b": {corpus: ppl}}, "window": int, "tokens": {corpus: T}}.
+    """
+    from anyprec.models import load_model
+    from anyprec.perplexity import perplexity as ppl
+    from anyprec.runtime import load_anyprec
+
+    apm = load_anyprec(packed.path, bits)
+    streams = heldout_streams(apm.tokenizer, corpora, eval_fraction, split_seed, max_tokens)
+    per_bits: dict[str, dict[str, float]] = {}
+    for b in bits:
+        with apm.precision(b):
+            per_bits[str(b)] = {c: ppl(apm.model, ids, window, progress=False) for c, ids in streams.items()}
+    del apm
+    model, _ = load_model(base.location)
+    base_ppl = {c: ppl(model, ids, window, progress=False) for c, ids in streams.items()}
+    report = {
+        "base": base_ppl,
+        "bits": per_bits,
+        "window": window,
+        "tokens": {c: int(ids.numel()) for c, ids in streams.items()},
+    }
+    return write_report(out, report)
+
+
+def _accuracies(results: dict[str, dict[str, float]]) -> dict[str, float]:
+    return {name: metrics["acc"] for name, metrics in results.items()}
+
+
+@task(name="lm-eval", **CACHED)
+def lm_eval(
+    base: BaseModelInfo, packed: StageOutput, bits: list[int], tasks: list[str], limit: int | None, out: str
+) -> dict[str, Any]:
+    """Zero-shot accuracy per lm-eval task of the base model and of each bit-width.
+
+    Report: {"base": {task: acc}, "bits": {"b": {task: acc}}, "details": {"base"|"b": {task: metrics}}}.
+    """
+    from anyprec.evaluation.lm_eval_runner import build_suite, evaluate_suite, make_lm
+    from anyprec.models import load_model
+    from anyprec.runtime import load_anyprec
+
+    suite = build_suite(tasks)
+    apm = load_anyprec(packed.path, bits)
+    lm = make_lm(apm.model, apm.tokenizer)
+    details: dict[str, dict[str, dict[str, float]]] = {}
+    for b in bits:
+        with apm.precision(b):
+            details[str(b)] = evaluate_suite(lm, suite, limit)
+    del apm, lm
+    model, tokenizer = load_model(base.location)
+    details["base"] = evaluate_suite(make_lm(model, tokenizer), suite, limit)
+    report = {
+        "base": _accuracies(details["base"]),
+        "bits": {str(b): _accuracies(details[str(b)]) for b in bits},
+        "details": details,
+        "limit": limit,
+    }
+    return write_report(out, report)

@@ -1,0 +1,91 @@
+"""The runtime model: per-model and per-call precision, subsets, generate, thread safety."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from anyprec.runtime import AnyPrecisionLinear, load_anyprec
+
+
+@pytest.fixture(scope="module")
+def apm(tiny_artifact):
+    return load_anyprec(tiny_artifact)
+
+
+@pytest.fixture(scope="module")
+def ids():
+    return torch.randint(3, 300, (1, 24), generator=torch.Generator().manual_seed(0))
+
+
+def test_quantized_layers_are_replaced(apm):
+    n_quantized = sum(isinstance(m, AnyPrecisionLinear) for m in apm.model.modules())
+    assert n_quantized == len(apm.manifest["modules"]) == 14
+    assert apm.bits_available == [3, 4, 5, 6, 7, 8]
+    assert apm.current_precision == 8
+
+
+def test_error_shrinks_with_bits_and_8bit_is_close(apm, tiny_llama, ids):
+    base, _ = tiny_llama
+    with torch.inference_mode():
+        ref = base(ids).logits
+        errors = [float((apm(ids, precision=b).logits - ref).abs().mean()) for b in apm.bits_available]
+    assert all(a > b for a, b in zip(errors, errors[1:])), errors
+    assert errors[-1] < 0.01 * float(ref.abs().mean())
+
+
+def test_per_call_precision_does_not_change_default(apm, ids):
+    with torch.inference_mode():
+        at3 = apm(ids, precision=3).logits
+        assert apm.current_precision == 8
+        apm.set_precision(3)
+        try:
+            assert torch.equal(apm(ids).logits, at3)
+            assert not torch.equal(apm(ids, precision=8).logits, at3)
+        finally:
+            apm.set_precision(8)
+
+
+def test_unloaded_precision_is_refused(tiny_artifact, ids):
+    small = load_anyprec(tiny_artifact, bits=[3, 4])
+    assert small.bits_available == [3, 4] and small.current_precision == 4
+    layer = next(m for m in small.model.modules() if isinstance(m, AnyPrecisionLinear))
+    assert layer.planes.shape[0] == 4 and not hasattr(layer, "lut5")
+    with pytest.raises(ValueError, match=r"precision 6 is not loaded"):
+        small.set_precision(6)
+    with pytest.raises(ValueError, match="not loaded"):
+        small(ids, precision=8)
+
+
+def test_subset_load_matches_full_load(apm, tiny_artifact, ids):
+    small = load_anyprec(tiny_artifact, bits=4)
+    with torch.inference_mode():
+        assert torch.equal(small(ids).logits, apm(ids, precision=4).logits)
+
+
+def test_generate_per_precision(apm, ids):
+    outs = {b: apm.generate(ids, precision=b, max_new_tokens=6, do_sample=False, pad_token_id=2)
+            for b in (3, 8)}
+    for out in outs.values():
+        assert out.shape == (1, ids.shape[1] + 6)
+        assert torch.equal(out[:, : ids.shape[1]], ids)
+    assert apm.current_precision == 8
+
+
+def test_concurrent_calls_keep_their_own_precision(apm, ids):
+    with torch.inference_mode():
+        expected = {b: apm(ids, precision=b).logits for b in (3, 5, 8)}
+    results: dict[tuple[int, int], bool] = {}
+
+    def worker(b: int, rep: int) -> None:
+        with torch.inference_mode():
+            results[(b, rep)] = torch.equal(apm(ids, precision=b).logits, expected[b])
+
+    threads = [threading.Thread(target=worker, args=(b, r)) for r in range(3) for b in (3, 5, 8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 9 and all(results.values()), results

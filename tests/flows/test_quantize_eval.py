@@ -1,0 +1,99 @@
+"""End to end: the quantize-eval flow on a tiny model under Prefect's test harness.
+
+First run computes every stage and logs MLflow runs; the second identical run is a cache
+hit for every stage; changing only evaluation settings re-runs only evaluation.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import yaml
+
+from anyprec.tasks.layout import Layout, ModelMissingError
+
+STAGES = ["prepare-calibration", "sensitivity", "seed-quantization", "upscaling", "packing"]
+EVALS = ["perplexity", "bench"]
+
+
+def task_states(flow_run_id) -> dict[str, str]:
+    """{task name: state name} of a flow run's task runs (e.g. 'Completed', 'Cached')."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return {run.task_key.rsplit("-", 1)[0] if False else run.name.rsplit("-", 1)[0]: run.state.name for run in runs}
+
+
+def run_flow(root, model="tiny"):
+    from anyprec.flows.quantize_eval import quantize_eval
+
+    state = quantize_eval(model=model, params_file=str(root / "params.yaml"), return_state=True)
+    return state.result(), task_states(state.state_details.flow_run_id)
+
+
+@pytest.fixture(scope="module")
+def first_run(prefect_harness, pipeline_root):
+    start = time.perf_counter()
+    summary, states = run_flow(pipeline_root)
+    return summary, states, time.perf_counter() - start
+
+
+def test_first_run_computes_and_tracks(first_run, pipeline_root):
+    import mlflow
+
+    summary, states, _ = first_run
+    assert all(states[name] == "Completed" for name in STAGES + EVALS), states
+    layout = Layout.from_file(pipeline_root / "params.yaml")
+    assert (layout.stage_path("tiny", layout_stage("PACKED")) / "manifest.json").is_file()
+    mlflow.set_tracking_uri(layout.tracking_uri)
+    children = mlflow.search_runs(experiment_names=["anyprec"],
+                                  filter_string=f"tags.mlflow.parentRunId = '{summary.mlflow_parent_run_id}'")
+    assert sorted(children["params.bits"].astype(int)) == [3, 4]
+    for column in ["metrics.ppl_news", "metrics.bytes_in_memory", "metrics.gemv_latency_us", "metrics.decode_tok_s"]:
+        assert children[column].notna().all() and (children[column] > 0).all(), column
+    assert (children["tags.dvc_md5"] == summary.dvc_md5).all()
+    by_bits = children.set_index(children["params.bits"].astype(int))
+    assert by_bits.loc[3, "metrics.bytes_in_memory"] < by_bits.loc[4, "metrics.bytes_in_memory"]
+    assert summary.registered_version == "1"
+    assert summary.dashboard and "data-plots-expected" in open(summary.dashboard).read()
+
+
+def layout_stage(name):
+    from anyprec.tasks.layout import Stage
+
+    return Stage[name]
+
+
+def test_second_run_hits_cache_for_every_stage(first_run, pipeline_root):
+    summary1, _, first_seconds = first_run
+    start = time.perf_counter()
+    summary2, states = run_flow(pipeline_root)
+    seconds = time.perf_counter() - start
+    assert all(states[name] == "Cached" for name in STAGES + EVALS), states
+    assert summary2.reports == summary1.reports
+    assert summary2.artifact_digest == summary1.artifact_digest
+    assert summary2.registered_version == summary1.registered_version  # same bytes: no new version
+    assert seconds < first_seconds
+
+
+def test_changing_evaluation_reruns_only_evaluation(first_run, pipeline_root):
+    params_file = pipeline_root / "params.yaml"
+    params = yaml.safe_load(params_file.read_text())
+    params["evaluation"]["ppl_max_tokens"] = 96
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    summary, states = run_flow(pipeline_root)
+    assert all(states[name] == "Cached" for name in STAGES + ["bench"]), states
+    assert states["perplexity"] == "Completed"
+    assert summary.reports["ppl"]["tokens"] == {"news": 96}
+
+
+def test_missing_model_fails_fast_naming_the_key(prefect_harness, pipeline_root):
+    from anyprec.flows.quantize_eval import quantize_eval
+
+    start = time.perf_counter()
+    with pytest.raises(ModelMissingError, match=r"models\.llama2-7b\.path"):
+        quantize_eval(model="llama2-7b", params_file=str(pipeline_root / "params.yaml"))
+    assert time.perf_counter() - start < 30
