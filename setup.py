@@ -10,6 +10,7 @@ from setuptools import Extension, setup
 SOURCES = [
     "kernels/csrc/ap_module.c",
     "kernels/csrc/ap_avx512.c",
+    "kernels/csrc/ap_avx512_vbmi.c",
     "kernels/csrc/ap_portable.c",
 ]
 

@@ -230,19 +230,31 @@ def _row_summary(ids: torch.Tensor, vocab_size: int) -> pd.DataFrame:
     })
 
 
+_HINTS = {
+    "ids_below_vocab": "token id >= vocab_size (tokenizer/model mismatch?)",
+    "field_uniqueness": "duplicate rows (calibration samples must be distinct)",
+    "greater_than_or_equal_to(0)": "negative token id",
+}
+
+
 def _schema_failures(frame: pd.DataFrame) -> list[str]:
-    """Every CalibrationRows failure, one line per (column, check), with offending rows."""
+    """Every CalibrationRows failure, one line per failed check, with the offending rows."""
     try:
         CalibrationRows.validate(frame, lazy=True)
     except pa.errors.SchemaErrors as err:
         cases = err.failure_cases
         lines = []
-        for (column, check), group in cases.groupby(["column", "check"], dropna=False, sort=False):
+        for (context, column, check), group in cases.groupby(
+            ["schema_context", "column", "check"], dropna=False, sort=False
+        ):
+            if context != "Column" and lines and lines[-1][0] == check:
+                continue  # a dataframe check is reported once per column: keep one line
             rows = sorted({int(i) for i in group["index"].dropna()})
-            where = f"rows {rows[:10]}{' ...' if len(rows) > 10 else ''}" if rows else "frame"
-            label = column if isinstance(column, str) else "table"
-            lines.append(f"{label}: check {check} failed at {where} ({len(group)} case(s))")
-        return lines
+            where = f"rows {rows[:10]}{' ...' if len(rows) > 10 else ''}" if rows else "whole set"
+            label = column if context == "Column" else "rows"
+            hint = _HINTS.get(str(check), "")
+            lines.append((check, f"{label}: check {check} failed at {where}" + (f": {hint}" if hint else "")))
+        return [line for _, line in lines]
     return []
 
 

@@ -176,6 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("gensim", "httpx", "numba"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     from anyprec.packed import ArtifactError
 
     try:

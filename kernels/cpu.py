@@ -44,6 +44,11 @@ def isa() -> str:
     return _lib().isa()
 
 
+def best_isa() -> str:
+    """Best kernel family this CPU supports."""
+    return _lib().best_isa()
+
+
 def set_isa(name: str) -> None:
     """Force a kernel family ('avx512', 'avx2', 'portable') no better than the CPU's."""
     _lib().set_isa(name)

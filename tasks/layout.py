@@ -70,7 +70,7 @@ class Layout:
     @property
     def state_file(self) -> Path:
         """What `watch-base-models` last triggered, per model: {name: base model sha256}."""
-        return self.artifacts_dir / "watch-state.json"
+        return self.results_dir / "watch-state.json"
 
     def stage_path(self, model: str, stage: Stage) -> Path:
         """Folder of a quantization stage, or JSON file of an evaluation stage, for one model."""

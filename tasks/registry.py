@@ -1,8 +1,8 @@
 """The packed artifact in the MLflow model registry, as a pyfunc that generates at any precision.
 
-`mlflow.pyfunc.load_model("models:/anyprec-<model>/<version>").predict(df)` takes a DataFrame
-with a `prompt` column and optional `bits` / `max_new_tokens` columns and returns the
-generated texts. A new version is registered only when the artifact's DVC md5 differs from
+`mlflow.pyfunc.load_model("models:/anyprec-<model>/<version>").predict([{"prompt": "...", "bits": 4}])`
+takes a list of requests (prompt, optional bits and max_new_tokens) and returns the generated
+texts. A new version is registered only when the artifact's DVC md5 differs from
 the latest version's (a cached re-run does not pile up identical versions).
 """
 
@@ -12,6 +12,7 @@ from typing import Any
 
 import mlflow.pyfunc
 from prefect import task
+from pydantic import BaseModel
 
 from anyprec.env import apply_offline_env
 from anyprec.tasks.caching import StageOutput
@@ -23,6 +24,14 @@ apply_offline_env()
 ARTIFACT_KEY = "packed"
 
 
+class GenerationRequest(BaseModel):
+    """One pyfunc input row: a prompt, the bit-width to use (None: the highest) and a length."""
+
+    prompt: str
+    bits: int | None = None
+    max_new_tokens: int = 16
+
+
 class AnyPrecisionPyfunc(mlflow.pyfunc.PythonModel):
     """pyfunc wrapper: one packed artifact serving every bit-width it holds."""
 
@@ -31,15 +40,13 @@ class AnyPrecisionPyfunc(mlflow.pyfunc.PythonModel):
 
         self.apm = load_anyprec(context.artifacts[ARTIFACT_KEY])
 
-    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> list[str]:
-        """model_input: DataFrame with `prompt` [, `bits`, `max_new_tokens`] -> list of texts."""
-        rows = model_input.to_dict("records")
+    def predict(self, context: Any, model_input: list[GenerationRequest], params: dict[str, Any] | None = None) -> list[str]:
+        """Greedy continuations of each request's prompt at its bit-width."""
         texts = []
-        for row in rows:
-            bits = int(row.get("bits") or self.apm.current_precision)
-            ids = self.apm.tokenizer(row["prompt"], return_tensors="pt")["input_ids"]
-            new = int(row.get("max_new_tokens") or 16)
-            out = self.apm.generate(ids, precision=bits, max_new_tokens=new, do_sample=False)
+        for request in model_input:
+            ids = self.apm.tokenizer(request.prompt, return_tensors="pt")["input_ids"]
+            out = self.apm.generate(ids, precision=request.bits or self.apm.current_precision,
+                                    max_new_tokens=request.max_new_tokens, do_sample=False)
             texts.append(self.apm.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
         return texts
 

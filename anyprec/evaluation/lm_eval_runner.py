@@ -52,7 +52,7 @@ def _load_tasks(names: list[str], include_path: Path | None, include_defaults: b
     from lm_eval.tasks import TaskManager
 
     manager = TaskManager(include_path=str(include_path) if include_path else None,
-                          include_defaults=include_defaults, verbosity="ERROR")
+                          include_defaults=include_defaults)
     unknown = [name for name in names if name not in manager.all_tasks]
     if unknown:
         raise ValueError(f"unknown lm-eval task(s) {unknown}: BIG-bench tasks are "

@@ -19,8 +19,6 @@
 #define INLINE static inline __attribute__((always_inline))
 #define PREFETCH_BYTES 1024
 
-int ap_avx512_wants_permuted_x(int bits) { return bits <= 5; }
-
 /* Byte codes of planes [p_first, bits) for the 64 columns at src[p]. */
 INLINE __m512i byte_codes(const uint64_t *const src[], int p_first, int bits) {
     __m512i codes = _mm512_setzero_si512();
@@ -71,23 +69,6 @@ INLINE __m128i lane128(__m512i v, int j) {
     }
 }
 
-/* bits >= GATHER_BITS read centroids with vpgatherdps from an fp32 row copy in L1:
- * cheaper than a tree of 2**(bits-5) permutes. */
-#define GATHER_BITS 7
-
-INLINE void gather_step(const uint64_t *const src[], const float *x, int64_t xstride,
-                        const float *lutrow, int bits, int T, __m512 acc[4]) {
-    const __m512i codes = byte_codes(src, 0, bits);
-    for (int j = 0; j < 4; j++) {
-        const __m512i idx = _mm512_cvtepu8_epi32(lane128(codes, j));
-        const __m512 w = _mm512_i32gather_ps(idx, lutrow, 4);
-        for (int t = 0; t < T; t++) {
-            const int a = T == 1 ? j : t;
-            acc[a] = _mm512_fmadd_ps(w, _mm512_loadu_ps(x + t * xstride + 16 * j), acc[a]);
-        }
-    }
-}
-
 /* One 64-column step: acc[T == 1 ? j : t] += centroids * x. */
 INLINE void gemv_step(const uint64_t *const src[], const float *x, int64_t xstride,
                       const __m512 L[16], int bits, int T, __m512 acc[4]) {
@@ -135,13 +116,7 @@ INLINE void gemv_rows_impl(const ap_gemv_args *a, int64_t row0, int64_t row1, in
     for (int64_t n = row0; n < row1; n++) {
         __m512 L[16], acc[4];
         const uint64_t *src[AP_MAX_BITS], *cur[AP_MAX_BITS];
-        float lutrow[1 << AP_MAX_BITS] __attribute__((aligned(64)));
-        if (bits >= GATHER_BITS) {
-            load_lut_regs(a->lut, a->lut_f16, bits, n, L);
-            for (int r = 0; r < (1 << bits) / 16; r++) _mm512_store_ps(lutrow + 16 * r, L[r]);
-        } else {
-            load_lut_regs(a->lut, a->lut_f16, bits, n, L);
-        }
+        load_lut_regs(a->lut, a->lut_f16, bits, n, L);
         row_pointers(a->planes, a->plane_stride, a->words, n, bits, src);
         for (int i = 0; i < 4; i++) acc[i] = _mm512_setzero_ps();
         for (int64_t c = 0; c < full; c++) {
@@ -149,14 +124,12 @@ INLINE void gemv_rows_impl(const ap_gemv_args *a, int64_t row0, int64_t row1, in
                 cur[p] = src[p] + c;
                 _mm_prefetch((const char *)cur[p] + PREFETCH_BYTES, _MM_HINT_T0);
             }
-            if (bits >= GATHER_BITS) gather_step(cur, a->x + c * AP_CHUNK, a->xstride, lutrow, bits, T, acc);
-            else gemv_step(cur, a->x + c * AP_CHUNK, a->xstride, L, bits, T, acc);
+            gemv_step(cur, a->x + c * AP_CHUNK, a->xstride, L, bits, T, acc);
         }
         if (a->words & 1) {
             uint64_t buf[AP_MAX_BITS];
             tail_words(src, full, bits, buf, cur);
-            if (bits >= GATHER_BITS) gather_step(cur, a->x + full * AP_CHUNK, a->xstride, lutrow, bits, T, acc);
-            else gemv_step(cur, a->x + full * AP_CHUNK, a->xstride, L, bits, T, acc);
+            gemv_step(cur, a->x + full * AP_CHUNK, a->xstride, L, bits, T, acc);
         }
         if (T == 1) {
             const __m512 s = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));

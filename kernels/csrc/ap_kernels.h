@@ -44,8 +44,13 @@ void ap_dequant_rows_portable(const ap_dequant_args *a, int64_t row0, int64_t ro
 void ap_dequant_rows_avx2(const ap_dequant_args *a, int64_t row0, int64_t row1, int64_t out_row0);
 void ap_dequant_rows_avx512(const ap_dequant_args *a, int64_t row0, int64_t row1, int64_t out_row0);
 
-/* The AVX-512 decode kernel reads x in a permuted column order for bits <= 5. */
-int ap_avx512_wants_permuted_x(int bits);
+void ap_gemv_rows_avx512_vbmi(const ap_gemv_args *a, int64_t row0, int64_t row1);
+
+/* Column order in which a decode kernel reads x within each 64-column chunk. */
+enum { AP_X_NATURAL = 0, AP_X_PERM4 = 1, AP_X_PERM16 = 2 };
+/* PERM4 (AVX-512, bits <= 5): position 16j + i holds column 4i + j.
+ * PERM16 (AVX-512 VBMI, bits >= 6, fp16 lut): position 16j + i holds column
+ * 16 * (2 * (j % 2) + i / 8) + 8 * (j / 2) + i % 8. */
 
 float ap_half_to_float(uint16_t h);
 uint16_t ap_float_to_bf16(float f);

@@ -12,6 +12,7 @@
 #include "ap_kernels.h"
 
 enum { ISA_PORTABLE = 0, ISA_AVX2 = 1, ISA_AVX512 = 2 };
+static int g_vbmi = -1;
 static const char *ISA_NAMES[] = {"portable", "avx2", "avx512"};
 static int g_isa = -1;
 
@@ -24,14 +25,30 @@ static int best_isa(void) {
     return ISA_PORTABLE;
 }
 
+static int has_vbmi(void) {
+    if (g_vbmi < 0) {
+        __builtin_cpu_init();
+        g_vbmi = __builtin_cpu_supports("avx512vbmi") ? 1 : 0;
+    }
+    return g_vbmi;
+}
+
 static int current_isa(void) {
     if (g_isa < 0) g_isa = best_isa();
     return g_isa;
 }
 
-/* x [T, K] -> buffer [T, Kpad] zero-padded, permuted for the AVX-512 bits <= 5 kernel. */
+/* Column of x read at position q (0..63) of a chunk in the given order. */
+static int64_t column_of(int order, int64_t q) {
+    const int64_t j = q / 16, i = q % 16;
+    if (order == AP_X_PERM4) return 4 * i + j;
+    if (order == AP_X_PERM16) return 16 * (2 * (j % 2) + i / 8) + 8 * (j / 2) + i % 8;
+    return q;
+}
+
+/* x [T, K] -> buffer [T, Kpad] zero-padded, in the column order the kernel reads. */
 static float *prepare_x(const float *x, int64_t T, int64_t xstride, int64_t K, int64_t words,
-                        int permuted, int64_t *kpad_out) {
+                        int order, int64_t *kpad_out) {
     const int64_t kpad = ((words * 32 + AP_CHUNK - 1) / AP_CHUNK) * AP_CHUNK;
     float *buf = aligned_alloc(64, (size_t)(T * kpad) * sizeof(float));
     if (!buf) return NULL;
@@ -40,8 +57,7 @@ static float *prepare_x(const float *x, int64_t T, int64_t xstride, int64_t K, i
         float *dst = buf + t * kpad;
         for (int64_t c = 0; c < kpad; c += AP_CHUNK) {
             for (int64_t q = 0; q < AP_CHUNK; q++) {
-                /* natural: dst[c+q] = x[c+q]; permuted: dst[c + 16j + i] = x[c + 4i + j] */
-                const int64_t col = permuted ? c + 4 * (q % 16) + q / 16 : c + q;
+                const int64_t col = c + column_of(order, q);
                 dst[c + q] = col < K ? src[col] : 0.0f;
             }
         }
@@ -55,11 +71,21 @@ static void split_rows(int64_t n_rows, int nth, int tid, int64_t *r0, int64_t *r
     *r1 = n_rows * (tid + 1) / nth;
 }
 
-static int run_gemv(ap_gemv_args *a, const float *x, int64_t xstride, int nthreads) {
+enum { K_PORTABLE, K_AVX2, K_AVX512, K_VBMI };
+
+static int pick_gemv_kernel(const ap_gemv_args *a) {
     const int isa = current_isa();
+    if (isa == ISA_AVX512 && a->bits >= 6 && a->lut_f16 && has_vbmi()) return K_VBMI;
+    if (isa == ISA_AVX512) return K_AVX512;
+    return isa == ISA_AVX2 ? K_AVX2 : K_PORTABLE;
+}
+
+static int run_gemv(ap_gemv_args *a, const float *x, int64_t xstride, int nthreads) {
+    const int kernel = pick_gemv_kernel(a);
+    const int order = kernel == K_VBMI ? AP_X_PERM16
+                      : (kernel == K_AVX512 && a->bits <= 5) ? AP_X_PERM4 : AP_X_NATURAL;
     int64_t kpad = 0;
-    float *buf = prepare_x(x, a->tokens, xstride, a->in_features, a->words,
-                           isa == ISA_AVX512 && ap_avx512_wants_permuted_x(a->bits), &kpad);
+    float *buf = prepare_x(x, a->tokens, xstride, a->in_features, a->words, order, &kpad);
     if (!buf) return -1;
     a->x = buf;
     a->xstride = kpad;
@@ -67,8 +93,9 @@ static int run_gemv(ap_gemv_args *a, const float *x, int64_t xstride, int nthrea
     {
         int64_t r0, r1;
         split_rows(a->n_rows, omp_get_num_threads(), omp_get_thread_num(), &r0, &r1);
-        if (isa == ISA_AVX512) ap_gemv_rows_avx512(a, r0, r1);
-        else if (isa == ISA_AVX2) ap_gemv_rows_avx2(a, r0, r1);
+        if (kernel == K_VBMI) ap_gemv_rows_avx512_vbmi(a, r0, r1);
+        else if (kernel == K_AVX512) ap_gemv_rows_avx512(a, r0, r1);
+        else if (kernel == K_AVX2) ap_gemv_rows_avx2(a, r0, r1);
         else ap_gemv_rows_portable(a, r0, r1);
     }
     free(buf);

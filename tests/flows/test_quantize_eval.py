@@ -24,7 +24,8 @@ def task_states(flow_run_id) -> dict[str, str]:
 
     with get_client(sync_client=True) as client:
         runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-    return {run.task_key.rsplit("-", 1)[0] if False else run.name.rsplit("-", 1)[0]: run.state.name for run in runs}
+    # task run names are "<task name>-<suffix>"
+    return {run.name.rsplit("-", 1)[0]: run.state.name for run in runs}
 
 
 def run_flow(root, model="tiny"):
@@ -58,6 +59,9 @@ def test_first_run_computes_and_tracks(first_run, pipeline_root):
     by_bits = children.set_index(children["params.bits"].astype(int))
     assert by_bits.loc[3, "metrics.bytes_in_memory"] < by_bits.loc[4, "metrics.bytes_in_memory"]
     assert summary.registered_version == "1"
+    served = mlflow.pyfunc.load_model("models:/anyprec-tiny/1")
+    texts = served.predict([{"prompt": "The quick", "bits": 3, "max_new_tokens": 2}])
+    assert len(texts) == 1 and isinstance(texts[0], str)
     assert summary.dashboard and "data-plots-expected" in open(summary.dashboard).read()
 
 

@@ -1,0 +1,152 @@
+"""GEMV benchmark: bitplane-LUT kernel vs torch dense fp32/bf16, from DRAM and hot.
+
+Everything is measured in one process and run: the memory-read bandwidth (for the floor),
+dense baselines, and our kernel per bit-width. "DRAM" timings rotate over enough weight
+copies that the working set exceeds the last-level cache; "hot" timings reuse one copy.
+Weights are random (codes uniform, LUT fp16 as in the artifact); speed does not depend
+on the values.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+from anyprec.kernels.bitplanes import words_per_row
+from anyprec.kernels.dispatch import Backend, matmul, resolve_backend
+
+BANDWIDTH_BUFFER_MIB = 512
+
+
+@dataclass(frozen=True)
+class GemvConfig:
+    """What to measure: shape [out, in], bit-widths, threads, repeats, rotation set size."""
+
+    out_features: int = 4096
+    in_features: int = 4096
+    bits: tuple[int, ...] = (3, 4, 5, 6, 7, 8)
+    threads: int = 2
+    repeats: int = 30
+    rotate_mib: int = 384
+    backend: str | None = None
+
+
+def median_ms(fn: Callable[[int], object], copies: int, repeats: int) -> float:
+    """Median wall time in ms of fn(i), i cycling over `copies` buffers, after a warm-up."""
+    for i in range(min(copies, 3)):
+        fn(i)
+    times = []
+    for r in range(repeats):
+        start = time.perf_counter()
+        fn(r % copies)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def read_bandwidth_gbps(repeats: int = 7) -> float:
+    """Memory-read bandwidth in GB/s: median of full passes over a buffer larger than the LLC."""
+    buf = torch.ones(BANDWIDTH_BUFFER_MIB << 18, dtype=torch.float32)
+    ms = median_ms(lambda _: buf.sum(), 1, repeats)
+    return buf.numel() * 4 / ms / 1e6
+
+
+def copies_for(bytes_per_copy: int, rotate_mib: int) -> int:
+    """Number of weight copies whose total exceeds `rotate_mib` MiB (at least 2)."""
+    return max(2, -(-(rotate_mib << 20) // max(bytes_per_copy, 1)))
+
+
+def _row(kind: str, bits: int, ms_dram: float, ms_hot: float, nbytes: int, gbps: float) -> dict:
+    floor_ms = nbytes / gbps / 1e6
+    return {
+        "kind": kind, "bits": bits, "ms_dram": ms_dram, "ms_hot": ms_hot, "bytes": nbytes,
+        "gbps": nbytes / ms_dram / 1e6, "floor_ms": floor_ms, "ratio_floor": ms_dram / floor_ms,
+    }
+
+
+def measure_dense(cfg: GemvConfig, dtype: torch.dtype, gbps: float) -> dict:
+    """Row for torch's dense F.linear on a [1, K] activation in `dtype`."""
+    n, k = cfg.out_features, cfg.in_features
+    nbytes = n * k * dtype.itemsize
+    weights = [torch.randn(n, k).to(dtype) for _ in range(copies_for(nbytes, cfg.rotate_mib))]
+    x = torch.randn(1, k).to(dtype)
+    ms_dram = median_ms(lambda i: F.linear(x, weights[i]), len(weights), cfg.repeats)
+    ms_hot = median_ms(lambda _: F.linear(x, weights[0]), 1, cfg.repeats)
+    name = {torch.float32: "dense_fp32", torch.bfloat16: "dense_bf16"}[dtype]
+    return _row(name, dtype.itemsize * 8, ms_dram, ms_hot, nbytes, gbps)
+
+
+def random_packed(n: int, k: int, bits: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(planes int32[bits, N, W] with zero padding, lut fp16[N, 2**bits])."""
+    planes = torch.randint(-(2**31), 2**31, (bits, n, words_per_row(k)), dtype=torch.int64, generator=gen)
+    if k % 32:
+        planes[:, :, -1] &= (1 << (k % 32)) - 1
+    lut = torch.sort(torch.randn(n, 1 << bits, generator=gen), dim=1).values.half()
+    return planes.to(torch.int32), lut
+
+
+def measure_bits(cfg: GemvConfig, bits: int, gbps: float) -> dict:
+    """Row for our kernel at `bits`: bytes = planes read + fp16 LUT + x + y."""
+    n, k = cfg.out_features, cfg.in_features
+    gen = torch.Generator().manual_seed(bits)
+    first = random_packed(n, k, bits, gen)
+    nbytes = first[0].numel() * 4 + first[1].numel() * 2 + (k + n) * 4
+    layers = [first] + [random_packed(n, k, bits, gen) for _ in range(copies_for(nbytes, cfg.rotate_mib) - 1)]
+    x = torch.randn(1, k)
+
+    def run(i: int) -> torch.Tensor:
+        planes, lut = layers[i]
+        return matmul(x, planes, lut, bits, k, backend=cfg.backend)
+
+    ms_dram = median_ms(run, len(layers), cfg.repeats)
+    ms_hot = median_ms(lambda _: run(0), 1, cfg.repeats)
+    return _row("anyprec", bits, ms_dram, ms_hot, nbytes, gbps)
+
+
+def run_gemv_bench(cfg: GemvConfig) -> dict:
+    """All rows of one benchmark run, plus the run's settings and measured bandwidth."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    try:
+        gbps = read_bandwidth_gbps()
+        dense = [measure_dense(cfg, torch.float32, gbps), measure_dense(cfg, torch.bfloat16, gbps)]
+        rows = [measure_bits(cfg, b, gbps) for b in cfg.bits]
+    finally:
+        torch.set_num_threads(previous)
+    bf16_ms = dense[1]["ms_dram"]
+    for row in dense + rows:
+        row["ratio_bf16"] = row["ms_dram"] / bf16_ms
+    backend = resolve_backend(torch.device("cpu"), cfg.backend)
+    return {
+        "config": asdict(cfg), "backend": backend.value, "isa": _isa_name(backend),
+        "bandwidth_gbps": gbps, "rows": rows + dense,
+    }
+
+
+def _isa_name(backend: Backend) -> str:
+    if backend is not Backend.CPU:
+        return "n/a"
+    from anyprec.kernels import cpu
+
+    return cpu.isa()
+
+
+def format_table(result: dict) -> str:
+    """Fixed-width table of the rows, one line per kernel."""
+    lines = [
+        f"backend={result['backend']} isa={result['isa']} threads={result['config']['threads']} "
+        f"read bandwidth={result['bandwidth_gbps']:.1f} GB/s shape="
+        f"{result['config']['out_features']}x{result['config']['in_features']}",
+        f"{'kernel':<11}{'bits':>5}{'ms_dram':>9}{'ms_hot':>8}{'GB/s':>7}{'floor_ms':>9}"
+        f"{'x_floor':>8}{'x_bf16':>7}",
+    ]
+    for r in result["rows"]:
+        lines.append(
+            f"{r['kind']:<11}{r['bits']:>5}{r['ms_dram']:>9.3f}{r['ms_hot']:>8.3f}{r['gbps']:>7.1f}"
+            f"{r['floor_ms']:>9.3f}{r['ratio_floor']:>8.2f}{r['ratio_bf16']:>7.2f}"
+        )
+    return "\n".join(lines)

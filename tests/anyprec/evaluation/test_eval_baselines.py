@@ -1,0 +1,84 @@
+"""Baseline quantization per bit-width and swapping dequantized weights in and out."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from anyprec import archs
+from anyprec.evaluation import baselines as bl
+
+
+def _fisher(model, seed: int = 0) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return {n: torch.rand(archs.get_weight(model.get_submodule(n)).shape, generator=gen)
+            for n in archs.quantizable_modules(model)}
+
+
+def test_dequantize_reads_lut_per_row():
+    codes = np.array([[0, 3, 1], [2, 2, 0]], dtype=np.uint8)
+    lut = np.array([[-1.0, 0.0, 1.0, 2.0], [10.0, 20.0, 30.0, 40.0]], dtype=np.float32)
+    np.testing.assert_array_equal(bl.dequantize(codes, lut), [[-1.0, 2.0, 0.0], [30.0, 30.0, 10.0]])
+    with pytest.raises(ValueError, match="out of range"):
+        bl.dequantize(codes + 4, lut)
+
+
+@pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gpt2"])
+def test_apply_then_restore_is_exact(fixture, request):
+    base, _ = request.getfixturevalue(fixture)
+    model = copy.deepcopy(base)
+    names = archs.quantizable_modules(model)
+    before = {n: archs.get_weight(model.get_submodule(n)) for n in names}
+    result = bl.quantize_method(model, _fisher(model), "rtn", [3], progress=False)
+    x = torch.randn(2, 5, model.config.hidden_size if fixture == "tiny_llama" else model.config.n_embd)
+    name = names[0]  # an attention input projection: in_features = hidden size
+    module = model.get_submodule(name)
+    with bl.quantized_weights(model, result.codes[3]):
+        dense = torch.from_numpy(bl.dequantize(*result.codes[3][name]))
+        torch.testing.assert_close(archs.get_weight(module), dense)
+        bias = getattr(module, "bias", None)
+        expected = x @ dense.T + (bias if bias is not None else 0)
+        torch.testing.assert_close(module(x), expected, rtol=1e-5, atol=1e-5)
+    for n in names:
+        assert torch.equal(archs.get_weight(model.get_submodule(n)), before[n])
+
+
+def test_apply_restores_on_error(tiny_llama):
+    model = copy.deepcopy(tiny_llama[0])
+    names = archs.quantizable_modules(model)
+    before = archs.get_weight(model.get_submodule(names[0]))
+    good = bl.quantize_method(model, _fisher(model), "rtn", [3], progress=False).codes[3]
+    bad = {names[0]: good[names[0]], names[1]: (good[names[1]][0][:, :3], good[names[1]][1])}
+    with pytest.raises(ValueError):
+        bl.apply_quantized_weights(model, bad)
+    assert torch.equal(archs.get_weight(model.get_submodule(names[0])), before)
+
+
+def test_methods_objectives_and_nesting(tiny_llama):
+    model, _ = tiny_llama
+    fisher = _fisher(model)
+    bits = [3, 4, 6]
+    res = {m: bl.quantize_method(model, fisher, m, bits, seed_bits=3, parent_bits=6, progress=False)
+           for m in ("rtn", "dedicated", "reference", "ours")}
+    for b in bits:
+        # The dedicated clustering is optimal at b bits: nothing beats it on the objective.
+        for m in ("rtn", "reference", "ours"):
+            assert res["dedicated"].total_objective(b) <= res[m].total_objective(b) * (1 + 1e-9)
+        assert set(res["ours"].objective[b]) == set(fisher)
+    # At the seed width ours is the optimal clustering itself.
+    assert res["ours"].total_objective(3) == pytest.approx(res["dedicated"].total_objective(3), rel=1e-9)
+    assert res["ours"].total_objective(3) < res["reference"].total_objective(3)
+    name = next(iter(fisher))
+    parent, _ = res["ours"].codes[6][name]
+    for b in (3, 4):
+        np.testing.assert_array_equal(res["ours"].codes[b][name][0], parent >> (6 - b))
+
+
+def test_base_is_not_a_quantization_method(tiny_llama):
+    with pytest.raises(ValueError, match="not quantized"):
+        bl.quantize_method(tiny_llama[0], _fisher(tiny_llama[0]), "base", [3], progress=False)
+    with pytest.raises(ValueError, match="nested range"):
+        bl.quantize_method(tiny_llama[0], _fisher(tiny_llama[0]), "ours", [2], progress=False)

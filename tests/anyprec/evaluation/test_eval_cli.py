@@ -1,0 +1,74 @@
+"""`anyprec eval` end to end on the tiny packed artifact, and the runner's two paths for "ours"."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+
+import pytest
+
+from anyprec.eval_cli import add_eval_parser
+from anyprec.evaluation import runner
+
+BITS = [3, 8]
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="anyprec")
+    add_eval_parser(parser.add_subparsers(dest="command"))
+    return parser.parse_args(argv)
+
+
+def test_parser_defaults():
+    args = _parse(["eval", "some/dir"])
+    assert args.bits == [3, 4, 5, 6, 7, 8]
+    assert args.methods == ["base", "rtn", "dedicated", "reference", "ours"]
+    assert args.func.__name__ == "run_eval"
+
+
+def test_eval_command_end_to_end(tiny_quantized, bb_sdist, tmp_path, monkeypatch, capsys):
+    artifact, work = tiny_quantized
+    monkeypatch.setenv("ANYPREC_CACHE", str(tmp_path / "cache"))  # converted tasks go here
+    out = tmp_path / "eval.json"
+    args = _parse(["eval", str(artifact), "--bits", *map(str, BITS), "--tasks", "social_iqa",
+                   "--limit", "2", "--bigbench-source", str(bb_sdist), "--corpus", "news",
+                   "--ppl-max-tokens", "300", "--window", "64", "--batch-size", "2",
+                   "--work-dir", str(work), "--json", str(out), "--markdown", str(tmp_path / "eval.md"),
+                   "--plots", str(tmp_path / "plots"), "--no-progress"])
+    assert args.func(args) == 0
+    report = json.loads(out.read_text())
+    assert set(report["methods"]) == {"rtn", "dedicated", "reference", "ours"}
+    for per_bits in report["methods"].values():
+        assert set(per_bits) == {str(b) for b in BITS}
+        for metrics in per_bits.values():
+            assert set(metrics) >= {"ppl_news", "acc_social_iqa", "acc_mean"}
+    base = report["base"]["ppl_news"]
+    assert report["methods"]["ours"]["8"]["ppl_news"] == pytest.approx(base, rel=0.02)
+    assert report["methods"]["rtn"]["3"]["ppl_news"] != pytest.approx(base, rel=1e-3)
+    # The artifact was built from the same Fisher: our in-process objective is its objective.
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    for b in BITS:
+        assert report["objective"]["ours"][str(b)]["total"] == pytest.approx(
+            float(manifest["objective"][str(b)]), rel=1e-6)
+    assert "dedicated" in report["deltas"] and "### ppl_news" in capsys.readouterr().out
+    assert (tmp_path / "plots" / "ppl_news.png").is_file()
+
+
+def test_ours_in_process_matches_artifact(tiny_quantized, tiny_llama):
+    from anyprec.eval_cli import load_fisher
+    from anyprec.packed import read_manifest
+    from anyprec.runtime import load_anyprec
+
+    artifact, work = tiny_quantized
+    manifest = read_manifest(artifact)
+    fisher = load_fisher(manifest, work, progress=False)
+    model, tok = copy.deepcopy(tiny_llama[0]), tiny_llama[1]
+    settings = runner.EvalSettings(bits=BITS, methods=["ours"], tasks=[], corpora=["news"],
+                                   window=64, ppl_max_tokens=300, progress=False)
+    in_process = runner.run_evaluation(model, tok, fisher, settings)
+    packed = runner.run_evaluation(model, tok, fisher, settings, load_anyprec(artifact, bits=BITS))
+    for b in map(str, BITS):
+        # fp16 LUTs in the artifact against float32 in process: close, not bit-equal.
+        assert packed["methods"]["ours"][b]["ppl_news"] == pytest.approx(
+            in_process["methods"]["ours"][b]["ppl_news"], rel=2e-3)
