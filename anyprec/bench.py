@@ -48,7 +48,7 @@ def run_gemv(args: argparse.Namespace) -> int:
     cfg = GemvConfig(
         out_features=out_features, in_features=in_features, bits=tuple(args.bits),
         threads=args.threads or torch.get_num_threads(), repeats=args.repeats,
-        rotate_mib=args.rotate_mib, backend=args.backend,
+        rotate_mib=args.rotate_mib, bandwidth_mib=args.bandwidth_mib, backend=args.backend,
     )
     result = run_gemv_bench(cfg)
     print(format_table(result))
@@ -120,6 +120,7 @@ def _add_gemv(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=0, help="torch/OpenMP threads (default: torch's)")
     p.add_argument("--repeats", type=int, default=30, help="timed calls per figure (median)")
     p.add_argument("--rotate-mib", type=int, default=384, help="weight copies total (exceed the LLC)")
+    p.add_argument("--bandwidth-mib", type=int, default=512, help="buffer for the read-bandwidth pass")
     p.add_argument("--backend", choices=["reference", "cpu", "triton"], default=None)
     p.set_defaults(func=run_gemv)
 

@@ -169,7 +169,7 @@ def build_calibration(
     As ALGORITHM.md §1: each row is the first seq_len tokens of a distinct calibration
     document with at least seq_len tokens, documents drawn by a permutation seeded with
     `seed`. If fewer than n_samples such documents exist (the gensim wiki calibration
-    split has about 70 at 512 tokens), falls back, with a logged warning, to concatenating
+    split has fewer than 100 of 512 SmolLM2 tokens), falls back, with a logged warning, to concatenating
     all calibration documents (EOS between them) into one stream and drawing n_samples
     distinct non-overlapping seq_len windows of it with the same seeded generator.
     Tokens use the tokenizer's default special tokens (e.g. a leading BOS).
@@ -198,7 +198,6 @@ def calibration_hash(ids: torch.Tensor) -> str:
     digest = hashlib.sha256(f"{array.dtype}{list(array.shape)}".encode())
     digest.update(array.tobytes())
     return digest.hexdigest()
-
 
 
 class CalibrationRows(pa.DataFrameModel):

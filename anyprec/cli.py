@@ -89,13 +89,14 @@ def cmd_ppl(args: argparse.Namespace) -> int:
     apm = load_anyprec(args.dir, bits=args.bits)
     texts = _texts(args, apm.manifest)
     bits = apm.bits_available
-    results: dict[str, Any] = {"artifact": str(args.dir), "window": args.window, "bits": {}}
+    results: dict[str, Any] = {"artifact": str(args.dir), "window": args.window, "max_tokens": args.max_tokens,
+                               "bits": {}}
     if not args.no_base:
         base, tok = load_model(apm.manifest["inputs"]["base_model_ref"])
-        results["base"] = {n: perplexity(base, tokenize_text(tok, t), args.window, desc=f"ppl {n} base")
+        results["base"] = {n: perplexity(base, tokenize_text(tok, t)[: args.max_tokens], args.window, desc=f"ppl {n} base")
                            for n, t in texts.items()}
         del base
-    per_bits = evaluate_perplexity(apm, bits, texts, args.window)
+    per_bits = evaluate_perplexity(apm, bits, texts, args.window, max_tokens=args.max_tokens)
     results["bits"] = {str(b): v for b, v in per_bits.items()}
     names = list(texts)
     print(f"{'model':>8} " + " ".join(f"{n:>14}" for n in names))
@@ -153,6 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--corpus", nargs="+", choices=["wiki", "news"], default=["wiki"],
                    help="held-out corpora when no --text is given (default: wiki)")
     p.add_argument("--window", type=int, default=2048, help="window length (capped at the model's context)")
+    p.add_argument("--max-tokens", type=int, default=None,
+                   help="score only the first N tokens of each text (default: all; bounds CPU time)")
     p.add_argument("--no-base", action="store_true", help="skip the base model's perplexity")
     p.add_argument("--json", default=None, help="write results (base included) to this JSON file")
     p.set_defaults(func=cmd_ppl)

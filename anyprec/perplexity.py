@@ -53,9 +53,13 @@ def evaluate_perplexity(
     texts: dict[str, str],
     window: int = 2048,
     progress: bool = True,
+    max_tokens: int | None = None,
 ) -> dict[int, dict[str, float]]:
-    """Perplexity of an AnyPrecisionModel per bit-width and per named text: {bits: {name: ppl}}."""
-    streams = {name: tokenize_text(apm.tokenizer, text) for name, text in texts.items()}
+    """Perplexity of an AnyPrecisionModel per bit-width and per named text: {bits: {name: ppl}}.
+
+    max_tokens: score only the first max_tokens tokens of each text (None: all of it).
+    """
+    streams = {name: tokenize_text(apm.tokenizer, text)[:max_tokens] for name, text in texts.items()}
     results: dict[int, dict[str, float]] = {}
     for b in bits:
         with apm.precision(b):

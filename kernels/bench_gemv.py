@@ -20,9 +20,6 @@ import torch.nn.functional as F
 from anyprec.kernels.bitplanes import words_per_row
 from anyprec.kernels.dispatch import Backend, matmul, resolve_backend
 
-BANDWIDTH_BUFFER_MIB = 512
-
-
 @dataclass(frozen=True)
 class GemvConfig:
     """What to measure: shape [out, in], bit-widths, threads, repeats, rotation set size."""
@@ -33,6 +30,7 @@ class GemvConfig:
     threads: int = 2
     repeats: int = 30
     rotate_mib: int = 384
+    bandwidth_mib: int = 512
     backend: str | None = None
 
 
@@ -48,9 +46,10 @@ def median_ms(fn: Callable[[int], object], copies: int, repeats: int) -> float:
     return statistics.median(times) * 1e3
 
 
-def read_bandwidth_gbps(repeats: int = 7) -> float:
-    """Memory-read bandwidth in GB/s: median of full passes over a buffer larger than the LLC."""
-    buf = torch.ones(BANDWIDTH_BUFFER_MIB << 18, dtype=torch.float32)
+def read_bandwidth_gbps(buffer_mib: int, repeats: int = 7) -> float:
+    """Memory-read bandwidth in GB/s: median of full sum() passes over `buffer_mib` MiB
+    (choose it larger than the last-level cache)."""
+    buf = torch.ones(buffer_mib << 18, dtype=torch.float32)
     ms = median_ms(lambda _: buf.sum(), 1, repeats)
     return buf.numel() * 4 / ms / 1e6
 
@@ -112,7 +111,7 @@ def run_gemv_bench(cfg: GemvConfig) -> dict:
     previous = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     try:
-        gbps = read_bandwidth_gbps()
+        gbps = read_bandwidth_gbps(cfg.bandwidth_mib)
         dense = [measure_dense(cfg, torch.float32, gbps), measure_dense(cfg, torch.bfloat16, gbps)]
         rows = [measure_bits(cfg, b, gbps) for b in cfg.bits]
     finally:

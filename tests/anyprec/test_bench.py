@@ -1,0 +1,35 @@
+"""`anyprec bench gemv` on a tiny shape: the table prints and the JSON has every row/key."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+
+from anyprec.bench import main, parse_shape
+
+ROW_KEYS = {"kind", "bits", "ms_dram", "ms_hot", "gbps", "bytes", "floor_ms", "ratio_floor", "ratio_bf16"}
+
+
+def test_gemv_bench_writes_rows(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "gemv.json"
+    argv = ["gemv", "--shape", "48x100", "--bits", "3", "8", "--repeats", "3", "--rotate-mib", "1",
+            "--bandwidth-mib", "4", "--threads", "1", "--json", str(out)]
+    assert main(argv) == 0
+    result = json.loads(out.read_text())
+    kinds = [(r["kind"], r["bits"]) for r in result["rows"]]
+    assert kinds == [("anyprec", 3), ("anyprec", 8), ("dense_fp32", 32), ("dense_bf16", 16)]
+    for row in result["rows"]:
+        assert ROW_KEYS <= row.keys()
+        assert row["ms_dram"] > 0 and row["ms_hot"] > 0 and row["ratio_floor"] > 0
+    assert result["rows"][-1]["ratio_bf16"] == 1.0
+    assert result["rows"][0]["bytes"] < result["rows"][1]["bytes"]
+    assert "dense_bf16" in capsys.readouterr().out
+
+
+def test_parse_shape() -> None:
+    assert parse_shape("4096x11008") == (4096, 11008)
+    with pytest.raises(argparse.ArgumentTypeError, match="OUTxIN"):
+        parse_shape("4096")
