@@ -102,15 +102,6 @@ def quantizable_modules(model: nn.Module) -> list[str]:
     return [name for group in layer_groups(model) for name in group]
 
 
-def layer_index(name: str, model: nn.Module) -> int:
-    """Decoder-layer index of a quantizable module name (e.g. 3 for model.layers.3.mlp.up_proj)."""
-    spec = arch_spec(_model_type(model))
-    prefix = spec.layers + "."
-    if not name.startswith(prefix):
-        raise ValueError(f"{name!r} is not under the decoder layers {spec.layers!r}")
-    return int(name[len(prefix):].split(".", 1)[0])
-
-
 def is_conv1d(module: nn.Module) -> bool:
     """True for transformers' Conv1D (GPT-2 style), whose weight is stored [in, out]."""
     from transformers.pytorch_utils import Conv1D

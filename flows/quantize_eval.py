@@ -75,11 +75,10 @@ def evaluation_stages(layout: Layout, base: BaseModelInfo, packed: StageOutput) 
             eval_fraction=p.calibration.eval_fraction, split_seed=p.calibration.seed,
         ),
     }
-    if p.evaluation.tasks:
-        futures[Stage.LM_EVAL.value] = submit_stage(
-            ev.lm_eval, layout, path(Stage.LM_EVAL),
-            base=base, packed=packed, bits=p.evaluation.bits, tasks=p.evaluation.tasks, limit=p.evaluation.limit,
-        )
+    futures[Stage.LM_EVAL.value] = submit_stage(
+        ev.lm_eval, layout, path(Stage.LM_EVAL),
+        base=base, packed=packed, bits=p.evaluation.bits, tasks=p.evaluation.tasks, limit=p.evaluation.limit,
+    )
     reports = {name: future.result() for name, future in futures.items()}
     if p.benchmark.bits:  # after the others: timings taken on an otherwise idle runner
         reports[Stage.BENCH.value] = run_stage(bench, layout, path(Stage.BENCH), packed=packed, benchmark=p.benchmark)

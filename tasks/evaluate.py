@@ -94,6 +94,8 @@ def lm_eval(
 
     Report: {"base": {task: acc}, "bits": {"b": {task: acc}}, "details": {"base"|"b": {task: metrics}}}.
     """
+    if not tasks:  # nothing configured: an empty report keeps the stage's output (and DVC's) defined
+        return write_report(out, {"base": {}, "bits": {}, "details": {}, "limit": limit})
     from anyprec.evaluation.lm_eval_runner import build_suite, evaluate_suite, make_lm
     from anyprec.models import load_model
     from anyprec.runtime import load_anyprec

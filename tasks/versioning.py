@@ -32,7 +32,7 @@ def dvc_md5(path: str | Path) -> str:
 
 def dvc_stage_names(model: str) -> list[str]:
     """The dvc.yaml stages (foreach over pipeline.dvc_models) that produce one model's outputs."""
-    return [f"{stage}@{model}" for stage in ("calibrate", "sensitivity", "seed", "upscale", "pack", "evaluate")]
+    return [f"{stage}@{model}" for stage in ("calibrate", "sensitivity", "seed", "upscale", "pack", "ppl", "lm_eval", "bench")]
 
 
 def dvc_commit(root: Path, model: str) -> str:

@@ -14,7 +14,7 @@ import yaml
 from anyprec.tasks.layout import Layout, ModelMissingError
 
 STAGES = ["prepare-calibration", "sensitivity", "seed-quantization", "upscaling", "packing"]
-EVALS = ["perplexity", "bench"]
+EVALS = ["perplexity", "lm-eval", "bench"]
 
 
 def task_states(flow_run_id) -> dict[str, str]:
@@ -89,7 +89,7 @@ def test_changing_evaluation_reruns_only_evaluation(first_run, pipeline_root):
     params["evaluation"]["ppl_max_tokens"] = 96
     params_file.write_text(yaml.safe_dump(params, sort_keys=False))
     summary, states = run_flow(pipeline_root)
-    assert all(states[name] == "Cached" for name in STAGES + ["bench"]), states
+    assert all(states[name] == "Cached" for name in STAGES + ["lm-eval", "bench"]), states
     assert states["perplexity"] == "Completed"
     assert summary.reports["ppl"]["tokens"] == {"news": 96}
 

@@ -1,0 +1,90 @@
+"""dvc.yaml reads only keys of the typed params model and mirrors the flow's layout."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel
+
+from anyprec.config import Params, load_params
+from anyprec.tasks.layout import Layout, Stage
+from anyprec.tasks.versioning import dvc_stage_names
+
+REPO = Path(__file__).resolve().parents[2]
+TEMPLATE = re.compile(r"\$\{([^}]+)\}")
+
+
+def dvc_yaml() -> dict:
+    return yaml.safe_load((REPO / "dvc.yaml").read_text())
+
+
+def typed_key_exists(model: type[BaseModel], value, dotted: str) -> bool:
+    """True when `dotted` names a field of the typed model (dict-valued fields by their keys)."""
+    head, _, rest = dotted.partition(".")
+    if isinstance(value, dict) and not isinstance(value, BaseModel):
+        return head in value and (not rest or typed_key_exists(model, value[head], rest))
+    fields = type(value).model_fields
+    if head not in fields:
+        return False
+    child = getattr(value, head)
+    return not rest or typed_key_exists(model, child, rest)
+
+
+def used_keys(params: Params) -> set[str]:
+    """Every params key dvc.yaml reads (${...} templates and `params:` lists), per dvc_models item."""
+    keys = set()
+    for item in params.pipeline.dvc_models:
+        for text in strings(dvc_yaml()):
+            keys |= set(TEMPLATE.findall(text.replace("${item}", item)))
+        for stage in dvc_yaml()["stages"].values():
+            keys |= {k.replace("${item}", item) for k in stage["do"].get("params", []) if isinstance(k, str)}
+    return keys
+
+
+def strings(node) -> list[str]:
+    """Every string (keys and values) in a parsed YAML tree: comments are not part of it."""
+    if isinstance(node, dict):
+        return [s for k, v in node.items() for s in strings(k) + strings(v)]
+    if isinstance(node, list):
+        return [s for v in node for s in strings(v)]
+    return [node] if isinstance(node, str) else []
+
+
+def test_every_params_key_in_dvc_yaml_is_in_the_typed_model():
+    params = load_params(REPO / "params.yaml")
+    keys = used_keys(params)
+    assert "calibration" in keys and "pipeline.artifacts_dir" in keys
+    missing = sorted(k for k in keys if not typed_key_exists(Params, params, k))
+    assert not missing, f"dvc.yaml reads keys that anyprec.config.Params does not define: {missing}"
+
+
+def test_a_typo_would_be_caught():
+    params = load_params(REPO / "params.yaml")
+    assert not typed_key_exists(Params, params, "evaluation.ppl_windows")
+    assert not typed_key_exists(Params, params, "models.no-such-model")
+
+
+def test_stage_outputs_match_the_flow_layout():
+    layout = Layout.from_file(REPO / "params.yaml")
+    stages = dvc_yaml()["stages"]
+    for model in layout.params.pipeline.dvc_models:
+        assert {n.split("@")[0] for n in dvc_stage_names(model)} == set(stages)
+        outs = set()
+        for stage in stages.values():
+            for entry in stage["do"].get("outs", []) + stage["do"].get("metrics", []):
+                path = next(iter(entry)) if isinstance(entry, dict) else entry
+                outs.add(path.replace("${item}", model)
+                         .replace("${pipeline.artifacts_dir}", layout.params.pipeline.artifacts_dir)
+                         .replace("${pipeline.reports_dir}", layout.params.pipeline.reports_dir))
+        expected = {str(layout.stage_path(model, s).relative_to(layout.root)) for s in Stage}
+        assert outs == expected
+
+
+def test_packed_artifact_is_a_dvc_model_artifact():
+    layout = Layout.from_file(REPO / "params.yaml")
+    artifacts = dvc_yaml()["artifacts"]
+    for model in layout.params.pipeline.dvc_models:
+        assert artifacts[model]["type"] == "model"
+        assert artifacts[model]["path"] == str(layout.stage_path(model, Stage.PACKED).relative_to(layout.root))
