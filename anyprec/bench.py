@@ -78,6 +78,8 @@ def decode_rate(generate: Callable[..., object], input_ids, new_tokens: int, rep
     long_s = statistics.median(s for s, _ in runs)
     produced = min(n for _, n in runs)
     per_token = (long_s - short) / max(produced - 1, 1)
+    if per_token <= 0:  # timing noise larger than the decode time: fall back to the whole call
+        per_token = long_s / max(produced, 1)
     return {"tokens": produced, "ms_per_token": per_token * 1e3, "tokens_per_s": 1.0 / per_token}
 
 

@@ -9,6 +9,8 @@ baselines see exactly the calibration the artifact was built from.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -58,10 +60,12 @@ def _work_dir(inputs: dict[str, Any]) -> Path:
     return cache_dir() / "work" / f"{inputs['base_model_sha256'][:16]}-{config_hash(calib, quant)[:16]}"
 
 
-def load_fisher(manifest: dict[str, Any], work: Path, progress: bool) -> dict:
-    """Sensitivity of every quantized module for the artifact's calibration (reused or computed).
+def load_fisher(manifest: dict[str, Any], work: Path, progress: bool) -> tuple[dict, str]:
+    """(Fisher of every quantized module, sensitivity key) for the artifact's calibration.
 
-    Raises ValueError if the calibration rebuilt here differs from the artifact's (hash).
+    Reused from work/sensitivity when up to date, else computed there. The key names the
+    base model and calibration. Raises ValueError if the calibration rebuilt here differs
+    from the artifact's (hash).
     """
     from anyprec import quantize
     from anyprec.config import CalibrationConfig
@@ -77,42 +81,76 @@ def load_fisher(manifest: dict[str, Any], work: Path, progress: bool) -> dict:
         raise ValueError(f"calibration in {calib_dir} (sha256 {digest[:12]}) differs from the artifact's "
                          f"({inputs['calibration_sha256'][:12]}); pass --work-dir to a fresh folder")
     sens_dir = quantize.run_sensitivity(ref, calib_dir, work / "sensitivity", progress)
-    return load_sensitivity(sens_dir, list(manifest["modules"]))
+    key = json.loads((sens_dir / quantize.SENS_META).read_text())["key"]
+    return load_sensitivity(sens_dir, list(manifest["modules"])), key
+
+
+def _artifact_settings(manifest: dict[str, Any]) -> dict[str, Any]:
+    """EvalSettings fields fixed by the artifact: nesting range and the held-out split."""
+    calib = manifest["inputs"].get("calibration", {})
+    return {"seed_bits": manifest["seed_bits"], "parent_bits": manifest["parent_bits"],
+            "eval_fraction": calib.get("eval_fraction", 0.2), "split_seed": calib.get("seed", 0)}
 
 
 def settings_from_args(args: argparse.Namespace, manifest: dict[str, Any]):
-    """EvalSettings from the CLI flags and the artifact's quantization/calibration inputs."""
+    """EvalSettings from the CLI flags and the artifact's inputs."""
     from anyprec.evaluation.runner import EvalSettings
 
-    calib = manifest["inputs"].get("calibration", {})
     return EvalSettings(
         bits=args.bits, methods=args.methods, tasks=args.tasks, limit=args.limit or None,
         corpora=args.corpus, window=args.window, ppl_max_tokens=args.ppl_max_tokens,
-        batch_size=args.batch_size, seed_bits=manifest["seed_bits"], parent_bits=manifest["parent_bits"],
-        eval_fraction=calib.get("eval_fraction", 0.2), split_seed=calib.get("seed", 0),
+        batch_size=args.batch_size, progress=not args.no_progress,
         bigbench_source=str(args.bigbench_source) if args.bigbench_source else None,
-        progress=not args.no_progress,
+        **_artifact_settings(manifest),
     )
+
+
+def settings_from_config(cfg: Any, manifest: dict[str, Any], progress: bool = True):
+    """EvalSettings from params.yaml's `evaluation` section (anyprec.config.EvaluationConfig)."""
+    from anyprec.evaluation.runner import EvalSettings
+
+    return EvalSettings(bits=list(cfg.bits), methods=list(cfg.methods), tasks=list(cfg.tasks),
+                        limit=cfg.limit, corpora=list(cfg.ppl_corpora), window=cfg.ppl_window,
+                        ppl_max_tokens=cfg.ppl_max_tokens, progress=progress, **_artifact_settings(manifest))
+
+
+def evaluate_artifact(artifact_dir: str | Path, settings: Any, work_dir: str | Path | None = None) -> dict[str, Any]:
+    """The full report (runner.run_evaluation) for a packed artifact and its base model.
+
+    work_dir: where the artifact's calibration/sensitivity live or go (default: the
+    quantization run's cache folder, so nothing is recomputed after `anyprec quantize`);
+    baseline quantizations are cached in work_dir/baselines unless settings.quant_cache is set.
+    """
+    from anyprec.evaluation.runner import run_evaluation
+    from anyprec.models import load_model
+    from anyprec.packed import read_manifest
+    from anyprec.runtime import load_anyprec
+
+    manifest = read_manifest(artifact_dir)
+    work = Path(work_dir) if work_dir else _work_dir(manifest["inputs"])
+    fisher, sens_key = load_fisher(manifest, work, settings.progress)
+    if settings.quant_cache is None:
+        # Baseline quantizations depend on the weights, Fisher and nesting range only.
+        settings = dataclasses.replace(settings, quant_cache=str(work / "baselines"),
+                                       quant_cache_key=f"{sens_key}|{settings.seed_bits}|{settings.parent_bits}")
+    model, tokenizer = load_model(manifest["inputs"]["base_model_ref"])
+    ours = Method.OURS.value in settings.methods
+    artifact = load_anyprec(artifact_dir, bits=settings.bits) if ours else None
+    report = run_evaluation(model, tokenizer, fisher, settings, artifact)
+    report["artifact"] = str(Path(artifact_dir).resolve())
+    report["base_model_ref"] = manifest["inputs"]["base_model_ref"]
+    return report
 
 
 def run_eval(args: argparse.Namespace) -> int:
     """Run the evaluation, print the markdown tables, write --json/--markdown/--plots."""
     from anyprec.env import apply_offline_env
     from anyprec.evaluation import table
-    from anyprec.evaluation.runner import run_evaluation
-    from anyprec.models import load_model
     from anyprec.packed import read_manifest
-    from anyprec.runtime import load_anyprec
 
     apply_offline_env()
-    manifest = read_manifest(args.dir)
-    settings = settings_from_args(args, manifest)
-    fisher = load_fisher(manifest, args.work_dir or _work_dir(manifest["inputs"]), settings.progress)
-    model, tokenizer = load_model(manifest["inputs"]["base_model_ref"])
-    artifact = load_anyprec(args.dir, bits=args.bits) if Method.OURS.value in settings.methods else None
-    report = run_evaluation(model, tokenizer, fisher, settings, artifact)
-    report["artifact"] = str(Path(args.dir).resolve())
-    report["base_model_ref"] = manifest["inputs"]["base_model_ref"]
+    settings = settings_from_args(args, read_manifest(args.dir))
+    report = evaluate_artifact(args.dir, settings, args.work_dir)
     print(table.markdown_report(report))
     if args.json:
         table.write_json(report, args.json)

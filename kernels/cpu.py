@@ -1,8 +1,10 @@
 """Native CPU backend: wraps the C extension `anyprec.kernels._cpu` (built by setup.py).
 
-Decode (<= DECODE_MAX_TOKENS rows of x): the fused bitplane-LUT kernel, reading only the
-first `bits` planes. Prefill (more rows): the layer is dequantized in row tiles by the
-native kernel and multiplied with torch's dense matmul (fp32, or bf16 for bf16 x).
+Decode (up to FUSED_MAX_TOKENS rows of x): the fused bitplane-LUT kernel, reading only
+the first `bits` planes, 8 tokens per call. Prefill (more rows): the layer is dequantized
+in row tiles by the native kernel and multiplied with torch's dense matmul (fp32, or bf16
+for bf16 x). LUTs are read as fp16 (the artifact's dtype: half the bytes, and the 6..8-bit
+kernel needs it) or fp32; pass them as stored.
 """
 
 from __future__ import annotations
@@ -20,8 +22,11 @@ except ImportError as err:  # not built: the dispatcher falls back to the refere
 else:
     IMPORT_ERROR = None
 
-DECODE_MAX_TOKENS = 8
-TILE_ELEMENTS = 1 << 20  # dequantized tile size for prefill: stays in L2/L3
+DECODE_MAX_TOKENS = 8  # tokens per native gemv call
+# Up to this many tokens the fused kernel (in calls of 8) beats dequantize + dense matmul
+# (measured on 4096x4096: crossover ~32 tokens at 3 bits, ~12 at 8 bits).
+FUSED_MAX_TOKENS = {bits: 32 if bits <= 5 else 8 for bits in range(1, 9)}
+TILE_ELEMENTS = 1 << 21  # dequantized tile size for prefill (elements); measured best of 2^17..2^21
 SMALL_LAYER_BYTES = 1 << 16  # layers below this many plane bytes run on one thread
 
 
@@ -55,19 +60,20 @@ def set_isa(name: str) -> None:
 
 
 def _check_planes(planes: torch.Tensor, bits: int, in_features: int) -> None:
-    if planes.device.type != "cpu" or planes.dtype != torch.int32 or planes.dim() != 3:
+    shape = planes.shape
+    if planes.dtype != torch.int32 or len(shape) != 3 or planes.device.type != "cpu":
         raise ValueError(
             f"cpu backend needs int32[P, N, W] planes on the cpu, got {planes.dtype}"
-            f"{list(planes.shape)} on {planes.device}"
+            f"{list(shape)} on {planes.device}"
         )
-    if not 1 <= bits <= min(8, planes.shape[0]):
-        raise ValueError(f"bits={bits} must be in 1..{min(8, planes.shape[0])} for these planes")
-    if planes.shape[2] != words_per_row(in_features):
+    if not 1 <= bits <= min(8, shape[0]):
+        raise ValueError(f"bits={bits} must be in 1..{min(8, shape[0])} for these planes")
+    if shape[2] != (in_features + 31) // 32:
         raise ValueError(
-            f"planes have {planes.shape[2]} words per row but in_features={in_features} "
+            f"planes have {shape[2]} words per row but in_features={in_features} "
             f"needs {words_per_row(in_features)}"
         )
-    if planes.stride(2) != 1 or planes.stride(1) != planes.shape[2]:
+    if not planes.is_contiguous() and (planes.stride(2) != 1 or planes.stride(1) != shape[2]):
         raise ValueError("each plane must be row-contiguous; pass planes.contiguous()")
 
 
@@ -147,8 +153,12 @@ def matmul_cpu(
     lut = _prepared_lut(lut, bits, planes.shape[1])
     lead = x.shape[:-1]
     x2 = x.reshape(-1, in_features)
-    if 0 < x2.shape[0] <= DECODE_MAX_TOKENS:
-        y = gemv(x2.float().contiguous(), planes, lut, bits, in_features)
+    tokens = x2.shape[0]
+    if 0 < tokens <= FUSED_MAX_TOKENS[bits]:
+        xf = x2.float().contiguous()
+        parts = [gemv(xf[t : t + DECODE_MAX_TOKENS], planes, lut, bits, in_features)
+                 for t in range(0, tokens, DECODE_MAX_TOKENS)]
+        y = parts[0] if len(parts) == 1 else torch.cat(parts)
     else:
         work = torch.bfloat16 if x.dtype == torch.bfloat16 else torch.float32
         y = _prefill(x2.to(work).contiguous(), planes, lut, bits, in_features)

@@ -2,8 +2,8 @@
 
 Rule: explicit `backend` argument > env `ANYPREC_BACKEND` > the tensor's device
 (cuda -> triton, cpu -> native cpu if the extension is built, else reference).
-Backends other than the reference are imported lazily so that `anyprec.kernels`
-imports without triton installed and without the native library built.
+The Triton backend is imported lazily and the native one tolerates a missing build, so
+`anyprec.kernels` imports without triton installed and without the native library built.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from enum import Enum
 
 import torch
 
+from anyprec.kernels import cpu
 from anyprec.kernels.reference import dequantize_reference, matmul_reference
 
 ENV_BACKEND = "ANYPREC_BACKEND"
@@ -36,15 +37,13 @@ def _parse_backend(value: str | Backend, source: str) -> Backend:
 
 def native_available() -> bool:
     """True if the native CPU library is built and loads on this machine."""
-    from anyprec.kernels import cpu
-
     return cpu.is_available()
 
 
 def resolve_backend(device: torch.device, backend: str | Backend | None = None) -> Backend:
     """Backend for tensors on `device`: explicit argument > env ANYPREC_BACKEND > device."""
     if backend is not None:
-        return _parse_backend(backend, "the backend argument")
+        return backend if isinstance(backend, Backend) else _parse_backend(backend, "the backend argument")
     env = os.environ.get(ENV_BACKEND)
     if env:
         return _parse_backend(env.strip().lower(), f"env {ENV_BACKEND}")
@@ -73,8 +72,6 @@ def matmul(
     if chosen is Backend.REFERENCE:
         return matmul_reference(x, planes, lut, bits, in_features, bias)
     if chosen is Backend.CPU:
-        from anyprec.kernels import cpu
-
         return cpu.matmul_cpu(x, planes, lut, bits, in_features, bias)
     from anyprec.kernels import triton_kernels
 
@@ -94,8 +91,6 @@ def dequantize(
     if chosen is Backend.REFERENCE:
         return dequantize_reference(planes, lut, bits, in_features, dtype)
     if chosen is Backend.CPU:
-        from anyprec.kernels import cpu
-
         return cpu.dequantize_cpu(planes, lut, bits, in_features, dtype)
     from anyprec.kernels import triton_kernels
 

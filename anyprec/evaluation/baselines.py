@@ -16,9 +16,11 @@ and restoring the originals afterwards.
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from typing import Iterator
 
 import numpy as np
@@ -131,16 +133,82 @@ def quantize_method(
     seed_bits: int = 3,
     parent_bits: int = 8,
     progress: bool = True,
+    cache: Path | None = None,
+    cache_key: str = "",
 ) -> MethodResult:
-    """Quantize every module in `fisher` (f32[N, K] per module name) with `method` at `bits`."""
+    """Quantize every module in `fisher` (f32[N, K] per module name) with `method` at `bits`.
+
+    cache: a folder keeping each module's result (`<method>/<module>.safetensors`), reused
+    when its stored `cache_key` matches (pass one that names the model, calibration and
+    seed/parent bits) and it holds every requested bit-width: the dedicated 8-bit
+    clustering alone takes tens of minutes on a 135M model.
+    """
     from anyprec.clustering import sample_weights, weighted_objective
 
     method = Method(method)
     result = MethodResult(method, {b: {} for b in bits}, {b: {} for b in bits})
     for name in tqdm(list(fisher), desc=f"quantize {method.value}", disable=not progress, leave=False):
-        w = archs.get_weight(model.get_submodule(name)).numpy()
-        weights = sample_weights(w, fisher[name].detach().cpu().numpy().astype(np.float32))
-        for b, (codes, lut) in _quantize_module(w, weights, method, bits, seed_bits, parent_bits).items():
+        path = cache / method.value / f"{name}.safetensors" if cache else None
+        stored = _load_cached(path, bits, cache_key) if path else None
+        if stored is None:
+            w = archs.get_weight(model.get_submodule(name)).numpy()
+            weights = sample_weights(w, fisher[name].detach().cpu().numpy().astype(np.float32))
+            stored = {b: (codes, lut, float(weighted_objective(w, weights, codes, lut).sum()))
+                      for b, (codes, lut) in _quantize_module(w, weights, method, bits, seed_bits,
+                                                               parent_bits).items()}
+            if path:
+                _save_cached(path, stored, cache_key)
+        for b, (codes, lut, objective) in stored.items():
             result.codes[b][name] = (codes, lut)
-            result.objective[b][name] = float(weighted_objective(w, weights, codes, lut).sum())
+            result.objective[b][name] = objective
     return result
+
+
+def _save_cached(path: Path, stored: dict[int, tuple[np.ndarray, np.ndarray, float]], key: str) -> None:
+    """One module's {bits: (codes, lut, objective)} as safetensors, written atomically."""
+    from safetensors.numpy import save_file
+
+    tensors = {}
+    for b, (codes, lut, objective) in stored.items():
+        tensors |= {f"codes{b}": codes, f"lut{b}": lut, f"objective{b}": np.array([objective])}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    save_file(tensors, str(tmp), metadata={"key": key})
+    os.replace(tmp, path)
+
+
+def _load_cached(path: Path, bits: list[int], key: str) -> dict[int, tuple[np.ndarray, np.ndarray, float]] | None:
+    """The cached result when the file exists, its key matches and it has every bit-width."""
+    from safetensors import safe_open
+
+    if not path.is_file():
+        return None
+    with safe_open(str(path), framework="np") as handle:
+        if (handle.metadata() or {}).get("key") != key or any(f"codes{b}" not in handle.keys() for b in bits):
+            return None
+        return {b: (handle.get_tensor(f"codes{b}"), handle.get_tensor(f"lut{b}"),
+                    float(handle.get_tensor(f"objective{b}")[0])) for b in bits}
+
+
+def flash1dkmeans_seed(w: np.ndarray, weights: np.ndarray, bits: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Seed clustering by `flash1dkmeans` (the paper's implementation's 1-D k-means), row by row.
+
+    A cross-check of our Lloyd baseline: w, weights [N, K] -> codes uint8[N, K],
+    lut f32[N, 2**bits] (ascending). Needs the optional `flash1dkmeans` package. Slow
+    (one call per row): use it on a few rows.
+    """
+    from flash1dkmeans import kmeans_1d
+
+    n_clusters = 1 << bits
+    codes = np.zeros(w.shape, dtype=np.uint8)
+    lut = np.zeros((w.shape[0], n_clusters), dtype=np.float32)
+    for row in range(w.shape[0]):
+        xs = w[row].astype(np.float64)
+        fs = weights[row].astype(np.float64) if weights[row].sum() > 0 else np.ones_like(xs)
+        centroids, labels = kmeans_1d(xs, n_clusters, max_iter=50, sample_weights=fs, random_state=seed)
+        order = np.argsort(centroids, kind="stable")
+        rank = np.empty_like(order)
+        rank[order] = np.arange(order.size)
+        codes[row] = rank[labels]
+        lut[row] = np.asarray(centroids)[order]
+    return codes, lut

@@ -33,7 +33,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class EvalSettings:
-    """What to evaluate. limit: examples per task (None = all); ppl_max_tokens: cap per corpus."""
+    """What to evaluate. limit: examples per task (None = all); ppl_max_tokens: cap per corpus;
+    quant_cache: folder reusing baseline quantizations whose key equals quant_cache_key."""
 
     bits: list[int] = field(default_factory=lambda: [3, 4, 5, 6, 7, 8])
     methods: list[str] = field(default_factory=lambda: [m.value for m in Method])
@@ -48,6 +49,8 @@ class EvalSettings:
     eval_fraction: float = 0.2
     split_seed: int = 0
     bigbench_source: str | None = None
+    quant_cache: str | None = None
+    quant_cache_key: str = ""
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -112,8 +115,9 @@ def run_evaluation(model: torch.nn.Module, tokenizer: Any, fisher: dict[str, tor
             report["base"] = score_model(model, lm, streams, suite, settings, "base")
             report["seconds"]["base"] = time.perf_counter() - start
             continue
+        cache = Path(settings.quant_cache) if settings.quant_cache else None
         quantized = quantize_method(model, fisher, method, settings.bits, settings.seed_bits,
-                                    settings.parent_bits, settings.progress)
+                                    settings.parent_bits, settings.progress, cache, settings.quant_cache_key)
         report["objective"][name] = {str(b): _objective_entry(quantized.objective[b]) for b in settings.bits}
         report["methods"][name] = {}
         for b in settings.bits:

@@ -23,8 +23,12 @@ def metric_names(report: dict[str, Any]) -> list[str]:
     for per_bits in report.get("methods", {}).values():
         for metrics in per_bits.values():
             names.update(metrics)
-    order = lambda n: (not n.startswith("ppl_"), not n.endswith("_mean"), n.startswith("acc_norm"), n)
-    return sorted(names, key=order)
+    return sorted(names, key=_metric_order)
+
+
+def _metric_order(name: str) -> tuple:
+    """Sort key: perplexities, then means, then per-task accuracies (acc before acc_norm)."""
+    return (not name.startswith("ppl_"), not name.endswith("_mean"), name.startswith("acc_norm"), name)
 
 
 def bits_of(report: dict[str, Any]) -> list[int]:
@@ -87,14 +91,17 @@ def metric_table(report: dict[str, Any], metric: str) -> str:
     return "\n".join(lines)
 
 
+def _unit(metric: str) -> str:
+    return "%" if metric.startswith("ppl_") else ("x" if metric == "objective" else "pts")
+
+
 def delta_table(report: dict[str, Any]) -> str:
     """Markdown table of deltas: ppl in %, acc_mean in points, objective as ours/other."""
     table = deltas(report)
     if not table:
         return "(no deltas: needs 'ours' and 'dedicated' or 'reference')"
     columns = [(other, m) for other, per_bits in table.items() for m in next(iter(per_bits.values()))]
-    unit = lambda m: "%" if m.startswith("ppl_") else ("x" if m == "objective" else "pts")
-    header = [f"{m} ({unit(m)}) vs {other}" for other, m in columns]
+    header = [f"{m} ({_unit(m)}) vs {other}" for other, m in columns]
     lines = ["| bits | " + " | ".join(header) + " |", "|---:|" + "---:|" * len(columns)]
     for b in bits_of(report):
         cells = [table[other][str(b)][m] for other, m in columns]

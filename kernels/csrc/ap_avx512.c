@@ -216,3 +216,34 @@ static const deq_fn DEQ_TABLE[AP_MAX_BITS] = {deq_b1, deq_b2, deq_b3, deq_b4, de
 void ap_dequant_rows_avx512(const ap_dequant_args *a, int64_t row0, int64_t row1, int64_t out_row0) {
     DEQ_TABLE[a->bits - 1](a, row0, row1, out_row0);
 }
+
+/* ---- x in a kernel's column order: dst[c + q] = x[c + cols[q]], zeros past K ---- */
+
+INLINE __m512 load16_upto(const float *src, int64_t valid) {
+    if (valid >= 16) return _mm512_loadu_ps(src);
+    if (valid <= 0) return _mm512_setzero_ps();
+    return _mm512_maskz_loadu_ps((__mmask16)((1u << valid) - 1u), src);
+}
+
+void ap_prepare_x_avx512(const float *src, float *dst, int64_t K, int64_t kpad, const int64_t cols[AP_CHUNK]) {
+    __m512i idx[4];
+    __mmask16 high[4];
+    for (int j = 0; j < 4; j++) {
+        int32_t lanes[16];
+        high[j] = 0;
+        for (int i = 0; i < 16; i++) {
+            lanes[i] = (int32_t)(cols[16 * j + i] & 31);
+            if (cols[16 * j + i] >= 32) high[j] |= (__mmask16)(1u << i);
+        }
+        idx[j] = _mm512_loadu_si512(lanes);
+    }
+    for (int64_t c = 0; c < kpad; c += AP_CHUNK) {
+        __m512 r[4];
+        for (int q = 0; q < 4; q++) r[q] = load16_upto(src + c + 16 * q, K - c - 16 * q);
+        for (int j = 0; j < 4; j++) {
+            const __m512 lo = _mm512_permutex2var_ps(r[0], idx[j], r[1]);
+            const __m512 hi = _mm512_permutex2var_ps(r[2], idx[j], r[3]);
+            _mm512_storeu_ps(dst + c + 16 * j, _mm512_mask_blend_ps(high[j], lo, hi));
+        }
+    }
+}

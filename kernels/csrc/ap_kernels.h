@@ -44,6 +44,7 @@ void ap_dequant_rows_portable(const ap_dequant_args *a, int64_t row0, int64_t ro
 void ap_dequant_rows_avx2(const ap_dequant_args *a, int64_t row0, int64_t row1, int64_t out_row0);
 void ap_dequant_rows_avx512(const ap_dequant_args *a, int64_t row0, int64_t row1, int64_t out_row0);
 
+void ap_prepare_x_avx512(const float *src, float *dst, int64_t K, int64_t kpad, const int64_t cols[AP_CHUNK]);
 void ap_gemv_rows_avx512_vbmi(const ap_gemv_args *a, int64_t row0, int64_t row1);
 
 /* Column order in which a decode kernel reads x within each 64-column chunk. */

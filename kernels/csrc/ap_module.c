@@ -46,21 +46,27 @@ static int64_t column_of(int order, int64_t q) {
     return q;
 }
 
-/* x [T, K] -> buffer [T, Kpad] zero-padded, in the column order the kernel reads. */
+/* x [T, K] -> buffer [T, Kpad] zero-padded, in the column order the kernel reads.
+ * Runs once per call, so small layers need it cheap: one order table per chunk. */
 static float *prepare_x(const float *x, int64_t T, int64_t xstride, int64_t K, int64_t words,
                         int order, int64_t *kpad_out) {
     const int64_t kpad = ((words * 32 + AP_CHUNK - 1) / AP_CHUNK) * AP_CHUNK;
     float *buf = aligned_alloc(64, (size_t)(T * kpad) * sizeof(float));
     if (!buf) return NULL;
+    int64_t cols[AP_CHUNK];
+    for (int64_t q = 0; q < AP_CHUNK; q++) cols[q] = column_of(order, q);
     for (int64_t t = 0; t < T; t++) {
         const float *src = x + t * xstride;
         float *dst = buf + t * kpad;
-        for (int64_t c = 0; c < kpad; c += AP_CHUNK) {
-            for (int64_t q = 0; q < AP_CHUNK; q++) {
-                const int64_t col = c + column_of(order, q);
-                dst[c + q] = col < K ? src[col] : 0.0f;
-            }
+        if (current_isa() == ISA_AVX512) {
+            ap_prepare_x_avx512(src, dst, K, kpad, cols);
+            continue;
         }
+        const int64_t full = K / AP_CHUNK * AP_CHUNK;
+        for (int64_t c = 0; c < full; c += AP_CHUNK)
+            for (int64_t q = 0; q < AP_CHUNK; q++) dst[c + q] = src[c + cols[q]];
+        for (int64_t c = full; c < kpad; c += AP_CHUNK)
+            for (int64_t q = 0; q < AP_CHUNK; q++) dst[c + q] = c + cols[q] < K ? src[c + cols[q]] : 0.0f;
     }
     *kpad_out = kpad;
     return buf;
@@ -89,7 +95,7 @@ static int run_gemv(ap_gemv_args *a, const float *x, int64_t xstride, int nthrea
     if (!buf) return -1;
     a->x = buf;
     a->xstride = kpad;
-#pragma omp parallel num_threads(nthreads)
+#pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         int64_t r0, r1;
         split_rows(a->n_rows, omp_get_num_threads(), omp_get_thread_num(), &r0, &r1);
@@ -104,7 +110,7 @@ static int run_gemv(ap_gemv_args *a, const float *x, int64_t xstride, int nthrea
 
 static void run_dequant(const ap_dequant_args *a, int64_t row0, int64_t row1, int nthreads) {
     const int isa = current_isa();
-#pragma omp parallel num_threads(nthreads)
+#pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         int64_t r0, r1;
         split_rows(row1 - row0, omp_get_num_threads(), omp_get_thread_num(), &r0, &r1);

@@ -33,3 +33,14 @@ def test_parse_shape() -> None:
     assert parse_shape("4096x11008") == (4096, 11008)
     with pytest.raises(argparse.ArgumentTypeError, match="OUTxIN"):
         parse_shape("4096")
+
+
+def test_decode_bench_rows(tiny_artifact: Path, tmp_path: Path) -> None:
+    out = tmp_path / "decode.json"
+    argv = ["decode", str(tiny_artifact), "--bits", "3", "8", "--tokens", "4", "--repeats", "1",
+            "--threads", "1", "--json", str(out)]
+    assert main(argv) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["kind"], r["bits"]) for r in rows] == [("anyprec", 3), ("anyprec", 8), ("base_fp32", 32)]
+    for row in rows:
+        assert row["tokens"] == 4 and row["tokens_per_s"] > 0 and row["speedup_vs_base"] > 0

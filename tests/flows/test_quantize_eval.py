@@ -11,7 +11,7 @@ import time
 import pytest
 import yaml
 
-from anyprec.tasks.layout import Layout, ModelMissingError
+from anyprec.tasks.layout import Layout, ModelMissingError, Stage
 
 STAGES = ["prepare-calibration", "sensitivity", "seed-quantization", "upscaling", "packing"]
 EVALS = ["perplexity", "lm-eval", "bench"]
@@ -48,7 +48,7 @@ def test_first_run_computes_and_tracks(first_run, pipeline_root):
     summary, states, _ = first_run
     assert all(states[name] == "Completed" for name in STAGES + EVALS), states
     layout = Layout.from_file(pipeline_root / "params.yaml")
-    assert (layout.stage_path("tiny", layout_stage("PACKED")) / "manifest.json").is_file()
+    assert (layout.stage_path("tiny", Stage.PACKED) / "manifest.json").is_file()
     mlflow.set_tracking_uri(layout.tracking_uri)
     children = mlflow.search_runs(experiment_names=["anyprec"],
                                   filter_string=f"tags.mlflow.parentRunId = '{summary.mlflow_parent_run_id}'")
@@ -63,12 +63,6 @@ def test_first_run_computes_and_tracks(first_run, pipeline_root):
     texts = served.predict([{"prompt": "The quick", "bits": 3, "max_new_tokens": 2}])
     assert len(texts) == 1 and isinstance(texts[0], str)
     assert summary.dashboard and "data-plots-expected" in open(summary.dashboard).read()
-
-
-def layout_stage(name):
-    from anyprec.tasks.layout import Stage
-
-    return Stage[name]
 
 
 def test_second_run_hits_cache_for_every_stage(first_run, pipeline_root):
@@ -101,3 +95,16 @@ def test_missing_model_fails_fast_naming_the_key(prefect_harness, pipeline_root)
     with pytest.raises(ModelMissingError, match=r"models\.llama2-7b\.path"):
         quantize_eval(model="llama2-7b", params_file=str(pipeline_root / "params.yaml"))
     assert time.perf_counter() - start < 30
+
+
+def test_interrupted_layer_stage_resumes_from_its_files(first_run, pipeline_root):
+    layout = Layout.from_file(pipeline_root / "params.yaml")
+    layers = sorted(layout.stage_path("tiny", Stage.SEED).glob("layer_*.safetensors"))
+    assert len(layers) == 2
+    kept_mtime = layers[0].stat().st_mtime_ns
+    layers[1].unlink()  # as if the run had been killed before the last layer was written
+    _, states = run_flow(pipeline_root)
+    assert states["seed-quantization"] == "Completed"
+    assert layers[0].stat().st_mtime_ns == kept_mtime  # finished layer neither deleted nor redone
+    assert layers[1].is_file()
+    assert states["packing"] == "Cached"  # same seed content -> same downstream keys

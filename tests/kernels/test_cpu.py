@@ -67,15 +67,16 @@ def test_decode_matches_oracle(isa: str, shape: tuple[int, int], bits: int, lut_
 
 
 @pytest.mark.parametrize("shape", [(7, 33), (300, 95), (33, 257)])
+@pytest.mark.parametrize("tokens", [18, 40])
 @pytest.mark.parametrize("bits", [3, 6, 8])
-def test_prefill_matches_oracle(isa: str, shape: tuple[int, int], bits: int) -> None:
+def test_prefill_matches_oracle(isa: str, shape: tuple[int, int], bits: int, tokens: int) -> None:
     n, k = shape
     codes, luts, planes = random_layer(n, k, 8, seed=n + k + bits)
-    x = torch.randn(2, 9, k)
+    x = torch.randn(2, tokens // 2, k)
     bias = torch.randn(n)
     y = matmul(x, planes, luts[bits], bits, k, bias=bias, backend="cpu")
     expected = oracle(x, codes, luts[bits], bits, 8) + bias.double()
-    assert y.shape == (2, 9, n)
+    assert y.shape == (2, tokens // 2, n)
     _tol(y, expected, x, luts[bits] + bias.abs().max())
 
 

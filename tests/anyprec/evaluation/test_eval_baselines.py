@@ -82,3 +82,44 @@ def test_base_is_not_a_quantization_method(tiny_llama):
         bl.quantize_method(tiny_llama[0], _fisher(tiny_llama[0]), "base", [3], progress=False)
     with pytest.raises(ValueError, match="nested range"):
         bl.quantize_method(tiny_llama[0], _fisher(tiny_llama[0]), "ours", [2], progress=False)
+
+
+@pytest.mark.slow  # numba compiles flash1dkmeans on first use: minutes on a busy 2-core machine
+def test_flash1dkmeans_crosscheck_of_the_lloyd_baseline():
+    """flash1dkmeans (the paper's implementation's k-means) and our Lloyd land close; optimal beats both."""
+    pytest.importorskip("flash1dkmeans")
+    from anyprec.clustering import ClusterMethod, quantize_seed, weighted_objective
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((6, 96)).astype(np.float32)
+    weights = rng.random((6, 96))
+    objective = {}
+    for name, (codes, lut) in {
+        "flash": bl.flash1dkmeans_seed(w, weights, 3),
+        "lloyd": quantize_seed(w, weights, 3, ClusterMethod.LLOYD),
+        "optimal": quantize_seed(w, weights, 3, ClusterMethod.OPTIMAL),
+    }.items():
+        assert np.all(np.diff(lut, axis=1) >= 0)
+        objective[name] = weighted_objective(w, weights, codes, lut).sum()
+    assert objective["optimal"] <= min(objective["flash"], objective["lloyd"]) * (1 + 1e-9)
+    assert objective["lloyd"] == pytest.approx(objective["flash"], rel=0.1)
+
+
+def test_quantization_cache_reuses_only_matching_results(tiny_llama, tmp_path):
+    model, _ = tiny_llama
+    fisher = _fisher(model)
+    first = bl.quantize_method(model, fisher, "reference", [3, 5], progress=False, cache=tmp_path, cache_key="k1")
+    files = sorted((tmp_path / "reference").glob("*.safetensors"))
+    assert len(files) == len(fisher)
+    # A cached result is returned as stored, even though this Fisher differs (same key).
+    other = _fisher(model, seed=1)
+    again = bl.quantize_method(model, other, "reference", [5, 3], progress=False, cache=tmp_path, cache_key="k1")
+    name = next(iter(fisher))
+    for b in (3, 5):
+        np.testing.assert_array_equal(again.codes[b][name][0], first.codes[b][name][0])
+        assert again.objective[b] == first.objective[b]
+    fresh = bl.quantize_method(model, other, "reference", [3], progress=False, cache=tmp_path, cache_key="k2")
+    direct = bl.quantize_method(model, other, "reference", [3], progress=False)
+    assert fresh.objective[3] == direct.objective[3] != first.objective[3]
+    wider = bl.quantize_method(model, fisher, "reference", [3, 4], progress=False, cache=tmp_path, cache_key="k2")
+    assert set(wider.codes) == {3, 4}

@@ -62,7 +62,7 @@ def test_ours_in_process_matches_artifact(tiny_quantized, tiny_llama):
 
     artifact, work = tiny_quantized
     manifest = read_manifest(artifact)
-    fisher = load_fisher(manifest, work, progress=False)
+    fisher, _ = load_fisher(manifest, work, progress=False)
     model, tok = copy.deepcopy(tiny_llama[0]), tiny_llama[1]
     settings = runner.EvalSettings(bits=BITS, methods=["ours"], tasks=[], corpora=["news"],
                                    window=64, ppl_max_tokens=300, progress=False)
@@ -72,3 +72,16 @@ def test_ours_in_process_matches_artifact(tiny_quantized, tiny_llama):
         # fp16 LUTs in the artifact against float32 in process: close, not bit-equal.
         assert packed["methods"]["ours"][b]["ppl_news"] == pytest.approx(
             in_process["methods"]["ours"][b]["ppl_news"], rel=2e-3)
+
+
+def test_settings_from_params_config(tiny_artifact):
+    from anyprec.config import EvaluationConfig
+    from anyprec.eval_cli import settings_from_config
+    from anyprec.packed import read_manifest
+
+    manifest = read_manifest(tiny_artifact)
+    cfg = EvaluationConfig(bits=[4, 5], limit=7, ppl_max_tokens=99)
+    settings = settings_from_config(cfg, manifest, progress=False)
+    assert (settings.bits, settings.limit, settings.ppl_max_tokens) == ([4, 5], 7, 99)
+    assert settings.tasks == list(cfg.tasks) and settings.methods == list(cfg.methods)
+    assert (settings.seed_bits, settings.parent_bits) == (manifest["seed_bits"], manifest["parent_bits"])

@@ -62,7 +62,7 @@ def test_suite_follows_in_place_weight_changes(tiny_llama, bb_sdist, bb_files, t
     lm = runner.make_lm(model, tok, batch_size=4)
     records = bb.task_to_records(bb_files["social_iqa/task.json"])
     accs = []
-    for seed in range(4):
+    for seed in range(3):
         torch.manual_seed(seed)
         with torch.no_grad():
             model.lm_head.weight.normal_(0.0, 2.0)
