@@ -74,6 +74,10 @@ class BenchmarkConfig(_Strict):
     bits: list[int] = Field(default_factory=lambda: [3, 4, 5, 6, 7, 8])
     decode_tokens: int = Field(32, ge=1)
     threads: int | None = None
+    repeats: int = Field(30, ge=1, description="GEMV timing repeats (median reported)")
+    rotate_mib: int = Field(384, ge=1, description="GEMV weights rotated over this many MiB (DRAM, not cache)")
+    bandwidth_mib: int = Field(512, ge=1, description="buffer of the read-bandwidth measurement")
+    decode_repeats: int = Field(3, ge=1, description="decode timing repeats (median reported)")
 
 
 class ModelEntry(_Strict):

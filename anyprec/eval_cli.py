@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from anyprec.evaluation.baselines import Method
-from anyprec.evaluation.bigbench import DEFAULT_SUITE
+from anyprec.evaluation.bigbench import DEFAULT_SUITE, PromptStyle
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,10 @@ def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8, help="lm-eval batch size")
     p.add_argument("--bigbench-source", type=Path, default=None,
                    help="bigbench-1.0.0.tar.gz or its unpacked tree (default: cache, else pip download)")
+    p.add_argument("--prompt-style", default=PromptStyle.COMPLETION.value,
+                   choices=[s.value for s in PromptStyle],
+                   help="BIG-bench prompts: choices scored as continuations (completion) or "
+                        "BIG-bench's own format with the choices listed (bigbench)")
     p.add_argument("--work-dir", type=Path, default=None,
                    help="calibration/sensitivity folder (default: the quantization run's cache folder)")
     p.add_argument("--json", type=Path, default=None, help="write the report (with deltas) here")
@@ -101,7 +105,7 @@ def settings_from_args(args: argparse.Namespace, manifest: dict[str, Any]):
         corpora=args.corpus, window=args.window, ppl_max_tokens=args.ppl_max_tokens,
         batch_size=args.batch_size, progress=not args.no_progress,
         bigbench_source=str(args.bigbench_source) if args.bigbench_source else None,
-        **_artifact_settings(manifest),
+        prompt_style=args.prompt_style, **_artifact_settings(manifest),
     )
 
 

@@ -81,7 +81,9 @@ def evaluation_stages(layout: Layout, base: BaseModelInfo, packed: StageOutput) 
     )
     reports = {name: future.result() for name, future in futures.items()}
     if p.benchmark.bits:  # after the others: timings taken on an otherwise idle runner
-        reports[Stage.BENCH.value] = run_stage(bench, layout, path(Stage.BENCH), packed=packed, benchmark=p.benchmark)
+        reports[Stage.BENCH.value] = run_stage(
+            bench, layout, path(Stage.BENCH), base=base, packed=packed, benchmark=p.benchmark
+        )
     return reports
 
 

@@ -34,8 +34,10 @@ class GemvConfig:
     backend: str | None = None
 
 
-def median_ms(fn: Callable[[int], object], copies: int, repeats: int) -> float:
-    """Median wall time in ms of fn(i), i cycling over `copies` buffers, after a warm-up."""
+def time_ms(fn: Callable[[int], object], copies: int, repeats: int) -> tuple[float, float]:
+    """(median, min) wall time in ms of fn(i), i cycling over `copies` buffers, after a
+    warm-up. The min is reported too: on a shared machine, calls longer than a scheduler
+    slice are often preempted, which inflates the median but rarely every call."""
     for i in range(min(copies, 3)):
         fn(i)
     times = []
@@ -43,15 +45,22 @@ def median_ms(fn: Callable[[int], object], copies: int, repeats: int) -> float:
         start = time.perf_counter()
         fn(r % copies)
         times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+    return statistics.median(times) * 1e3, min(times) * 1e3
 
 
-def read_bandwidth_gbps(buffer_mib: int, repeats: int = 7) -> float:
-    """Memory-read bandwidth in GB/s: median of full sum() passes over `buffer_mib` MiB
-    (choose it larger than the last-level cache)."""
+def read_bandwidth_gbps(buffer_mib: int, threads: int, repeats: int = 7) -> float:
+    """Memory-read bandwidth in GB/s: best of full streaming passes over `buffer_mib` MiB
+    (choose it larger than the last-level cache). The best pass gives the lowest floor,
+    so ratio_floor is conservative. Uses the native XOR reader, else torch's sum."""
+    from anyprec.kernels import cpu
+
     buf = torch.ones(buffer_mib << 18, dtype=torch.float32)
-    ms = median_ms(lambda _: buf.sum(), 1, repeats)
-    return buf.numel() * 4 / ms / 1e6
+    nbytes = buf.numel() * 4
+    if cpu.is_available():
+        read = lambda _: cpu.read_bytes(buf, threads)  # noqa: E731
+    else:
+        read = lambda _: buf.sum()  # noqa: E731
+    return nbytes / time_ms(read, 1, repeats)[1] / 1e6
 
 
 def copies_for(bytes_per_copy: int, rotate_mib: int) -> int:
@@ -59,11 +68,12 @@ def copies_for(bytes_per_copy: int, rotate_mib: int) -> int:
     return max(2, -(-(rotate_mib << 20) // max(bytes_per_copy, 1)))
 
 
-def _row(kind: str, bits: int, ms_dram: float, ms_hot: float, nbytes: int, gbps: float) -> dict:
+def _row(kind: str, bits: int, dram: tuple[float, float], hot: tuple[float, float], nbytes: int, gbps: float) -> dict:
     floor_ms = nbytes / gbps / 1e6
     return {
-        "kind": kind, "bits": bits, "ms_dram": ms_dram, "ms_hot": ms_hot, "bytes": nbytes,
-        "gbps": nbytes / ms_dram / 1e6, "floor_ms": floor_ms, "ratio_floor": ms_dram / floor_ms,
+        "kind": kind, "bits": bits, "ms_dram": dram[0], "ms_dram_min": dram[1],
+        "ms_hot": hot[0], "ms_hot_min": hot[1], "bytes": nbytes, "gbps": nbytes / dram[0] / 1e6,
+        "floor_ms": floor_ms, "ratio_floor": dram[0] / floor_ms, "ratio_floor_min": dram[1] / floor_ms,
     }
 
 
@@ -73,8 +83,8 @@ def measure_dense(cfg: GemvConfig, dtype: torch.dtype, gbps: float) -> dict:
     nbytes = n * k * dtype.itemsize
     weights = [torch.randn(n, k).to(dtype) for _ in range(copies_for(nbytes, cfg.rotate_mib))]
     x = torch.randn(1, k).to(dtype)
-    ms_dram = median_ms(lambda i: F.linear(x, weights[i]), len(weights), cfg.repeats)
-    ms_hot = median_ms(lambda _: F.linear(x, weights[0]), 1, cfg.repeats)
+    ms_dram = time_ms(lambda i: F.linear(x, weights[i]), len(weights), cfg.repeats)
+    ms_hot = time_ms(lambda _: F.linear(x, weights[0]), 1, cfg.repeats)
     name = {torch.float32: "dense_fp32", torch.bfloat16: "dense_bf16"}[dtype]
     return _row(name, dtype.itemsize * 8, ms_dram, ms_hot, nbytes, gbps)
 
@@ -101,8 +111,8 @@ def measure_bits(cfg: GemvConfig, bits: int, gbps: float) -> dict:
         planes, lut = layers[i]
         return matmul(x, planes, lut, bits, k, backend=cfg.backend)
 
-    ms_dram = median_ms(run, len(layers), cfg.repeats)
-    ms_hot = median_ms(lambda _: run(0), 1, cfg.repeats)
+    ms_dram = time_ms(run, len(layers), cfg.repeats)
+    ms_hot = time_ms(lambda _: run(0), 1, cfg.repeats)
     return _row("anyprec", bits, ms_dram, ms_hot, nbytes, gbps)
 
 
@@ -111,14 +121,14 @@ def run_gemv_bench(cfg: GemvConfig) -> dict:
     previous = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     try:
-        gbps = read_bandwidth_gbps(cfg.bandwidth_mib)
+        gbps = read_bandwidth_gbps(cfg.bandwidth_mib, cfg.threads)
         dense = [measure_dense(cfg, torch.float32, gbps), measure_dense(cfg, torch.bfloat16, gbps)]
         rows = [measure_bits(cfg, b, gbps) for b in cfg.bits]
     finally:
         torch.set_num_threads(previous)
-    bf16_ms = dense[1]["ms_dram"]
     for row in dense + rows:
-        row["ratio_bf16"] = row["ms_dram"] / bf16_ms
+        row["ratio_bf16"] = row["ms_dram"] / dense[1]["ms_dram"]
+        row["ratio_bf16_min"] = row["ms_dram_min"] / dense[1]["ms_dram_min"]
     backend = resolve_backend(torch.device("cpu"), cfg.backend)
     return {
         "config": asdict(cfg), "backend": backend.value, "isa": _isa_name(backend),
@@ -140,12 +150,14 @@ def format_table(result: dict) -> str:
         f"backend={result['backend']} isa={result['isa']} threads={result['config']['threads']} "
         f"read bandwidth={result['bandwidth_gbps']:.1f} GB/s shape="
         f"{result['config']['out_features']}x{result['config']['in_features']}",
-        f"{'kernel':<11}{'bits':>5}{'ms_dram':>9}{'ms_hot':>8}{'GB/s':>7}{'floor_ms':>9}"
-        f"{'x_floor':>8}{'x_bf16':>7}",
+        "median over repeats (min in brackets); x_floor = ms_dram / floor_ms, x_bf16 = ms_dram / bf16 ms_dram",
+        f"{'kernel':<11}{'bits':>5}{'ms_dram':>16}{'ms_hot':>16}{'GB/s':>7}{'floor_ms':>9}"
+        f"{'x_floor':>14}{'x_bf16':>14}",
     ]
     for r in result["rows"]:
         lines.append(
-            f"{r['kind']:<11}{r['bits']:>5}{r['ms_dram']:>9.3f}{r['ms_hot']:>8.3f}{r['gbps']:>7.1f}"
-            f"{r['floor_ms']:>9.3f}{r['ratio_floor']:>8.2f}{r['ratio_bf16']:>7.2f}"
+            f"{r['kind']:<11}{r['bits']:>5}{r['ms_dram']:>8.3f} [{r['ms_dram_min']:.3f}]"
+            f"{r['ms_hot']:>8.3f} [{r['ms_hot_min']:.3f}]{r['gbps']:>7.1f}{r['floor_ms']:>9.3f}"
+            f"{r['ratio_floor']:>7.2f} [{r['ratio_floor_min']:.2f}]{r['ratio_bf16']:>7.2f} [{r['ratio_bf16_min']:.2f}]"
         )
     return "\n".join(lines)

@@ -59,6 +59,11 @@ def set_isa(name: str) -> None:
     _lib().set_isa(name)
 
 
+def read_bytes(buf: torch.Tensor, threads: int) -> int:
+    """Stream-read a contiguous tensor (memory-bandwidth probe); returns a checksum."""
+    return _lib().read_bytes(buf.data_ptr(), buf.numel() * buf.element_size(), threads)
+
+
 def _check_planes(planes: torch.Tensor, bits: int, in_features: int) -> None:
     shape = planes.shape
     if planes.dtype != torch.int32 or len(shape) != 3 or planes.device.type != "cpu":

@@ -39,12 +39,13 @@ class Layout:
 
     root: Path
     params: Params
+    params_file: Path | None = None
 
     @classmethod
     def from_file(cls, params_file: str | Path) -> "Layout":
         """Load and validate params_file; relative paths resolve against its folder."""
         path = Path(params_file).expanduser().resolve()
-        return cls(root=path.parent, params=load_params(path))
+        return cls(root=path.parent, params=load_params(path), params_file=path)
 
     def _under_root(self, value: str) -> Path:
         path = Path(value).expanduser()
@@ -117,7 +118,7 @@ def require_model(layout: Layout, model: str, model_path: str | None = None) -> 
         if entry.is_embedded:
             return entry.location(layout.root)
         location = entry.location(layout.root)
-        where = f"{layout.root / 'params.yaml'} key models.{model}.path (= {entry.path!r})"
+        where = f"{layout.params_file or 'params.yaml'} key models.{model}.path (= {entry.path!r})"
     if not (Path(location) / "config.json").is_file():
         raise ModelMissingError(
             f"base model {model!r} is missing: {where} points to {location}, which has no config.json. "

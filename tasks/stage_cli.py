@@ -66,7 +66,7 @@ def _run(layout: Layout, model: str, stage: Stage) -> None:
     elif stage is Stage.LM_EVAL:
         ev.lm_eval.fn(base, up(Stage.PACKED), p.evaluation.bits, p.evaluation.tasks, p.evaluation.limit, out)
     elif stage is Stage.BENCH:
-        bench.fn(up(Stage.PACKED), p.benchmark, out)
+        bench.fn(base, up(Stage.PACKED), p.benchmark, out)
 
 
 CLI_NAMES = {

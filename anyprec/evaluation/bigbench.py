@@ -6,10 +6,10 @@ task is `bigbench-1.0.0/bigbench/benchmark_tasks/<task>[/<subtask>]/task.json` w
 (.tar.gz, read member by member without extracting) or an unpacked tree holding a
 `benchmark_tasks` folder.
 
-Prompts follow BIG-bench's own zero-shot JSON-task format: task_prefix + input prefix
-(default "\\nQ: ") + input [+ "\\n  choice: " list of choices, seeded order] + output prefix
-(default "\\nA: "); each choice is scored as the continuation. Records are
-`{"query": str, "choices": [str], "gold": int}`.
+Two prompt styles (PromptStyle): COMPLETION (default) scores each choice as the
+continuation of the input; BIGBENCH is BIG-bench's own zero-shot format with the choices
+listed. Records are `{"query": str, "choices": [str], "gold": int}`; each style is
+converted into its own folder.
 
 A task spec is "task", "task:subtask" ("goal_step_wikihow:step_inference") or the lm-eval
 name "bb_<task or default subtask>" ("bb_step_inference"). A task with default subtasks
@@ -26,6 +26,7 @@ import sys
 import tarfile
 import tempfile
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 
 import numpy as np
@@ -153,27 +154,49 @@ def _gold_index(target_scores: dict[str, float]) -> int:
     return scores.index(max(scores))
 
 
-def example_to_record(example: dict, task_json: dict, rng: np.random.RandomState) -> dict:
-    """One BIG-bench example -> {"query", "choices", "gold"} in BIG-bench's zero-shot format."""
+class PromptStyle(str, Enum):
+    """How an example becomes a prompt.
+
+    BIGBENCH: BIG-bench's own zero-shot format ("\nQ: " input, the choices listed, "\nA: ").
+    COMPLETION: the input as text to continue, each choice scored as its continuation
+    (lm-eval's usual multiple-choice style); only prefixes the task itself defines are kept.
+    Small models sit at chance on BIGBENCH prompts (SmolLM2-135M: 0.25 on 20
+    step_inference examples, against 0.60 with COMPLETION), which hides quantization error.
+    """
+
+    BIGBENCH = "bigbench"
+    COMPLETION = "completion"
+
+
+def example_to_record(example: dict, task_json: dict, rng: np.random.RandomState,
+                      style: PromptStyle = PromptStyle.COMPLETION) -> dict:
+    """One BIG-bench example -> {"query", "choices", "gold"}; choices keep the file's order."""
     target_scores = example["target_scores"]
     choices = list(target_scores.keys())
     text = example.get("input", "")
+    prefix = str(task_json.get("task_prefix", ""))
+    if style is PromptStyle.COMPLETION:
+        query = (prefix + task_json.get("example_input_prefix", "") + text
+                 + task_json.get("example_output_prefix", "")).rstrip()
+        return {"query": query, "choices": [" " + c.strip() for c in choices],
+                "gold": _gold_index(target_scores)}
     if task_json.get("append_choices_to_input", True):
         choice_prefix = task_json.get("choice_prefix", "\n  choice: ")
         shown = rng.permutation(sorted(choices))
         text = text + choice_prefix + choice_prefix.join(shown)
-    query = (str(task_json.get("task_prefix", "")) + task_json.get("example_input_prefix", "\nQ: ")
-             + text + task_json.get("example_output_prefix", "\nA: "))
+    query = (prefix + task_json.get("example_input_prefix", "\nQ: ") + text
+             + task_json.get("example_output_prefix", "\nA: "))
     return {"query": query, "choices": choices, "gold": _gold_index(target_scores)}
 
 
-def task_to_records(task_json: dict, seed: int = CHOICE_ORDER_SEED) -> list[dict]:
+def task_to_records(task_json: dict, style: PromptStyle = PromptStyle.COMPLETION,
+                    seed: int = CHOICE_ORDER_SEED) -> list[dict]:
     """Every multiple-choice example of a task.json -> records (others skipped).
 
     Raises ValueError naming the task when it has no multiple-choice example.
     """
     rng = np.random.RandomState(seed)
-    records = [example_to_record(ex, task_json, rng)
+    records = [example_to_record(ex, task_json, rng, PromptStyle(style))
                for ex in task_json.get("examples", []) if ex.get("target_scores")]
     if not records:
         raise ValueError(f"BIG-bench task {task_json.get('name')!r} has no multiple-choice "
@@ -193,26 +216,27 @@ def task_yaml(key: TaskKey, data_file: Path) -> dict:
         "doc_to_text": "query",
         "doc_to_choice": "choices",
         "doc_to_target": "gold",
-        # The BIG-bench output prefix already ends the context ("\nA: ").
+        # Records carry their own separator (a leading space or the "\nA: " prefix).
         "target_delimiter": "",
         "metric_list": [{"metric": "acc", **metric}, {"metric": "acc_norm", **metric}],
         "metadata": {"version": float(CONVERSION_VERSION), "source": SDIST_SPEC},
     }
 
 
-def default_task_dir() -> Path:
-    """Where converted tasks live: cache_dir()/bigbench/v<CONVERSION_VERSION>."""
-    return cache_dir() / "bigbench" / f"v{CONVERSION_VERSION}"
+def default_task_dir(style: PromptStyle = PromptStyle.COMPLETION) -> Path:
+    """Where converted tasks live: cache_dir()/bigbench/v<CONVERSION_VERSION>-<style>."""
+    return cache_dir() / "bigbench" / f"v{CONVERSION_VERSION}-{PromptStyle(style).value}"
 
 
-def write_task(key: TaskKey, task_jsons: dict[str, dict], out_dir: Path) -> Path:
+def write_task(key: TaskKey, task_jsons: dict[str, dict], out_dir: Path,
+               style: PromptStyle = PromptStyle.COMPLETION) -> Path:
     """Write `<name>.jsonl` (records of every subtask, in order) and `<name>.yaml` into out_dir.
 
     task_jsons: {rel_path: parsed task.json} holding at least key.rel_paths. Both files
     are written atomically, the yaml last (it marks the task as converted). Returns the yaml path.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    records = [rec for rel in key.rel_paths for rec in task_to_records(task_jsons[rel])]
+    records = [rec for rel in key.rel_paths for rec in task_to_records(task_jsons[rel], style)]
     data_file = out_dir / f"{key.name}.jsonl"
     _atomic_write(data_file, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     yaml_file = out_dir / f"{key.name}.yaml"
@@ -279,38 +303,38 @@ def _cached_sources() -> list[Path]:
     return [p for p in (downloads / SDIST_NAME, downloads / SUBSET_NAME) if p.is_file()]
 
 
-def ensure_tasks(specs: list[str], source: Path | None = None,
-                 task_dir: Path | None = None) -> tuple[Path, list[TaskKey]]:
+def ensure_tasks(specs: list[str], source: Path | None = None, task_dir: Path | None = None,
+                 style: PromptStyle = PromptStyle.COMPLETION) -> tuple[Path, list[TaskKey]]:
     """Convert every spec not yet in task_dir; returns (task_dir, one TaskKey per spec).
 
     source: the sdist .tar.gz or an unpacked tree. When None and something is missing:
     the cached sources (_cached_sources) if they hold it, else a pip download (~1-2 min,
     1.8 GB temporary, removed afterwards; a subset archive is kept in the cache).
     """
-    task_dir = task_dir or default_task_dir()
+    task_dir = task_dir or default_task_dir(style)
     keys = parse_task_specs(specs)
     todo = [key for key in keys if not is_converted(key, task_dir)]
     if not todo:
         return task_dir, keys
     if source is not None:
-        _convert_from(Path(source), todo, task_dir)
+        _convert_from(Path(source), todo, task_dir, style)
         return task_dir, keys
     for cached in _cached_sources():
         try:
-            _convert_from(cached, todo, task_dir)
+            _convert_from(cached, todo, task_dir, style)
             return task_dir, keys
         except FileNotFoundError:
             continue
     with tempfile.TemporaryDirectory(dir=cache_dir(), prefix="bigbench-fetch-") as tmp:
         tree = fetch_sdist_tree(Path(tmp))
-        _convert_from(tree, todo, task_dir)
+        _convert_from(tree, todo, task_dir, style)
         if tree.is_dir():
             tasks = [*DEFAULT_TASKS, *(key.task for key in keys)]
             save_subset(tree, tasks, cache_dir() / "downloads" / SUBSET_NAME)
     return task_dir, keys
 
 
-def _convert_from(source: Path, keys: list[TaskKey], task_dir: Path) -> None:
+def _convert_from(source: Path, keys: list[TaskKey], task_dir: Path, style: PromptStyle) -> None:
     task_jsons = read_task_jsons(source, [rel for key in keys for rel in key.rel_paths])
     for key in keys:
-        write_task(key, task_jsons, task_dir)
+        write_task(key, task_jsons, task_dir, style)

@@ -76,15 +76,15 @@ def _load_builtin(name: str) -> dict:
         ) from err
 
 
-def build_suite(specs: list[str], bigbench_source: Path | None = None,
-                task_dir: Path | None = None) -> ZeroShotSuite:
-    """Load every task of `specs`, converting BIG-bench tasks first (cached)."""
+def build_suite(specs: list[str], bigbench_source: Path | None = None, task_dir: Path | None = None,
+                style: bigbench.PromptStyle = bigbench.PromptStyle.COMPLETION) -> ZeroShotSuite:
+    """Load every task of `specs`, converting BIG-bench tasks first (cached per prompt style)."""
     apply_offline_env()
     bb_specs, builtin = split_task_specs(specs)
     names: dict[str, str] = {}
     tasks: dict = {}
     if bb_specs:
-        local_dir, keys = bigbench.ensure_tasks(bb_specs, source=bigbench_source, task_dir=task_dir)
+        local_dir, keys = bigbench.ensure_tasks(bb_specs, bigbench_source, task_dir, style)
         lm_names = [key.lm_eval_name for key in keys]
         tasks.update(_load_tasks(lm_names, local_dir, include_defaults=False))
         names.update({key.lm_eval_name: key.name for key in keys})

@@ -10,7 +10,7 @@ The report is plain JSON-able data:
     {"settings": {...}, "base": {metric: value},
      "methods": {method: {bits: {metric: value}}},
      "objective": {method: {bits: {"total": float, "layers": {module: float}}}},
-     "seconds": {"<method>@<bits>": float}}
+     "seconds": {"<method>@<bits>": float}, "ours_source": "artifact" | "in-process"}
 Metrics: ppl_<corpus>, acc_<task>, acc_norm_<task>, acc_mean, acc_norm_mean.
 """
 
@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from anyprec.evaluation.baselines import Method, quantize_method, quantized_weights
-from anyprec.evaluation.bigbench import DEFAULT_SUITE
+from anyprec.evaluation.bigbench import DEFAULT_SUITE, PromptStyle
 from anyprec.evaluation.lm_eval_runner import ZeroShotSuite, build_suite, evaluate_suite, make_lm
 
 log = logging.getLogger(__name__)
@@ -49,12 +49,14 @@ class EvalSettings:
     eval_fraction: float = 0.2
     split_seed: int = 0
     bigbench_source: str | None = None
+    prompt_style: str = PromptStyle.COMPLETION.value
     quant_cache: str | None = None
     quant_cache_key: str = ""
     progress: bool = True
 
     def __post_init__(self) -> None:
         self.methods = [Method(m).value for m in self.methods]
+        self.prompt_style = PromptStyle(self.prompt_style).value
         bad = [b for b in self.bits if not 1 <= b <= 8]
         if bad:
             raise ValueError(f"bits {bad} outside 1..8")
@@ -104,10 +106,12 @@ def run_evaluation(model: torch.nn.Module, tokenizer: Any, fisher: dict[str, tor
     """
     streams = heldout_streams(tokenizer, settings)
     source = Path(settings.bigbench_source) if settings.bigbench_source else None
-    suite = build_suite(settings.tasks, bigbench_source=source) if settings.tasks else None
+    style = PromptStyle(settings.prompt_style)
+    suite = build_suite(settings.tasks, source, style=style) if settings.tasks else None
     lm = make_lm(model, tokenizer, settings.batch_size) if suite else None
     artifact_lm = make_lm(artifact.model, artifact.tokenizer, settings.batch_size) if suite and artifact else None
-    report: dict[str, Any] = {"settings": asdict(settings), "methods": {}, "objective": {}, "seconds": {}}
+    report: dict[str, Any] = {"settings": asdict(settings), "methods": {}, "objective": {}, "seconds": {},
+                              "ours_source": "artifact" if artifact is not None else "in-process"}
     for name in settings.methods:
         method = Method(name)
         if method is Method.BASE:

@@ -11,6 +11,7 @@
  * bits >= 6 ("natural" order): bytes are widened with vpmovzxbd so lane i is column
  * 16j + i and the high planes' 16-bit mask words select the LUT slice directly.
  */
+#if defined(__x86_64__)
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq")
 #include <immintrin.h>
 #include <string.h>
@@ -247,3 +248,5 @@ void ap_prepare_x_avx512(const float *src, float *dst, int64_t K, int64_t kpad, 
         }
     }
 }
+
+#endif /* __x86_64__ */

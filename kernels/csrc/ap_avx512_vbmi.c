@@ -7,6 +7,7 @@
  * picks between the two 128-entry halves directly as a byte mask.
  * x is read in "perm16" order (see ap_x_order): the column order unpack produces.
  */
+#if defined(__x86_64__)
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vbmi")
 #include <immintrin.h>
 #include "ap_kernels.h"
@@ -115,3 +116,5 @@ void ap_gemv_rows_avx512_vbmi(const ap_gemv_args *a, int64_t row0, int64_t row1)
         VBMI_TABLE[a->bits - 6][g.tokens - 1](&g, row0, row1);
     }
 }
+
+#endif /* __x86_64__ */

@@ -53,6 +53,7 @@ enum { AP_X_NATURAL = 0, AP_X_PERM4 = 1, AP_X_PERM16 = 2 };
  * PERM16 (AVX-512 VBMI, bits >= 6, fp16 lut): position 16j + i holds column
  * 16 * (2 * (j % 2) + i / 8) + 8 * (j / 2) + i % 8. */
 
+uint64_t ap_xor_words(const uint64_t *data, int64_t n_words);
 float ap_half_to_float(uint16_t h);
 uint16_t ap_float_to_bf16(float f);
 

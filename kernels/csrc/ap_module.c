@@ -16,6 +16,17 @@ static int g_vbmi = -1;
 static const char *ISA_NAMES[] = {"portable", "avx2", "avx512"};
 static int g_isa = -1;
 
+#if !defined(__x86_64__)
+/* other architectures build the portable kernels only */
+static int best_isa(void) { return ISA_PORTABLE; }
+static int has_vbmi(void) { return 0; }
+#define ap_gemv_rows_avx512_vbmi ap_gemv_rows_portable
+#define ap_gemv_rows_avx512 ap_gemv_rows_portable
+#define ap_gemv_rows_avx2 ap_gemv_rows_portable
+#define ap_dequant_rows_avx512 ap_dequant_rows_portable
+#define ap_dequant_rows_avx2 ap_dequant_rows_portable
+#define ap_prepare_x_avx512(src, dst, K, kpad, cols) ((void)0)
+#else
 static int best_isa(void) {
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
@@ -32,6 +43,7 @@ static int has_vbmi(void) {
     }
     return g_vbmi;
 }
+#endif
 
 static int current_isa(void) {
     if (g_isa < 0) g_isa = best_isa();
@@ -72,6 +84,8 @@ static float *prepare_x(const float *x, int64_t T, int64_t xstride, int64_t K, i
     return buf;
 }
 
+#define ROW_BLOCK 64 /* rows per scheduling unit of the OpenMP loops */
+
 static void split_rows(int64_t n_rows, int nth, int tid, int64_t *r0, int64_t *r1) {
     *r0 = n_rows * tid / nth;
     *r1 = n_rows * (tid + 1) / nth;
@@ -95,10 +109,12 @@ static int run_gemv(ap_gemv_args *a, const float *x, int64_t xstride, int nthrea
     if (!buf) return -1;
     a->x = buf;
     a->xstride = kpad;
-#pragma omp parallel num_threads(nthreads) if (nthreads > 1)
-    {
-        int64_t r0, r1;
-        split_rows(a->n_rows, omp_get_num_threads(), omp_get_thread_num(), &r0, &r1);
+    /* dynamic blocks of rows: on a shared machine a preempted thread's share is taken
+     * over by the others; each block still streams every plane contiguously */
+    const int64_t blocks = (a->n_rows + ROW_BLOCK - 1) / ROW_BLOCK;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads) if (nthreads > 1)
+    for (int64_t blk = 0; blk < blocks; blk++) {
+        const int64_t r0 = blk * ROW_BLOCK, r1 = r0 + ROW_BLOCK < a->n_rows ? r0 + ROW_BLOCK : a->n_rows;
         if (kernel == K_VBMI) ap_gemv_rows_avx512_vbmi(a, r0, r1);
         else if (kernel == K_AVX512) ap_gemv_rows_avx512(a, r0, r1);
         else if (kernel == K_AVX2) ap_gemv_rows_avx2(a, r0, r1);
@@ -110,13 +126,13 @@ static int run_gemv(ap_gemv_args *a, const float *x, int64_t xstride, int nthrea
 
 static void run_dequant(const ap_dequant_args *a, int64_t row0, int64_t row1, int nthreads) {
     const int isa = current_isa();
-#pragma omp parallel num_threads(nthreads) if (nthreads > 1)
-    {
-        int64_t r0, r1;
-        split_rows(row1 - row0, omp_get_num_threads(), omp_get_thread_num(), &r0, &r1);
-        if (isa == ISA_AVX512) ap_dequant_rows_avx512(a, row0 + r0, row0 + r1, row0);
-        else if (isa == ISA_AVX2) ap_dequant_rows_avx2(a, row0 + r0, row0 + r1, row0);
-        else ap_dequant_rows_portable(a, row0 + r0, row0 + r1, row0);
+    const int64_t blocks = (row1 - row0 + ROW_BLOCK - 1) / ROW_BLOCK;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads) if (nthreads > 1)
+    for (int64_t blk = 0; blk < blocks; blk++) {
+        const int64_t r0 = row0 + blk * ROW_BLOCK, r1 = r0 + ROW_BLOCK < row1 ? r0 + ROW_BLOCK : row1;
+        if (isa == ISA_AVX512) ap_dequant_rows_avx512(a, r0, r1, row0);
+        else if (isa == ISA_AVX2) ap_dequant_rows_avx2(a, r0, r1, row0);
+        else ap_dequant_rows_portable(a, r0, r1, row0);
     }
 }
 
@@ -180,6 +196,24 @@ static PyObject *py_dequant(PyObject *self, PyObject *const *args, Py_ssize_t na
     Py_RETURN_NONE;
 }
 
+/* read_bytes(ptr, nbytes, nthreads) -> checksum: stream-read a buffer (bandwidth probe). */
+static PyObject *py_read_bytes(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    int64_t v[3];
+    if (parse_ints(args, nargs, 3, v, "read_bytes") || check_common(1, v[2])) return NULL;
+    const uint64_t *data = (const uint64_t *)(intptr_t)v[0];
+    const int64_t n_words = v[1] / 8;
+    uint64_t total = 0;
+    Py_BEGIN_ALLOW_THREADS
+#pragma omp parallel num_threads((int)v[2]) reduction(^ : total)
+    {
+        int64_t w0, w1;
+        split_rows(n_words, omp_get_num_threads(), omp_get_thread_num(), &w0, &w1);
+        total ^= ap_xor_words(data + w0, w1 - w0);
+    }
+    Py_END_ALLOW_THREADS
+    return PyLong_FromUnsignedLongLong(total);
+}
+
 static PyObject *py_isa(PyObject *self, PyObject *unused) { return PyUnicode_FromString(ISA_NAMES[current_isa()]); }
 
 static PyObject *py_best_isa(PyObject *self, PyObject *unused) { return PyUnicode_FromString(ISA_NAMES[best_isa()]); }
@@ -205,6 +239,7 @@ static PyObject *py_set_isa(PyObject *self, PyObject *arg) {
 static PyMethodDef METHODS[] = {
     {"gemv", (PyCFunction)(void (*)(void))py_gemv, METH_FASTCALL, "bitplane-LUT mat-vec for 1..8 tokens"},
     {"dequant", (PyCFunction)(void (*)(void))py_dequant, METH_FASTCALL, "dense rows from bitplanes + LUT"},
+    {"read_bytes", (PyCFunction)(void (*)(void))py_read_bytes, METH_FASTCALL, "stream-read a buffer"},
     {"isa", py_isa, METH_NOARGS, "kernel family in use"},
     {"best_isa", py_best_isa, METH_NOARGS, "best kernel family this CPU supports"},
     {"set_isa", py_set_isa, METH_O, "force a kernel family"},

@@ -87,4 +87,17 @@ static inline unsigned code_at(const uint32_t *row_words[], int bits, int64_t w,
     }
 
 DEFINE_PORTABLE(portable, )
+#if defined(__x86_64__)
 DEFINE_PORTABLE(avx2, __attribute__((target("avx2,fma"))))
+#endif
+
+/* XOR of all 64-bit words of [data, data + n_words): a pure streaming read for measuring
+ * memory bandwidth (the compiler vectorises it; 4 accumulators hide the latency). */
+uint64_t ap_xor_words(const uint64_t *data, int64_t n_words) {
+    uint64_t acc[8] = {0};
+    int64_t i = 0;
+    for (; i + 8 <= n_words; i += 8)
+        for (int j = 0; j < 8; j++) acc[j] ^= data[i + j];
+    for (; i < n_words; i++) acc[0] ^= data[i];
+    return acc[0] ^ acc[1] ^ acc[2] ^ acc[3] ^ acc[4] ^ acc[5] ^ acc[6] ^ acc[7];
+}

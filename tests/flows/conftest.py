@@ -33,7 +33,8 @@ def tiny_params(model_dir: Path) -> dict:
         "quantization": {"seed_bits": 3, "parent_bits": 4, "method": "optimal"},
         "evaluation": {"bits": [3, 4], "ppl_corpora": ["news"], "ppl_window": 32, "ppl_max_tokens": 128,
                        "tasks": [], "limit": 4},
-        "benchmark": {"gemv_shape": [64, 128], "bits": [3, 4], "decode_tokens": 4},
+        "benchmark": {"gemv_shape": [64, 128], "bits": [3, 4], "decode_tokens": 4, "threads": 1, "repeats": 3,
+                      "rotate_mib": 1, "bandwidth_mib": 4, "decode_repeats": 1},
         "pipeline": {"dvc_models": [], "dvc_commit": False, "inbox_dir": "inbox"},
     }
 

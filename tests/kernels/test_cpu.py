@@ -52,7 +52,7 @@ def _tol(y: torch.Tensor, expected: torch.Tensor, x: torch.Tensor, lut: torch.Te
     assert (err <= 1e-6 * scale + 1e-30).all(), float((err / scale).max())
 
 
-@pytest.mark.parametrize("shape", ODD_SHAPES + [(19, 4096)])
+@pytest.mark.parametrize("shape", ODD_SHAPES + [(19, 4096), (150, 2080)])
 @pytest.mark.parametrize("bits", range(1, 9))
 @pytest.mark.parametrize("lut_dtype", [torch.float32, torch.float16])
 def test_decode_matches_oracle(isa: str, shape: tuple[int, int], bits: int, lut_dtype: torch.dtype) -> None:

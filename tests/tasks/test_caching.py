@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from anyprec.config import CalibrationConfig, EvaluationConfig, QuantizationConfig
+from anyprec.config import CalibrationConfig
 from anyprec.tasks.caching import (
     BaseModelInfo, StageOutput, fingerprint, identity, is_current, stage_key, write_stamp,
 )
@@ -28,15 +28,6 @@ def test_stage_outputs_are_identified_by_digest_only():
     a = StageOutput(stage="calib", path="/x", digest="d1")
     assert identity(a) == identity(a.model_copy(update={"path": "/y"})) != identity(
         a.model_copy(update={"digest": "d2"}))
-
-
-def test_evaluation_settings_do_not_reach_quantization_keys():
-    # The flow passes each task only the sections it reads: evaluation is not among seed's inputs.
-    q = QuantizationConfig(seed_bits=3, parent_bits=4)
-    sens = StageOutput(stage="sensitivity", path="/s", digest="s")
-    params = {"base": BASE, "sens": sens, "quantization": q}
-    assert stage_key("seed-quantization", "1", params) == stage_key("seed-quantization", "1", dict(params))
-    assert identity(EvaluationConfig(bits=[3])) != identity(EvaluationConfig(bits=[3, 4]))
 
 
 def test_unsupported_parameter_type_is_an_error():

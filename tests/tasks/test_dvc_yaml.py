@@ -60,6 +60,21 @@ def test_every_params_key_in_dvc_yaml_is_in_the_typed_model():
     assert not missing, f"dvc.yaml reads keys that anyprec.config.Params does not define: {missing}"
 
 
+def test_every_params_key_in_dvc_yaml_is_written_in_params_yaml():
+    # DVC reads the file, not the typed defaults: a key only defaulted in Params breaks `dvc repro`.
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    params = load_params(REPO / "params.yaml")
+    missing = []
+    for key in used_keys(params):
+        node = raw
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                missing.append(key)
+                break
+            node = node[part]
+    assert not missing, f"params.yaml must spell out these keys dvc.yaml reads: {sorted(missing)}"
+
+
 def test_a_typo_would_be_caught():
     params = load_params(REPO / "params.yaml")
     assert not typed_key_exists(Params, params, "evaluation.ppl_windows")

@@ -43,8 +43,17 @@ def test_parse_specs_names_and_subtasks():
         bb.parse_task_spec("a:b:c")
 
 
-def test_record_format_follows_bigbench_prompt(social, one):
+def test_completion_records_score_choices_as_continuations(social, one, bb_files):
     rec = bb.task_to_records(social)[0]
+    assert rec == {"query": "Tracy went home. What will Tracy do?", "choices": [" sleep", " eat", " run"],
+                   "gold": 1}
+    cause = bb.task_to_records(one)[1]
+    assert cause["query"] == "Which makes more sense?\nexample:\nanswer:"  # the task's own prefixes
+    assert cause["choices"][0] == " It rained so the ground got wet." and cause["gold"] == 0
+
+
+def test_record_format_follows_bigbench_prompt(social, one):
+    rec = bb.task_to_records(social, bb.PromptStyle.BIGBENCH)[0]
     assert rec["choices"] == ["sleep", "eat", "run"]
     assert rec["gold"] == 1
     assert rec["query"].startswith("\nQ: Tracy went home. What will Tracy do?\n  choice: ")
@@ -52,7 +61,7 @@ def test_record_format_follows_bigbench_prompt(social, one):
     shown = rec["query"].split("\n  choice: ")[1:]
     shown[-1] = shown[-1].removesuffix("\nA: ")
     assert sorted(shown) == sorted(rec["choices"])
-    no_choices = bb.task_to_records(one)[0]
+    no_choices = bb.task_to_records(one, "bigbench")[0]
     assert no_choices["query"] == "Which makes more sense?\nexample:\nanswer:"
     assert no_choices["gold"] == 1
 
@@ -112,6 +121,6 @@ def test_lm_eval_loads_converted_yaml(tmp_path, bb_sdist, social):
     task = manager.load(["bb_social_iqa"])["tasks"]["bb_social_iqa"]
     docs = list(task.test_docs())
     assert len(docs) == 4
-    assert task.doc_to_choice(docs[2]) == ["keep it", "spend it", "ask around"]
+    assert task.doc_to_choice(docs[2]) == [" keep it", " spend it", " ask around"]
     assert task.doc_to_target(docs[2]) == 2
     assert task.doc_to_text(docs[0]) == bb.task_to_records(social)[0]["query"]

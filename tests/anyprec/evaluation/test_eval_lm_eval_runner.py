@@ -13,6 +13,8 @@ from anyprec.evaluation import lm_eval_runner as runner
 
 def _choice_logprob(model, tok, context: str, choice: str) -> float:
     """Sum log p(choice tokens | context), split the way lm-eval splits a pair."""
+    stripped = context.rstrip()  # lm-eval moves trailing whitespace onto the continuation
+    context, choice = stripped, context[len(stripped):] + choice
     whole = tok(context + choice, add_special_tokens=False)["input_ids"]
     n_ctx = len(tok(context, add_special_tokens=False)["input_ids"])
     ids = torch.tensor([whole])
@@ -36,19 +38,19 @@ def test_split_specs():
     assert builtin == ["arc_easy"]
 
 
-def test_suite_on_tiny_model_matches_direct_loglikelihood(tiny_llama, bb_sdist, tmp_path, bb_files):
+@pytest.mark.parametrize("style", list(bb.PromptStyle))
+def test_suite_on_tiny_model_matches_direct_loglikelihood(tiny_llama, bb_sdist, tmp_path, bb_files, style):
     model, tok = tiny_llama
-    suite = runner.build_suite(["bb_cause_and_effect", "social_iqa"], bigbench_source=bb_sdist,
-                               task_dir=tmp_path / "tasks")
+    suite = runner.build_suite(["bb_cause_and_effect", "social_iqa"], bb_sdist, tmp_path / "tasks", style)
     assert suite.names == {"bb_cause_and_effect": "cause_and_effect", "bb_social_iqa": "social_iqa"}
     lm = runner.make_lm(model, tok, batch_size=2)
     limit = 3
     results = runner.evaluate_suite(lm, suite, limit=limit)
-    social = bb.task_to_records(bb_files["social_iqa/task.json"])[:limit]
+    social = bb.task_to_records(bb_files["social_iqa/task.json"], style)[:limit]
     assert results["social_iqa"]["n"] == limit
     assert results["social_iqa"]["acc"] == pytest.approx(_expected_acc(model, tok, social))
     cause = [r for rel in ("one_sentence", "two_sentences")
-             for r in bb.task_to_records(bb_files[f"cause_and_effect/{rel}/task.json"])][:limit]
+             for r in bb.task_to_records(bb_files[f"cause_and_effect/{rel}/task.json"], style)][:limit]
     assert results["cause_and_effect"]["acc"] == pytest.approx(_expected_acc(model, tok, cause))
     again = runner.evaluate_suite(lm, suite, limit=limit)
     assert again == results  # the loaded suite is reusable (one run per bit-width)
