@@ -2,7 +2,9 @@
 
 One C extension, compiled by the package's own install with gcc: AVX-512 and AVX2
 variants are compiled via target attributes and picked at run time from the CPU flags,
-so the same build runs on any x86-64 machine. OpenMP splits rows over threads.
+so the same build runs on any x86-64 machine (other architectures get the portable C).
+OpenMP splits rows over threads. The extension is optional: if it cannot be built the
+package installs anyway and `anyprec.kernels` falls back to the reference backend.
 """
 
 from setuptools import Extension, setup
@@ -22,6 +24,8 @@ setup(
             depends=["kernels/csrc/ap_kernels.h"],
             extra_compile_args=["-O3", "-fopenmp", "-fno-strict-aliasing", "-std=c11", "-Wall", "-Wno-unused-function"],
             extra_link_args=["-fopenmp"],
+            # without a C compiler the install still succeeds; the reference backend is used
+            optional=True,
         )
     ],
 )
