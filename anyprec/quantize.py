@@ -93,16 +93,44 @@ def run_sensitivity(model_ref: str, calib_dir: str | Path, out_dir: str | Path, 
 
     out_dir = Path(out_dir)
     key = _key(hash_model_dir(model_ref), calibration_sha256(calib_dir))
-    meta = out_dir / SENS_META
-    if meta.is_file() and _read_json(meta).get("key") == key:
+    if _sensitivity_done(out_dir, key):
         log.info("sensitivity in %s is up to date", out_dir)
+        return out_dir
+    # The Fisher pass is the costliest stage and depends only on (model, calibration set):
+    # a content-addressed copy lets the CLI, the flow and DVC share one computation.
+    shared = cache_dir() / "sensitivity" / key[:32]
+    if _sensitivity_done(shared, key):
+        log.info("sensitivity for these inputs found in %s, reusing it", shared)
+        _link_tree(shared, out_dir)
         return out_dir
     model, _ = load_model(model_ref)
     ids = load_file(str(Path(calib_dir) / CALIB_FILE))["input_ids"]
     fisher = compute_sensitivity(model, ids, archs.quantizable_modules(model), progress=progress)
     save_sensitivity(fisher, out_dir)
-    _write_json(meta, {"key": key, "modules": list(fisher)})
+    _write_json(out_dir / SENS_META, {"key": key, "modules": list(fisher)})
+    _link_tree(out_dir, shared)
     return out_dir
+
+
+def _sensitivity_done(path: Path, key: str) -> bool:
+    meta = path / SENS_META
+    return meta.is_file() and _read_json(meta).get("key") == key
+
+
+def _link_tree(src: Path, dst: Path) -> None:
+    """Hard-link (or copy, across file systems) src's files into dst; the meta file goes last."""
+    import shutil
+
+    dst.mkdir(parents=True, exist_ok=True)
+    files = sorted(src.glob("*.safetensors")) + [src / SENS_META]
+    for path in files:
+        target = dst / path.name
+        tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+        try:
+            os.link(path, tmp)
+        except OSError:
+            shutil.copyfile(path, tmp)
+        os.replace(tmp, target)
 
 
 def _sensitivity_key(sens_dir: Path) -> str:

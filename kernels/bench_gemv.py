@@ -48,19 +48,26 @@ def time_ms(fn: Callable[[int], object], copies: int, repeats: int) -> tuple[flo
     return statistics.median(times) * 1e3, min(times) * 1e3
 
 
-def read_bandwidth_gbps(buffer_mib: int, threads: int, repeats: int = 7) -> float:
-    """Memory-read bandwidth in GB/s: best of full streaming passes over `buffer_mib` MiB
-    (choose it larger than the last-level cache). The best pass gives the lowest floor,
-    so ratio_floor is conservative. Uses the native XOR reader, else torch's sum."""
+BANDWIDTH_PIECE_MIB = 8
+
+
+def read_bandwidth_gbps(buffer_mib: int, threads: int, passes: int = 3) -> float:
+    """Memory-read bandwidth in GB/s: the best streaming read of an 8 MiB piece while
+    cycling over `buffer_mib` MiB (choose it larger than the last-level cache, so every
+    piece comes from DRAM). Short pieces, like the kernel calls, are rarely preempted; the
+    best piece gives the lowest floor, so ratio_floor is conservative. Uses the native
+    XOR reader, else torch's sum."""
     from anyprec.kernels import cpu
 
-    buf = torch.ones(buffer_mib << 18, dtype=torch.float32)
-    nbytes = buf.numel() * 4
+    piece = BANDWIDTH_PIECE_MIB << 18
+    buf = torch.ones(max(buffer_mib << 18, 2 * piece), dtype=torch.float32)
+    pieces = list(buf.split(piece))[: buf.numel() // piece]
     if cpu.is_available():
-        read = lambda _: cpu.read_bytes(buf, threads)  # noqa: E731
+        read = lambda i: cpu.read_bytes(pieces[i], threads)  # noqa: E731
     else:
-        read = lambda _: buf.sum()  # noqa: E731
-    return nbytes / time_ms(read, 1, repeats)[1] / 1e6
+        read = lambda i: pieces[i].sum()  # noqa: E731
+    best_ms = time_ms(read, len(pieces), passes * len(pieces))[1]
+    return piece * 4 / best_ms / 1e6
 
 
 def copies_for(bytes_per_copy: int, rotate_mib: int) -> int:

@@ -68,3 +68,19 @@ def test_torn_layer_file_is_redone(tiny_model_dir, work_copy):
     target.write_bytes(target.read_bytes()[:100])
     run_seed_quantization(str(tiny_model_dir), work_copy / "sensitivity", QuantizationConfig(), seed_dir, progress=False)
     assert "model.layers.1.mlp.down_proj.codes" in load_file(str(target))
+
+
+def test_sensitivity_is_shared_by_content_across_output_dirs(tiny_model_dir, work_copy, tmp_path, monkeypatch):
+    import anyprec.sensitivity as sensitivity
+    from anyprec.quantize import SENS_META, run_sensitivity
+
+    monkeypatch.setenv("ANYPREC_CACHE", str(tmp_path / "cache"))
+    first = run_sensitivity(str(tiny_model_dir), work_copy / "calib", tmp_path / "a", progress=False)
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("sensitivity recomputed although the same inputs are cached")
+
+    monkeypatch.setattr(sensitivity, "compute_sensitivity", must_not_run)
+    second = run_sensitivity(str(tiny_model_dir), work_copy / "calib", tmp_path / "b", progress=False)
+    assert (second / SENS_META).read_text() == (first / SENS_META).read_text()
+    assert sorted(p.name for p in second.iterdir()) == sorted(p.name for p in first.iterdir())
