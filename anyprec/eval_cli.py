@@ -15,7 +15,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from anyprec.evaluation.baselines import Method
+from anyprec.evaluation.baselines import DEFAULT_METHODS, Method
 from anyprec.evaluation.bigbench import DEFAULT_SUITE, PromptStyle
 
 log = logging.getLogger(__name__)
@@ -27,7 +27,7 @@ def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dir", type=Path, help="packed artifact directory (manifest.json)")
     p.add_argument("--bits", type=int, nargs="+", default=[3, 4, 5, 6, 7, 8])
-    p.add_argument("--methods", nargs="+", default=[m.value for m in Method],
+    p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS),
                    choices=[m.value for m in Method])
     p.add_argument("--tasks", nargs="*", default=list(DEFAULT_SUITE),
                    help="BIG-bench specs (bb_step_inference, social_iqa, cause_and_effect:two_sentences, "

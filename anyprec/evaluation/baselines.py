@@ -4,8 +4,10 @@ Methods (all per output row, sample weights f = Fisher * [w != 0]):
 - base: the unquantized model;
 - rtn: uniform min-max round-to-nearest at b bits (unweighted);
 - dedicated: SqueezeLLM-style weighted non-uniform clustering at exactly b bits, not nested
-  (our exact optimal 1-D clustering, so it is the best any b-bit non-uniform LUT can do on
-  the weighted objective: a lower bound for nested methods, not the reference's Lloyd);
+  (weighted k-means++ + Lloyd, as SqueezeLLM and the paper's comparison do);
+- dedicated-optimal: the exact optimal b-bit clustering, not nested: the best any b-bit
+  per-row LUT can do on the weighted objective (a lower bound for every nested method;
+  costly at 7-8 bits, so not in the default method list);
 - reference: the paper's nested algorithm (Lloyd seed + Lloyd/binary-search splits);
 - ours: nested with the exact optimal seed and splits (what the packed artifact holds).
 
@@ -39,11 +41,13 @@ class Method(str, Enum):
     BASE = "base"
     RTN = "rtn"
     DEDICATED = "dedicated"
+    DEDICATED_OPTIMAL = "dedicated-optimal"
     REFERENCE = "reference"
     OURS = "ours"
 
 
 NESTED_METHODS = (Method.REFERENCE, Method.OURS)
+DEFAULT_METHODS = [m.value for m in Method if m is not Method.DEDICATED_OPTIMAL]
 
 
 @dataclass
@@ -112,8 +116,9 @@ def _quantize_module(
 
     if method is Method.RTN:
         return {b: quantize_rtn(w, b) for b in bits}
-    if method is Method.DEDICATED:
-        return {b: quantize_seed(w, weights, b, ClusterMethod.OPTIMAL) for b in bits}
+    if method in (Method.DEDICATED, Method.DEDICATED_OPTIMAL):
+        cluster = ClusterMethod.LLOYD if method is Method.DEDICATED else ClusterMethod.OPTIMAL
+        return {b: quantize_seed(w, weights, b, cluster) for b in bits}
     if method in NESTED_METHODS:
         outside = [b for b in bits if not seed_bits <= b <= parent_bits]
         if outside:

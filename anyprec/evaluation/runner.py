@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from anyprec.evaluation.baselines import Method, quantize_method, quantized_weights
+from anyprec.evaluation.baselines import DEFAULT_METHODS, Method, quantize_method, quantized_weights
 from anyprec.evaluation.bigbench import DEFAULT_SUITE, PromptStyle
 from anyprec.evaluation.lm_eval_runner import ZeroShotSuite, build_suite, evaluate_suite, make_lm
 
@@ -37,7 +37,7 @@ class EvalSettings:
     quant_cache: folder reusing baseline quantizations whose key equals quant_cache_key."""
 
     bits: list[int] = field(default_factory=lambda: [3, 4, 5, 6, 7, 8])
-    methods: list[str] = field(default_factory=lambda: [m.value for m in Method])
+    methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
     tasks: list[str] = field(default_factory=lambda: list(DEFAULT_SUITE))
     limit: int | None = 50
     corpora: list[str] = field(default_factory=lambda: ["wiki", "news"])

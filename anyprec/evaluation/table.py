@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-COMPARED = ("dedicated", "reference")
+COMPARED = ("dedicated", "dedicated-optimal", "reference")
 
 
 def metric_names(report: dict[str, Any]) -> list[str]:
@@ -62,7 +62,7 @@ def _delta(ours: float, other: float, metric: str) -> float:
 
 
 def deltas(report: dict[str, Any]) -> dict[str, dict[str, dict[str, float]]]:
-    """{other: {bits: {metric: delta of ours vs other}}} for other in dedicated, reference."""
+    """{other: {bits: {metric: delta of ours vs other}}} for each of COMPARED that was evaluated."""
     metrics = [m for m in metric_names(report) if m.startswith("ppl_") or m == "acc_mean"] + ["objective"]
     out: dict[str, dict[str, dict[str, float]]] = {}
     for other in COMPARED:
