@@ -1,7 +1,7 @@
 """The `quantize-eval` flow: one base model through every stage, tracked in MLflow.
 
     resolve -> calibration -> sensitivity -> seed -> upscaling -> packing
-            -> {perplexity, lm-eval, bench} (concurrently, on the configured task runner)
+            -> perplexity -> lm-eval -> bench
             -> MLflow parent + child runs -> registry -> dashboard -> dvc commit
 
 Every stage is cached on the content of its inputs (anyprec.tasks.caching): a re-run with
@@ -27,7 +27,7 @@ from anyprec.tasks.bench import bench
 from anyprec.tasks.caching import BaseModelInfo, StageOutput
 from anyprec.tasks.layout import Layout, Stage, require_model
 from anyprec.tasks.publish import publish
-from anyprec.tasks.runner import run_stage, submit_stage
+from anyprec.tasks.runner import run_stage
 
 apply_offline_env()
 
@@ -65,22 +65,25 @@ def quantize_stages(layout: Layout, base: BaseModelInfo) -> tuple[StageOutput, S
 
 
 def evaluation_stages(layout: Layout, base: BaseModelInfo, packed: StageOutput) -> dict[str, dict[str, Any]]:
-    """Perplexity and lm-eval concurrently, then the benchmark; {report name: content}."""
+    """Perplexity, lm-eval, then the benchmark; {report name: content}.
+
+    One after the other: each already uses every core through torch, so overlapping them on
+    one machine only thrashes (and races transformers' lazy imports between threads).
+    """
     p, path = layout.params, (lambda stage: layout.stage_path(base.name, stage))
-    futures = {
-        Stage.PERPLEXITY.value: submit_stage(
+    reports = {
+        Stage.PERPLEXITY.value: run_stage(
             ev.perplexity, layout, path(Stage.PERPLEXITY),
             base=base, packed=packed, bits=p.evaluation.bits, corpora=list(p.evaluation.ppl_corpora),
             window=p.evaluation.ppl_window, max_tokens=p.evaluation.ppl_max_tokens,
             eval_fraction=p.calibration.eval_fraction, split_seed=p.calibration.seed,
         ),
+        Stage.LM_EVAL.value: run_stage(
+            ev.lm_eval, layout, path(Stage.LM_EVAL),
+            base=base, packed=packed, bits=p.evaluation.bits, tasks=p.evaluation.tasks, limit=p.evaluation.limit,
+        ),
     }
-    futures[Stage.LM_EVAL.value] = submit_stage(
-        ev.lm_eval, layout, path(Stage.LM_EVAL),
-        base=base, packed=packed, bits=p.evaluation.bits, tasks=p.evaluation.tasks, limit=p.evaluation.limit,
-    )
-    reports = {name: future.result() for name, future in futures.items()}
-    if p.benchmark.bits:  # after the others: timings taken on an otherwise idle runner
+    if p.benchmark.bits:  # last: timings taken with nothing else running in this flow
         reports[Stage.BENCH.value] = run_stage(
             bench, layout, path(Stage.BENCH), base=base, packed=packed, benchmark=p.benchmark
         )

@@ -131,3 +131,24 @@ def write_stamp(results_dir: Path, out: Path, key: str) -> None:
     tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps({"key": key, "out": str(out), "files": fingerprint(out)}))
     os.replace(tmp, target)
+
+
+def current_stamps(results_dir: Path, outs: list[Path]) -> dict[Path, str]:
+    """{out: key} for every output whose stamp still matches it on disk."""
+    keys: dict[Path, str] = {}
+    for out in outs:
+        try:
+            key = json.loads(stamp_file(results_dir, out).read_text()).get("key")
+        except (FileNotFoundError, json.JSONDecodeError):
+            continue
+        if key and is_current(results_dir, out, key):
+            keys[out] = key
+    return keys
+
+
+def restamp(results_dir: Path, keys: dict[Path, str]) -> None:
+    """Re-stamp outputs whose bytes a tool rewrote without changing them (dvc commit relinks files)."""
+    for out, key in keys.items():
+        if Path(out).exists():
+            write_stamp(results_dir, out, key)
+

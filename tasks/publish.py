@@ -8,8 +8,8 @@ from typing import Any
 from prefect import get_run_logger, task
 
 from anyprec.env import apply_offline_env
-from anyprec.tasks.caching import BaseModelInfo, StageOutput
-from anyprec.tasks.layout import Layout
+from anyprec.tasks.caching import BaseModelInfo, StageOutput, current_stamps, restamp
+from anyprec.tasks.layout import Layout, Stage
 from anyprec.tasks.registry import register_artifact
 from anyprec.tasks.tracking import log_pipeline_run, setup_mlflow
 from anyprec.tasks.versioning import dvc_commit, dvc_md5
@@ -59,8 +59,12 @@ def publish(
     version = register_artifact(layout, base.name, packed, md5, parent)
     dashboard = render_dashboard(layout, base.name, parent)
     if _should_commit(layout, base.name):
+        # dvc commit moves outputs into its cache and links/copies them back: same bytes, new
+        # stat. Re-stamp what was current so the next identical run is still a cache hit.
+        current = current_stamps(layout.results_dir, [layout.stage_path(base.name, s) for s in Stage])
         try:
             commit_outputs(str(layout.root), base.name)
         except RuntimeError as err:  # the artifacts and runs stand; only dvc.lock is behind
             get_run_logger().warning("dvc commit failed; run `dvc commit` by hand: %s", err)
+        restamp(layout.results_dir, current)
     return {"dvc_md5": md5, "parent_run_id": parent, "version": version, "dashboard": dashboard}

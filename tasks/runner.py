@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from prefect import Task
-from prefect.futures import PrefectFuture
 
 from anyprec.tasks.caching import StageOutput, is_current, stage_key, write_stamp
 from anyprec.tasks.layout import Layout
@@ -35,21 +34,3 @@ def run_stage(task: Task[..., R], layout: Layout, out: Path, **params: Any) -> R
     result = bound(out=str(out), **params)
     write_stamp(layout.results_dir, out, key)
     return _rebind(result, out)
-
-
-class StageFuture:
-    """A submitted stage: `.result()` waits, stamps the output and returns the task's value."""
-
-    def __init__(self, future: PrefectFuture, layout: Layout, out: Path, key: str) -> None:
-        self._future, self._layout, self._out, self._key = future, layout, out, key
-
-    def result(self) -> Any:
-        value = self._future.result()
-        write_stamp(self._layout.results_dir, self._out, self._key)
-        return _rebind(value, self._out)
-
-
-def submit_stage(task: Task[..., Any], layout: Layout, out: Path, **params: Any) -> StageFuture:
-    """Like run_stage, but submitted to the flow's task runner (for stages that can overlap)."""
-    bound, key = _prepared(task, layout, out, params)
-    return StageFuture(bound.submit(out=str(out), **params), layout, out, key)
