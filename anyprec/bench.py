@@ -16,6 +16,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from anyprec.fileio import write_json_atomic
+
 DEFAULT_BITS = (3, 4, 5, 6, 7, 8)
 DEFAULT_PROMPT = "The history of the city begins"
 
@@ -34,8 +36,7 @@ def parse_shape(text: str) -> tuple[int, int]:
 
 def _write_json(path: str | None, payload: dict) -> None:
     if path:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(payload, indent=2) + "\n")
+        write_json_atomic(path, payload)
 
 
 def run_gemv(args: argparse.Namespace) -> int:

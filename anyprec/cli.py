@@ -17,11 +17,9 @@ BITS_HELP = "bit-widths, e.g. --bits 3 4 5 6 7 8 (default: every bit-width the a
 
 
 def _write_json(path: str | Path, data: Any) -> None:
-    from anyprec.quantize import _write_json as write_atomic
+    from anyprec.fileio import write_json_atomic
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, data)
+    write_json_atomic(path, data)
     print(f"wrote {path}")
 
 

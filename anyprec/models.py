@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from anyprec.env import apply_offline_env, cache_dir
+from anyprec.fileio import sha256_file
 
 DEFAULT_MODEL = "smollm2-135m"
 DEFAULT_ALIASES = frozenset({DEFAULT_MODEL, "default"})
@@ -32,15 +33,6 @@ MARKER_FILE = "anyprec_source.json"
 HASH_CACHE_FILE = "model_hashes.json"
 # Files that define a model's numbers: hashed by hash_model_dir.
 HASHED_PATTERNS = ("config.json", "generation_config.json", "*.safetensors", "*.safetensors.index.json", "*.bin")
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    """Hex sha256 of a file's bytes, read in 4 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def find_embedded_gguf() -> Path:

@@ -11,7 +11,6 @@ Only safetensors and JSON are ever read: nothing is unpickled.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -23,6 +22,8 @@ from typing import Any
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+
+from anyprec.fileio import sha256_file, write_json_atomic
 
 FORMAT_NAME = "anyprec"
 FORMAT_VERSION = 1
@@ -54,15 +55,6 @@ class QuantizedModule:
     in_features: int
     bias: torch.Tensor | None = None
     conv1d: bool = False
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    """sha256 hex digest of a file, streamed."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _dense_tensors(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -147,18 +139,12 @@ def save_packed(
             "inputs": inputs,
             **(extra or {}),
         }
-        _write_json(tmp / MANIFEST, manifest)
+        write_json_atomic(tmp / MANIFEST, manifest)
         _replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
-
-
-def _write_json(path: Path, data: Any) -> None:
-    part = path.with_name(path.name + ".part")
-    part.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(part, path)
 
 
 def _replace_dir(src: Path, dst: Path) -> None:

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from anyprec import archs
 from anyprec.config import CalibrationConfig, QuantizationConfig, config_hash
 from anyprec.env import apply_offline_env, cache_dir
+from anyprec.fileio import write_json_atomic
 
 log = logging.getLogger(__name__)
 CALIB_FILE = "calib.safetensors"
@@ -31,12 +32,6 @@ CALIB_META = "calib.json"
 SENS_META = "sensitivity.json"
 LAYER_FILE = "layer_{:03d}.safetensors"
 OBJECTIVE_FILE = "objective.json"
-
-
-def _write_json(path: Path, data: Any) -> None:
-    part = path.with_name(path.name + f".part-{os.getpid()}")
-    part.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(part, path)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -78,7 +73,7 @@ def prepare_calibration(model_ref: str, calib: CalibrationConfig, out_dir: str |
     ids = build_calibration(tokenizer, calib.corpus, calib.n_samples, calib.seq_len, calib.seed, calib.eval_fraction)
     digest = calibration_hash(ids)
     _save_atomic({"input_ids": ids.contiguous()}, out_dir / CALIB_FILE, digest)
-    _write_json(out_dir / CALIB_META, {"sha256": digest, "config": calib.model_dump(), "shape": list(ids.shape)})
+    write_json_atomic(out_dir / CALIB_META, {"sha256": digest, "config": calib.model_dump(), "shape": list(ids.shape)})
     return out_dir
 
 
@@ -107,7 +102,7 @@ def run_sensitivity(model_ref: str, calib_dir: str | Path, out_dir: str | Path, 
     ids = load_file(str(Path(calib_dir) / CALIB_FILE))["input_ids"]
     fisher = compute_sensitivity(model, ids, archs.quantizable_modules(model), progress=progress)
     save_sensitivity(fisher, out_dir)
-    _write_json(out_dir / SENS_META, {"key": key, "modules": list(fisher)})
+    write_json_atomic(out_dir / SENS_META, {"key": key, "modules": list(fisher)})
     _link_tree(out_dir, shared)
     return out_dir
 
@@ -226,7 +221,7 @@ def run_upscaling(
         return out
 
     _per_layer(model_ref, out_dir, key, work, f"upscale {quant.seed_bits}->{quant.parent_bits}", progress)
-    _write_json(out_dir / OBJECTIVE_FILE, nested_objective(model_ref, sens_dir, out_dir, quant))
+    write_json_atomic(out_dir / OBJECTIVE_FILE, nested_objective(model_ref, sens_dir, out_dir, quant))
     return out_dir
 
 
