@@ -22,7 +22,7 @@ install: .venv/.installed
 
 quantize: install
 	.venv/bin/anyprec quantize $(MODEL) --out $(OUT)
-	.venv/bin/anyprec ppl $(OUT) --corpus wiki news --json reports/$(MODEL)/cli/ppl.json
+	.venv/bin/anyprec ppl $(OUT) --corpus wiki news --max-tokens 32768 --json reports/$(MODEL)/cli/ppl.json
 
 test: install
 	bash scripts/ensure_chromium.sh
