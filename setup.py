@@ -21,7 +21,7 @@ setup(
         Extension(
             "anyprec.kernels._cpu",
             sources=SOURCES,
-            depends=["kernels/csrc/ap_kernels.h"],
+            depends=["kernels/csrc/ap_kernels.h", "kernels/csrc/ap_avx512_common.h"],
             extra_compile_args=["-O3", "-fopenmp", "-fno-strict-aliasing", "-std=c11", "-Wall", "-Wno-unused-function"],
             extra_link_args=["-fopenmp"],
             # without a C compiler the install still succeeds; the reference backend is used

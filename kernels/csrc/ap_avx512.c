@@ -17,18 +17,7 @@
 #include <string.h>
 #include "ap_kernels.h"
 
-#define INLINE static inline __attribute__((always_inline))
-#define PREFETCH_BYTES 1024
-
-/* Byte codes of planes [p_first, bits) for the 64 columns at src[p]. */
-INLINE __m512i byte_codes(const uint64_t *const src[], int p_first, int bits) {
-    __m512i codes = _mm512_setzero_si512();
-    for (int p = p_first; p < bits; p++) {
-        __mmask64 m = _load_mask64((__mmask64 *)src[p]);
-        codes = _mm512_mask_add_epi8(codes, m, codes, _mm512_set1_epi8((char)(1 << (bits - 1 - p))));
-    }
-    return codes;
-}
+#include "ap_avx512_common.h"
 
 INLINE void load_lut_regs(const void *lut, int lut_f16, int bits, int64_t n, __m512 L[16]) {
     const int size = 1 << bits, nreg = size >= 16 ? size / 16 : 1;
@@ -95,20 +84,6 @@ INLINE void gemv_step(const uint64_t *const src[], const float *x, int64_t xstri
             const int a = T == 1 ? j : t;
             acc[a] = _mm512_fmadd_ps(w, _mm512_loadu_ps(x + t * xstride + 16 * j), acc[a]);
         }
-    }
-}
-
-INLINE void row_pointers(const uint32_t *planes, int64_t plane_stride, int64_t words, int64_t n,
-                         int bits, const uint64_t *src[]) {
-    for (int p = 0; p < bits; p++) src[p] = (const uint64_t *)(planes + p * plane_stride + n * words);
-}
-
-/* The odd last word of a row, zero-extended to 64 bits so no load runs past the row. */
-INLINE void tail_words(const uint64_t *const src[], int64_t full, int bits, uint64_t buf[],
-                       const uint64_t *tail[]) {
-    for (int p = 0; p < bits; p++) {
-        buf[p] = *(const uint32_t *)(src[p] + full);
-        tail[p] = &buf[p];
     }
 }
 

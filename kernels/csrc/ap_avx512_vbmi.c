@@ -12,19 +12,8 @@
 #include <immintrin.h>
 #include "ap_kernels.h"
 
-#define INLINE static inline __attribute__((always_inline))
-#define PREFETCH_BYTES 1024
+#include "ap_avx512_common.h"
 
-INLINE __m512i byte_codes(const uint64_t *const src[], int p_first, int bits) {
-    __m512i codes = _mm512_setzero_si512();
-    for (int p = p_first; p < bits; p++) {
-        __mmask64 m = _load_mask64((__mmask64 *)src[p]);
-        codes = _mm512_mask_add_epi8(codes, m, codes, _mm512_set1_epi8((char)(1 << (bits - 1 - p))));
-    }
-    return codes;
-}
-
-/* lo[r] / hi[r]: low / high bytes of lut row entries 64r .. 64r+63. */
 INLINE void split_lut_row(const uint16_t *row, int bits, __m512i lo[4], __m512i hi[4]) {
     __m512i even = _mm512_set_epi8(126, 124, 122, 120, 118, 116, 114, 112, 110, 108, 106, 104, 102, 100, 98, 96,
                                    94, 92, 90, 88, 86, 84, 82, 80, 78, 76, 74, 72, 70, 68, 66, 64,
@@ -72,7 +61,7 @@ INLINE void vbmi_rows_impl(const ap_gemv_args *a, int64_t row0, int64_t row1, in
         __m512 acc[4];
         const uint64_t *src[AP_MAX_BITS], *cur[AP_MAX_BITS];
         split_lut_row((const uint16_t *)a->lut + (n << bits), bits, lo, hi);
-        for (int p = 0; p < bits; p++) src[p] = (const uint64_t *)(a->planes + p * a->plane_stride + n * a->words);
+        row_pointers(a->planes, a->plane_stride, a->words, n, bits, src);
         for (int i = 0; i < 4; i++) acc[i] = _mm512_setzero_ps();
         for (int64_t c = 0; c < full; c++) {
             for (int p = 0; p < bits; p++) {
@@ -83,10 +72,7 @@ INLINE void vbmi_rows_impl(const ap_gemv_args *a, int64_t row0, int64_t row1, in
         }
         if (a->words & 1) {
             uint64_t buf[AP_MAX_BITS];
-            for (int p = 0; p < bits; p++) {
-                buf[p] = *(const uint32_t *)(src[p] + full);
-                cur[p] = &buf[p];
-            }
+            tail_words(src, full, bits, buf, cur);
             vbmi_step(cur, a->x + full * AP_CHUNK, a->xstride, lo, hi, bits, T, acc);
         }
         if (T == 1) {

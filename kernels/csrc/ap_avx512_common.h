@@ -1,0 +1,33 @@
+/* Helpers shared by the AVX-512 kernel files. Included after each file's
+ * `#pragma GCC target(...)`, so every copy is compiled for that file's instruction set. */
+#ifndef AP_AVX512_COMMON_H
+#define AP_AVX512_COMMON_H
+
+#define INLINE static inline __attribute__((always_inline))
+#define PREFETCH_BYTES 1024
+
+/* Byte codes of planes [p_first, bits) for the 64 columns at src[p]. */
+INLINE __m512i byte_codes(const uint64_t *const src[], int p_first, int bits) {
+    __m512i codes = _mm512_setzero_si512();
+    for (int p = p_first; p < bits; p++) {
+        __mmask64 m = _load_mask64((__mmask64 *)src[p]);
+        codes = _mm512_mask_add_epi8(codes, m, codes, _mm512_set1_epi8((char)(1 << (bits - 1 - p))));
+    }
+    return codes;
+}
+
+INLINE void row_pointers(const uint32_t *planes, int64_t plane_stride, int64_t words, int64_t n,
+                         int bits, const uint64_t *src[]) {
+    for (int p = 0; p < bits; p++) src[p] = (const uint64_t *)(planes + p * plane_stride + n * words);
+}
+
+/* The odd last word of a row, zero-extended to 64 bits so no load runs past the row. */
+INLINE void tail_words(const uint64_t *const src[], int64_t full, int bits, uint64_t buf[],
+                       const uint64_t *tail[]) {
+    for (int p = 0; p < bits; p++) {
+        buf[p] = *(const uint32_t *)(src[p] + full);
+        tail[p] = &buf[p];
+    }
+}
+
+#endif /* AP_AVX512_COMMON_H */
