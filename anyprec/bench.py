@@ -71,46 +71,82 @@ def _timed_generate(generate: Callable[..., object], input_ids, new_tokens: int)
     return seconds, int(sequences.shape[-1] - input_ids.shape[-1])
 
 
-def decode_rate(generate: Callable[..., object], input_ids, new_tokens: int, repeats: int) -> dict:
-    """Decode speed without the prompt: (t(N) - t(1)) / (N - 1), medians over repeats."""
-    _timed_generate(generate, input_ids, 2)  # warm-up
-    short = statistics.median(_timed_generate(generate, input_ids, 1)[0] for _ in range(repeats))
-    runs = [_timed_generate(generate, input_ids, new_tokens) for _ in range(repeats)]
-    long_s = statistics.median(s for s, _ in runs)
-    produced = min(n for _, n in runs)
-    per_token = (long_s - short) / max(produced - 1, 1)
-    if per_token <= 0:  # timing noise larger than the decode time: fall back to the whole call
-        per_token = long_s / max(produced, 1)
-    return {"tokens": produced, "ms_per_token": per_token * 1e3, "tokens_per_s": 1.0 / per_token}
+def decode_rates(
+    candidates: Sequence[tuple[dict, Callable[..., object]]], input_ids, new_tokens: int, repeats: int,
+    progress: bool = True,
+) -> list[dict]:
+    """Greedy decode speed of each (row, generate) candidate, without the prompt.
+
+    One round times every candidate once, in an order that rotates from round to round, so
+    load from other processes on a shared machine falls on all of them alike. Per round
+    and candidate: (t(N tokens) - t(1 token)) / (N - 1); the row gets the median over
+    `repeats` rounds (and the spread, as min/max)."""
+    from tqdm.auto import tqdm
+
+    for _, generate in candidates:
+        _timed_generate(generate, input_ids, 2)  # warm-up: first-call allocations, lazy imports
+    per_token: list[list[float]] = [[] for _ in candidates]
+    produced = [new_tokens] * len(candidates)
+    order = list(range(len(candidates)))
+    for round_ in tqdm(range(repeats), desc="decode rounds", disable=not progress):
+        for i in order[round_ % len(order):] + order[: round_ % len(order)]:
+            short, _ = _timed_generate(candidates[i][1], input_ids, 1)
+            long_s, n = _timed_generate(candidates[i][1], input_ids, new_tokens)
+            produced[i] = min(produced[i], n)
+            # noise larger than the decode time: fall back to the whole call
+            per_token[i].append((long_s - short) / (n - 1) if long_s > short and n > 1 else long_s / max(n, 1))
+    rows = []
+    for (row, _), times, n in zip(candidates, per_token, produced):
+        ms = statistics.median(times) * 1e3
+        rows.append({**row, "tokens": n, "rounds": repeats, "ms_per_token": ms, "tokens_per_s": 1e3 / ms,
+                     "ms_per_token_min": min(times) * 1e3, "ms_per_token_max": max(times) * 1e3})
+    return rows
+
+
+def measure_decode(
+    packed_dir: str | Path, base_ref: str, bits: Sequence[int], new_tokens: int, repeats: int,
+    prompt: str = DEFAULT_PROMPT,
+) -> list[dict]:
+    """Decode rows per bit-width of the packed model and for the unquantized fp32 model
+    (`base_ref`: a registry name or a directory), measured together in interleaved rounds;
+    each row has `speedup_vs_base`."""
+    import torch
+
+    from anyprec.models import load_model
+    from anyprec.runtime import load_anyprec
+
+    model = load_anyprec(packed_dir, list(bits))
+    base, _ = load_model(base_ref)
+    base.eval()
+    input_ids = model.tokenizer(prompt, return_tensors="pt").input_ids
+    candidates: list[tuple[dict, Callable[..., object]]] = [
+        ({"kind": "anyprec", "bits": b}, lambda ids, _b=b, **kw: model.generate(ids, precision=_b, **kw))
+        for b in bits
+    ]
+    candidates.append(({"kind": "base_fp32", "bits": 32}, base.generate))
+    with torch.inference_mode():
+        rows = decode_rates(candidates, input_ids, new_tokens, repeats)
+    base_tps = rows[-1]["tokens_per_s"]
+    for row in rows:
+        row["speedup_vs_base"] = row["tokens_per_s"] / base_tps
+    return rows
 
 
 def run_decode(args: argparse.Namespace) -> int:
     """End-to-end greedy decode tokens/s per bit-width and for the unquantized model."""
     import torch
 
-    from anyprec.models import load_model
-    from anyprec.runtime import load_anyprec
-
     if args.threads:
         torch.set_num_threads(args.threads)
     manifest = json.loads((Path(args.dir) / "manifest.json").read_text())
-    model = load_anyprec(args.dir)
-    input_ids = model.tokenizer(args.prompt, return_tensors="pt").input_ids
-    rows = []
-    with torch.inference_mode():
-        for bits in args.bits:
-            gen = lambda ids, _b=bits, **kw: model.generate(ids, precision=_b, **kw)  # noqa: E731
-            rows.append({"kind": "anyprec", "bits": bits, **decode_rate(gen, input_ids, args.tokens, args.repeats)})
-        del model
-        base, _ = load_model(manifest["inputs"]["base_model_ref"])
-        base.eval()
-        rows.append({"kind": "base_fp32", "bits": 32, **decode_rate(base.generate, input_ids, args.tokens, args.repeats)})
-    base_tps = rows[-1]["tokens_per_s"]
-    for row in rows:
-        row["speedup_vs_base"] = row["tokens_per_s"] / base_tps
-    print(f"{'model':<10}{'bits':>5}{'tok/s':>9}{'ms/tok':>9}{'x_base':>8}")
+    rows = measure_decode(args.dir, manifest["inputs"]["base_model_ref"], args.bits, args.tokens, args.repeats,
+                          args.prompt)
+    print(f"median of {args.repeats} interleaved rounds; ms/tok range over rounds in brackets")
+    print(f"{'model':<10}{'bits':>5}{'tok/s':>9}{'ms/tok':>9}{'[min, max]':>18}{'x_base':>8}")
     for r in rows:
-        print(f"{r['kind']:<10}{r['bits']:>5}{r['tokens_per_s']:>9.1f}{r['ms_per_token']:>9.2f}{r['speedup_vs_base']:>8.2f}")
+        spread = f"[{r['ms_per_token_min']:.1f}, {r['ms_per_token_max']:.1f}]"
+        print(f"{r['kind']:<10}{r['bits']:>5}{r['tokens_per_s']:>9.1f}{r['ms_per_token']:>9.2f}{spread:>18}"
+              f"{r['speedup_vs_base']:>8.2f}")
     _write_json(args.json, {"dir": str(args.dir), "threads": torch.get_num_threads(), "prompt": args.prompt, "rows": rows})
     return 0
 
@@ -135,7 +171,7 @@ def _add_decode(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tokens", type=int, default=32, help="new tokens per generate call")
     p.add_argument("--json", help="write the rows to this JSON file")
     p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=5, help="interleaved rounds (median)")
     p.add_argument("--prompt", default=DEFAULT_PROMPT)
     p.set_defaults(func=run_decode)
 

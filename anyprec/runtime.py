@@ -19,7 +19,8 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from anyprec.kernels import matmul
+from anyprec.kernels import Backend, decode_plan, matmul, resolve_backend
+from anyprec.kernels.cpu import DECODE_MAX_TOKENS
 from anyprec.packed import ArtifactError, QuantizedModule, check_bits, load_packed_tensors
 
 
@@ -62,11 +63,40 @@ class AnyPrecisionLinear(nn.Module):
         for b, lut in qm.luts.items():
             self.register_buffer(f"lut{b}", lut)
         self.bias = None if qm.bias is None else nn.Parameter(qm.bias.float(), requires_grad=False)
+        self._plans: dict[int, Any] = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bits = self.state.current
+        plan = self._plans.get(bits)
+        if plan is None and bits not in self._plans:
+            plan = self._plans[bits] = self._make_plan(x, bits)
+        if (
+            plan is not None
+            and x.dtype == torch.float32
+            and x.is_cpu
+            and x.is_contiguous()
+            and x.numel() <= plan.max_inputs
+        ):
+            y = plan(x.view(-1, self.in_features))
+            if self.bias is not None:
+                y += self.bias
+            return y.view(*x.shape[:-1], self.out_features)
         bias = None if self.bias is None else self.bias.to(x.dtype)
-        return matmul(x, self.planes, getattr(self, f"lut{bits}"), bits, self.in_features, bias=bias)
+        return matmul(x, self.planes, self._buffers[f"lut{bits}"], bits, self.in_features, bias=bias)
+
+    def _make_plan(self, x: torch.Tensor, bits: int) -> Any:
+        """The native decode call for this bit-width (None when another backend is chosen).
+
+        Decode steps are ~all of generation's calls, so they skip `matmul`'s per-call checks
+        and backend choice: the backend is resolved here, at the bit-width's first call
+        (ANYPREC_BACKEND set later applies after `.to()` or a reload)."""
+        if resolve_backend(x.device) is not Backend.CPU:
+            return None
+        return decode_plan(self.planes, self._buffers[f"lut{bits}"], bits, self.in_features)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> "AnyPrecisionLinear":
+        self._plans.clear()  # .to()/.float()/... may replace the tensors a plan points into
+        return super()._apply(fn, recurse)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bits={self.state.available}"

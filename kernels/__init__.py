@@ -5,10 +5,11 @@ Importing this package needs neither triton nor the built native library.
 """
 
 from anyprec.kernels.bitplanes import pack_bitplanes, unpack_bitplanes, words_per_row
-from anyprec.kernels.dispatch import Backend, dequantize, matmul, native_available, resolve_backend
+from anyprec.kernels.dispatch import Backend, decode_plan, dequantize, matmul, native_available, resolve_backend
 
 __all__ = [
     "Backend",
+    "decode_plan",
     "dequantize",
     "matmul",
     "native_available",

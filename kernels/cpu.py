@@ -95,16 +95,38 @@ def _threads(planes_bytes: int) -> int:
 
 
 def gemv(x2: torch.Tensor, planes: torch.Tensor, lut: torch.Tensor, bits: int, in_features: int) -> torch.Tensor:
-    """y f32[T, N] = x2 f32[T, K] @ W_b.T for T <= DECODE_MAX_TOKENS (no checks on x2)."""
-    n, w = planes.shape[1], planes.shape[2]
-    y = torch.empty((x2.shape[0], n), dtype=torch.float32)
-    _lib().gemv(
-        planes.data_ptr(), planes.stride(0), n, w, in_features,
-        lut.data_ptr(), int(lut.dtype == torch.float16), bits,
-        x2.data_ptr(), x2.shape[0], x2.stride(0), y.data_ptr(), y.stride(0),
-        _threads(bits * n * w * 4),
-    )
-    return y
+    """y f32[T, N] = x2 f32[T, K] (contiguous) @ W_b.T for T <= DECODE_MAX_TOKENS."""
+    return DecodePlan(planes, lut, bits, in_features)(x2)
+
+
+class DecodePlan:
+    """One layer at one bit-width, checked once, for repeated decode calls.
+
+    `plan(x2)` computes y f32[T, N] = x2 @ W_b.T for x2 f32[T, K] contiguous, T in 1..8,
+    with no per-call shape checks: the runtime calls it for every decode step of every
+    layer, where a few microseconds of Python per call add up (210 calls per token on
+    SmolLM2). It holds `planes` and `lut`, so the raw pointers it passes stay valid; a
+    caller whose tensors are replaced (`module.to(...)`) makes a new plan.
+    """
+
+    __slots__ = ("planes", "lut", "out_features", "in_features", "max_inputs", "_lut", "_head", "_plane_bytes")
+
+    def __init__(self, planes: torch.Tensor, lut: torch.Tensor, bits: int, in_features: int) -> None:
+        _check_planes(planes, bits, in_features)
+        self.planes, self.lut = planes, lut
+        self._lut = _prepared_lut(lut, bits, planes.shape[1])  # lut itself unless converted
+        n, w = planes.shape[1], planes.shape[2]
+        self.out_features, self.in_features = n, in_features
+        self.max_inputs = DECODE_MAX_TOKENS * in_features  # largest x.numel() one call takes
+        self._head = (planes.data_ptr(), planes.stride(0), n, w, in_features,
+                      self._lut.data_ptr(), int(self._lut.dtype == torch.float16), bits)
+        self._plane_bytes = bits * n * w * 4
+
+    def __call__(self, x2: torch.Tensor) -> torch.Tensor:
+        y = torch.empty((x2.shape[0], self.out_features), dtype=torch.float32)
+        _cpu.gemv(*self._head, x2.data_ptr(), x2.shape[0], self.in_features, y.data_ptr(),
+                  self.out_features, _threads(self._plane_bytes))
+        return y
 
 
 def _dequant_rows(planes, lut, bits, in_features, row0, row1, out: torch.Tensor) -> None:
@@ -161,8 +183,8 @@ def matmul_cpu(
     tokens = x2.shape[0]
     if 0 < tokens <= FUSED_MAX_TOKENS[bits]:
         xf = x2.float().contiguous()
-        parts = [gemv(xf[t : t + DECODE_MAX_TOKENS], planes, lut, bits, in_features)
-                 for t in range(0, tokens, DECODE_MAX_TOKENS)]
+        plan = DecodePlan(planes, lut, bits, in_features)
+        parts = [plan(xf[t : t + DECODE_MAX_TOKENS]) for t in range(0, tokens, DECODE_MAX_TOKENS)]
         y = parts[0] if len(parts) == 1 else torch.cat(parts)
     else:
         work = torch.bfloat16 if x.dtype == torch.bfloat16 else torch.float32

@@ -78,6 +78,20 @@ def matmul(
     return triton_kernels.matmul_triton(x, planes, lut, bits, in_features, bias)
 
 
+def decode_plan(
+    planes: torch.Tensor,
+    lut: torch.Tensor,
+    bits: int,
+    in_features: int,
+    backend: str | Backend | None = None,
+) -> cpu.DecodePlan | None:
+    """A checked-once native decode call for this layer and bit-width when the chosen
+    backend is the native CPU one, else None (then call `matmul`). See cpu.DecodePlan."""
+    if resolve_backend(planes.device, backend) is not Backend.CPU:
+        return None
+    return cpu.DecodePlan(planes, lut, bits, in_features)
+
+
 def dequantize(
     planes: torch.Tensor,
     lut: torch.Tensor,

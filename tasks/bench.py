@@ -1,8 +1,8 @@
 """The benchmark stage: GEMV latency per bit-width and decode throughput, via the core benches.
 
 Thin wrapper over `anyprec.kernels.bench_gemv.run_gemv_bench` (bitplane-LUT GEMV vs dense,
-weights rotated through DRAM) and `anyprec.bench.decode_rate` (greedy decode tokens/s,
-prompt excluded), reshaped into per-bit metrics for MLflow.
+weights rotated through DRAM) and `anyprec.bench.measure_decode` (greedy decode tokens/s,
+prompt excluded, bit-widths and base in interleaved rounds), reshaped into per-bit metrics for MLflow.
 """
 
 from __future__ import annotations
@@ -37,23 +37,10 @@ def gemv_figures(benchmark: BenchmarkConfig, threads: int) -> dict[str, Any]:
 
 def decode_figures(packed_dir: str, base_dir: str, bits: list[int], tokens: int, repeats: int) -> dict[str, Any]:
     """{"bits": {"b": decode_tok_s}, "base": decode_tok_s of the unquantized model}."""
-    import torch
+    from anyprec.bench import measure_decode
 
-    from anyprec.bench import DEFAULT_PROMPT, decode_rate
-    from anyprec.models import load_model
-    from anyprec.runtime import load_anyprec
-
-    apm = load_anyprec(packed_dir, bits)
-    ids = apm.tokenizer(DEFAULT_PROMPT, return_tensors="pt").input_ids
-    with torch.inference_mode():
-        per_bits = {
-            str(b): decode_rate(lambda x, _b=b, **kw: apm.generate(x, precision=_b, **kw), ids, tokens, repeats)
-            for b in bits
-        }
-        del apm
-        model, _ = load_model(base_dir)
-        base = decode_rate(model.generate, ids, tokens, repeats)
-    return {"bits": {b: r["tokens_per_s"] for b, r in per_bits.items()}, "base": base["tokens_per_s"]}
+    rows = measure_decode(packed_dir, base_dir, bits, tokens, repeats)
+    return {"bits": {str(r["bits"]): r["tokens_per_s"] for r in rows[:-1]}, "base": rows[-1]["tokens_per_s"]}
 
 
 @task(name="bench", **CACHED)

@@ -7,6 +7,7 @@ import threading
 import pytest
 import torch
 
+from anyprec.kernels import matmul, native_available
 from anyprec.runtime import AnyPrecisionLinear, load_anyprec
 
 
@@ -89,3 +90,29 @@ def test_concurrent_calls_keep_their_own_precision(apm, ids):
     for t in threads:
         t.join()
     assert len(results) == 9 and all(results.values()), results
+
+
+@pytest.mark.skipif(not native_available(), reason="native CPU kernels not built")
+@pytest.mark.parametrize("bits", [3, 4, 5, 6, 7, 8])
+def test_decode_steps_match_reference(apm, bits):
+    """Few-token calls take the layer's native decode plan; the reference path is the oracle."""
+    layer = next(m for m in apm.model.modules() if isinstance(m, AnyPrecisionLinear))
+    x = torch.randn(2, 3, layer.in_features, generator=torch.Generator().manual_seed(bits))
+    lut = getattr(layer, f"lut{bits}")
+    expected = matmul(x, layer.planes, lut, bits, layer.in_features, backend="reference")
+    with torch.inference_mode(), apm.precision(bits):
+        got = layer(x)
+        assert layer._plans[bits] is not None  # the fast path ran
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+        layer.to(torch.float32)  # replaces nothing here, but must drop the plans
+        assert not layer._plans
+        torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_decode_plan_keeps_the_reference_backend_when_chosen(tiny_artifact, ids, monkeypatch):
+    monkeypatch.setenv("ANYPREC_BACKEND", "reference")
+    model = load_anyprec(tiny_artifact, bits=3)
+    with torch.inference_mode():
+        model(ids[:, :1])
+    layer = next(m for m in model.model.modules() if isinstance(m, AnyPrecisionLinear))
+    assert layer._plans == {3: None}
