@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from anyprec.kernels.bitplanes import words_per_row
-from anyprec.kernels.dispatch import Backend, matmul, resolve_backend
+from anyprec.kernels.dispatch import Backend, decode_plan, matmul, resolve_backend
 
 @dataclass(frozen=True)
 class GemvConfig:
@@ -113,10 +113,14 @@ def measure_bits(cfg: GemvConfig, bits: int, gbps: float) -> dict:
     nbytes = first[0].numel() * 4 + first[1].numel() * 2 + (k + n) * 4
     layers = [first] + [random_packed(n, k, bits, gen) for _ in range(copies_for(nbytes, cfg.rotate_mib) - 1)]
     x = torch.randn(1, k)
+    # the call the runtime makes for a decode step: a checked-once plan where the backend
+    # has one (native CPU), else the dispatching matmul
+    plans = [decode_plan(planes, lut, bits, k, backend=cfg.backend) for planes, lut in layers]
 
     def run(i: int) -> torch.Tensor:
         planes, lut = layers[i]
-        return matmul(x, planes, lut, bits, k, backend=cfg.backend)
+        plan = plans[i]
+        return plan(x) if plan is not None else matmul(x, planes, lut, bits, k, backend=cfg.backend)
 
     ms_dram = time_ms(run, len(layers), cfg.repeats)
     ms_hot = time_ms(lambda _: run(0), 1, cfg.repeats)

@@ -87,8 +87,42 @@ INLINE void gemv_step(const uint64_t *const src[], const float *x, int64_t xstri
     }
 }
 
+/* Two rows, one token, bits <= 5: both rows' lookups share each x load and the loop
+ * overhead, which a single row's short inner loop (9 steps on a 576-wide layer) does not
+ * amortize. */
+INLINE void gemv_row_pair(const ap_gemv_args *a, int64_t n, int bits) {
+    const int64_t full = a->words / 2;
+    __m512 L[2][16], acc[2][4];
+    const uint64_t *src[2][AP_MAX_BITS], *cur[2][AP_MAX_BITS];
+    for (int r = 0; r < 2; r++) {
+        load_lut_regs(a->lut, a->lut_f16, bits, n + r, L[r]);
+        row_pointers(a->planes, a->plane_stride, a->words, n + r, bits, src[r]);
+        for (int j = 0; j < 4; j++) acc[r][j] = _mm512_setzero_ps();
+    }
+    for (int64_t c = 0; c < full; c++) {
+        if (c % PREFETCH_EVERY == 0) prefetch_planes(src[0], src[1], c, bits);
+        for (int r = 0; r < 2; r++)
+            for (int p = 0; p < bits; p++) cur[r][p] = src[r][p] + c;
+        gemv_step(cur[0], a->x + c * AP_CHUNK, a->xstride, L[0], bits, 1, acc[0]);
+        gemv_step(cur[1], a->x + c * AP_CHUNK, a->xstride, L[1], bits, 1, acc[1]);
+    }
+    if (a->words & 1) {
+        uint64_t buf[2][AP_MAX_BITS];
+        for (int r = 0; r < 2; r++) {
+            tail_words(src[r], full, bits, buf[r], cur[r]);
+            gemv_step(cur[r], a->x + full * AP_CHUNK, a->xstride, L[r], bits, 1, acc[r]);
+        }
+    }
+    for (int r = 0; r < 2; r++) {
+        const __m512 s = _mm512_add_ps(_mm512_add_ps(acc[r][0], acc[r][1]), _mm512_add_ps(acc[r][2], acc[r][3]));
+        a->y[n + r] = _mm512_reduce_add_ps(s);
+    }
+}
+
 INLINE void gemv_rows_impl(const ap_gemv_args *a, int64_t row0, int64_t row1, int bits, int T) {
     const int64_t full = a->words / 2;
+    if (T == 1 && bits <= 5)
+        for (; row0 + 1 < row1; row0 += 2) gemv_row_pair(a, row0, bits);
     for (int64_t n = row0; n < row1; n++) {
         __m512 L[16], acc[4];
         const uint64_t *src[AP_MAX_BITS], *cur[AP_MAX_BITS];
@@ -96,10 +130,8 @@ INLINE void gemv_rows_impl(const ap_gemv_args *a, int64_t row0, int64_t row1, in
         row_pointers(a->planes, a->plane_stride, a->words, n, bits, src);
         for (int i = 0; i < 4; i++) acc[i] = _mm512_setzero_ps();
         for (int64_t c = 0; c < full; c++) {
-            for (int p = 0; p < bits; p++) {
-                cur[p] = src[p] + c;
-                _mm_prefetch((const char *)cur[p] + PREFETCH_BYTES, _MM_HINT_T0);
-            }
+            if (c % PREFETCH_EVERY == 0) prefetch_planes(src, src, c, bits);
+            for (int p = 0; p < bits; p++) cur[p] = src[p] + c;
             gemv_step(cur, a->x + c * AP_CHUNK, a->xstride, L, bits, T, acc);
         }
         if (a->words & 1) {

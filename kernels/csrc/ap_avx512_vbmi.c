@@ -64,10 +64,8 @@ INLINE void vbmi_rows_impl(const ap_gemv_args *a, int64_t row0, int64_t row1, in
         row_pointers(a->planes, a->plane_stride, a->words, n, bits, src);
         for (int i = 0; i < 4; i++) acc[i] = _mm512_setzero_ps();
         for (int64_t c = 0; c < full; c++) {
-            for (int p = 0; p < bits; p++) {
-                cur[p] = src[p] + c;
-                _mm_prefetch((const char *)cur[p] + PREFETCH_BYTES, _MM_HINT_T0);
-            }
+            if (c % PREFETCH_EVERY == 0) prefetch_planes(src, src, c, bits);
+            for (int p = 0; p < bits; p++) cur[p] = src[p] + c;
             vbmi_step(cur, a->x + c * AP_CHUNK, a->xstride, lo, hi, bits, T, acc);
         }
         if (a->words & 1) {
