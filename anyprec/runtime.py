@@ -75,12 +75,13 @@ class AnyPrecisionLinear(nn.Module):
             and x.dtype == torch.float32
             and x.is_cpu
             and x.is_contiguous()
-            and x.numel() <= plan.max_inputs
+            and x.shape[-1] == self.in_features
+            and 0 < x.numel() <= plan.max_inputs
         ):
-            y = plan(x.view(-1, self.in_features))
+            y = plan(x)
             if self.bias is not None:
                 y += self.bias
-            return y.view(*x.shape[:-1], self.out_features)
+            return y
         bias = None if self.bias is None else self.bias.to(x.dtype)
         return matmul(x, self.planes, self._buffers[f"lut{bits}"], bits, self.in_features, bias=bias)
 

@@ -102,8 +102,8 @@ def gemv(x2: torch.Tensor, planes: torch.Tensor, lut: torch.Tensor, bits: int, i
 class DecodePlan:
     """One layer at one bit-width, checked once, for repeated decode calls.
 
-    `plan(x2)` computes y f32[T, N] = x2 @ W_b.T for x2 f32[T, K] contiguous, T in 1..8,
-    with no per-call shape checks: the runtime calls it for every decode step of every
+    `plan(x)` computes y f32[..., N] = x @ W_b.T for x f32[..., K] contiguous with 1..8
+    rows, with no per-call shape checks: the runtime calls it for every decode step of every
     layer, where a few microseconds of Python per call add up (210 calls per token on
     SmolLM2). It holds `planes` and `lut`, so the raw pointers it passes stay valid; a
     caller whose tensors are replaced (`module.to(...)`) makes a new plan.
@@ -122,10 +122,11 @@ class DecodePlan:
                       self._lut.data_ptr(), int(self._lut.dtype == torch.float16), bits)
         self._plane_bytes = bits * n * w * 4
 
-    def __call__(self, x2: torch.Tensor) -> torch.Tensor:
-        y = torch.empty((x2.shape[0], self.out_features), dtype=torch.float32)
-        _cpu.gemv(*self._head, x2.data_ptr(), x2.shape[0], self.in_features, y.data_ptr(),
-                  self.out_features, _threads(self._plane_bytes))
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """y f32[..., N] for x f32[..., K] contiguous with at most DECODE_MAX_TOKENS rows."""
+        y = torch.empty(*x.shape[:-1], self.out_features, dtype=torch.float32)
+        _cpu.gemv(*self._head, x.data_ptr(), x.numel() // self.in_features, self.in_features,
+                  y.data_ptr(), self.out_features, _threads(self._plane_bytes))
         return y
 
 
