@@ -14,6 +14,7 @@ SOURCES = [
     "kernels/csrc/ap_avx512.c",
     "kernels/csrc/ap_avx512_vbmi.c",
     "kernels/csrc/ap_portable.c",
+    "kernels/csrc/ap_half.c",
 ]
 
 setup(

@@ -19,7 +19,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from anyprec.kernels import Backend, decode_plan, matmul, resolve_backend
+from anyprec.kernels import Backend, decode_plan, half_decode_plan, matmul, resolve_backend
 from anyprec.kernels.cpu import DECODE_MAX_TOKENS
 from anyprec.packed import ArtifactError, QuantizedModule, check_bits, load_packed_tensors
 
@@ -101,6 +101,64 @@ class AnyPrecisionLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bits={self.state.available}"
+
+
+class HalfStoredHead(nn.Module):
+    """The output head (lm_head) with decode steps read from its float16 copy.
+
+    The artifact stores dense tensors in fp16, so the fp32 head weight is exactly the
+    widened fp16 one: decode steps (few fp32 tokens on the native CPU backend) read the
+    fp16 copy — half the bytes of the largest dense matmul of a decode step — and
+    accumulate in fp32; everything else uses the fp32 weight as `nn.Linear` would. The
+    fp32 weight stays (it is tied to the input embedding).
+    """
+
+    def __init__(self, head: nn.Linear, weight_f16: torch.Tensor) -> None:
+        super().__init__()
+        self.in_features, self.out_features = head.in_features, head.out_features
+        self.weight = head.weight
+        self.bias = head.bias
+        self.register_buffer("weight_f16", weight_f16.contiguous(), persistent=False)
+        self._plan: Any = None
+        self._planned = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self._planned:
+            self._plan = half_decode_plan(self.weight_f16) if self.weight.device.type == "cpu" else None
+            self._planned = True
+        plan = self._plan
+        if (
+            plan is not None
+            and x.dtype == torch.float32
+            and x.is_cpu
+            and x.is_contiguous()
+            and x.shape[-1] == self.in_features
+            and 0 < x.numel() <= plan.max_inputs
+        ):
+            y = plan(x)
+            return y if self.bias is None else y + self.bias
+        return nn.functional.linear(x, self.weight, self.bias)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> "HalfStoredHead":
+        self._plan, self._planned = None, False
+        return super()._apply(fn, recurse)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, decode weight float16"
+
+
+def _half_stored_head(model: nn.Module, manifest: dict, dense: dict[str, torch.Tensor]) -> None:
+    """Swap the output head for a HalfStoredHead when its stored weight is fp16 and the
+    model computes in fp32 (the only case where reading fp16 changes no value)."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if not isinstance(head, nn.Linear) or head.weight.dtype != torch.float32:
+        return
+    name = next(n for n, m in model.named_modules() if m is head)
+    key = f"{name}.weight"
+    stored = dense.get(manifest.get("tied", {}).get(key, key))
+    if stored is None or stored.dtype != torch.float16 or not torch.equal(stored.float(), head.weight):
+        return
+    _set_submodule(model, name, HalfStoredHead(head, stored))
 
 
 class AnyPrecisionModel:
@@ -224,6 +282,7 @@ def load_anyprec(
     model = build_model(artifact_dir, manifest, dense, dtype)
     for name, qm in modules.items():
         _set_submodule(model, name, AnyPrecisionLinear(qm, state))
+    _half_stored_head(model, manifest, dense)
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(artifact_dir, local_files_only=True)
     return AnyPrecisionModel(model, tokenizer, manifest, state)

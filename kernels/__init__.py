@@ -5,12 +5,21 @@ Importing this package needs neither triton nor the built native library.
 """
 
 from anyprec.kernels.bitplanes import pack_bitplanes, unpack_bitplanes, words_per_row
-from anyprec.kernels.dispatch import Backend, decode_plan, dequantize, matmul, native_available, resolve_backend
+from anyprec.kernels.dispatch import (
+    Backend,
+    decode_plan,
+    dequantize,
+    half_decode_plan,
+    matmul,
+    native_available,
+    resolve_backend,
+)
 
 __all__ = [
     "Backend",
     "decode_plan",
     "dequantize",
+    "half_decode_plan",
     "matmul",
     "native_available",
     "pack_bitplanes",

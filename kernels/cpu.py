@@ -130,6 +130,33 @@ class DecodePlan:
         return y
 
 
+class HalfDecodePlan:
+    """A dense layer whose weight is stored in float16, for decode calls.
+
+    `plan(x)` computes y f32[..., N] = x @ float(W).T for x f32[..., K] contiguous with
+    1..8 rows: weights are widened exactly and accumulated in fp32, so the result is the
+    fp32 layer's (up to summation order) for half the bytes read. Used for the tied
+    embedding / lm_head, which the artifact keeps dense in fp16.
+    """
+
+    __slots__ = ("weight", "out_features", "in_features", "max_inputs")
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        if weight.dtype != torch.float16 or weight.dim() != 2 or weight.device.type != "cpu":
+            raise ValueError(f"needs a float16[N, K] weight on the cpu, got {weight.dtype}{list(weight.shape)} "
+                             f"on {weight.device}")
+        self.weight = weight.contiguous()
+        self.out_features, self.in_features = weight.shape
+        self.max_inputs = DECODE_MAX_TOKENS * self.in_features
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        n, k = self.out_features, self.in_features
+        y = torch.empty(*x.shape[:-1], n, dtype=torch.float32)
+        _cpu.half_gemv(self.weight.data_ptr(), n, k, x.data_ptr(), x.numel() // k, k, y.data_ptr(), n,
+                       _threads(n * k * 2))
+        return y
+
+
 def _dequant_rows(planes, lut, bits, in_features, row0, row1, out: torch.Tensor) -> None:
     n, w = planes.shape[1], planes.shape[2]
     _lib().dequant(

@@ -92,6 +92,14 @@ def decode_plan(
     return cpu.DecodePlan(planes, lut, bits, in_features)
 
 
+def half_decode_plan(weight: torch.Tensor, backend: str | Backend | None = None) -> cpu.HalfDecodePlan | None:
+    """A native decode call for a dense float16-stored weight [N, K] when the chosen backend
+    is the native CPU one, else None (then use the fp32 weight). See cpu.HalfDecodePlan."""
+    if resolve_backend(weight.device, backend) is not Backend.CPU:
+        return None
+    return cpu.HalfDecodePlan(weight)
+
+
 def dequantize(
     planes: torch.Tensor,
     lut: torch.Tensor,

@@ -36,6 +36,16 @@ typedef struct {
     int out_bf16;            /* 1: bfloat16 output, 0: float32 */
 } ap_dequant_args;
 
+typedef struct {
+    const uint16_t *w;       /* float16 [n_rows, k], row-contiguous */
+    int64_t n_rows, k;
+    const float *x;          /* [T, xstride] */
+    int64_t xstride;
+    int tokens;              /* 1..AP_MAX_TOKENS */
+    float *y;                /* [T, ystride] */
+    int64_t ystride;
+} ap_half_gemv_args;
+
 /* Row-range workers: each computes rows [row0, row1). */
 void ap_gemv_rows_portable(const ap_gemv_args *a, int64_t row0, int64_t row1);
 void ap_gemv_rows_avx2(const ap_gemv_args *a, int64_t row0, int64_t row1);
@@ -43,6 +53,10 @@ void ap_gemv_rows_avx512(const ap_gemv_args *a, int64_t row0, int64_t row1);
 void ap_dequant_rows_portable(const ap_dequant_args *a, int64_t row0, int64_t row1, int64_t out_row0);
 void ap_dequant_rows_avx2(const ap_dequant_args *a, int64_t row0, int64_t row1, int64_t out_row0);
 void ap_dequant_rows_avx512(const ap_dequant_args *a, int64_t row0, int64_t row1, int64_t out_row0);
+
+void ap_half_gemv_rows_portable(const ap_half_gemv_args *a, int64_t row0, int64_t row1);
+void ap_half_gemv_rows_avx2(const ap_half_gemv_args *a, int64_t row0, int64_t row1);
+void ap_half_gemv_rows_avx512(const ap_half_gemv_args *a, int64_t row0, int64_t row1);
 
 void ap_prepare_x_avx512(const float *src, float *dst, int64_t K, int64_t kpad, const int64_t cols[AP_CHUNK]);
 void ap_gemv_rows_avx512_vbmi(const ap_gemv_args *a, int64_t row0, int64_t row1);

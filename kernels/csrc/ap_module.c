@@ -26,6 +26,8 @@ static int has_vbmi(void) { return 0; }
 #define ap_dequant_rows_avx512 ap_dequant_rows_portable
 #define ap_dequant_rows_avx2 ap_dequant_rows_portable
 #define ap_prepare_x_avx512(src, dst, K, kpad, cols) ((void)0)
+#define ap_half_gemv_rows_avx512 ap_half_gemv_rows_portable
+#define ap_half_gemv_rows_avx2 ap_half_gemv_rows_portable
 #else
 static int best_isa(void) {
     __builtin_cpu_init();
@@ -136,6 +138,18 @@ static void run_dequant(const ap_dequant_args *a, int64_t row0, int64_t row1, in
     }
 }
 
+static void run_half_gemv(const ap_half_gemv_args *a, int nthreads) {
+    const int isa = current_isa();
+    const int64_t blocks = (a->n_rows + ROW_BLOCK - 1) / ROW_BLOCK;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads) if (nthreads > 1)
+    for (int64_t blk = 0; blk < blocks; blk++) {
+        const int64_t r0 = blk * ROW_BLOCK, r1 = r0 + ROW_BLOCK < a->n_rows ? r0 + ROW_BLOCK : a->n_rows;
+        if (isa == ISA_AVX512) ap_half_gemv_rows_avx512(a, r0, r1);
+        else if (isa == ISA_AVX2) ap_half_gemv_rows_avx2(a, r0, r1);
+        else ap_half_gemv_rows_portable(a, r0, r1);
+    }
+}
+
 static int parse_ints(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t want, int64_t *out, const char *name) {
     if (nargs != want) {
         PyErr_Format(PyExc_TypeError, "%s takes %zd integer arguments, got %zd", name, want, nargs);
@@ -196,6 +210,22 @@ static PyObject *py_dequant(PyObject *self, PyObject *const *args, Py_ssize_t na
     Py_RETURN_NONE;
 }
 
+/* half_gemv(w, n_rows, k, x, tokens, x_stride, y, y_stride, nthreads) */
+static PyObject *py_half_gemv(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    int64_t v[9];
+    if (parse_ints(args, nargs, 9, v, "half_gemv") || check_common(1, v[8])) return NULL;
+    if (v[4] < 1 || v[4] > AP_MAX_TOKENS) {
+        PyErr_Format(PyExc_ValueError, "tokens=%lld must be in 1..%d", (long long)v[4], AP_MAX_TOKENS);
+        return NULL;
+    }
+    ap_half_gemv_args a = {(const uint16_t *)(intptr_t)v[0], v[1], v[2], (const float *)(intptr_t)v[3], v[5],
+                           (int)v[4], (float *)(intptr_t)v[6], v[7]};
+    Py_BEGIN_ALLOW_THREADS
+    run_half_gemv(&a, (int)v[8]);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
 /* read_bytes(ptr, nbytes, nthreads) -> checksum: stream-read a buffer (bandwidth probe). */
 static PyObject *py_read_bytes(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     int64_t v[3];
@@ -238,6 +268,7 @@ static PyObject *py_set_isa(PyObject *self, PyObject *arg) {
 
 static PyMethodDef METHODS[] = {
     {"gemv", (PyCFunction)(void (*)(void))py_gemv, METH_FASTCALL, "bitplane-LUT mat-vec for 1..8 tokens"},
+    {"half_gemv", (PyCFunction)(void (*)(void))py_half_gemv, METH_FASTCALL, "fp16-stored dense mat-vec, fp32 math"},
     {"dequant", (PyCFunction)(void (*)(void))py_dequant, METH_FASTCALL, "dense rows from bitplanes + LUT"},
     {"read_bytes", (PyCFunction)(void (*)(void))py_read_bytes, METH_FASTCALL, "stream-read a buffer"},
     {"isa", py_isa, METH_NOARGS, "kernel family in use"},

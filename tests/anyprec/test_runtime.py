@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from anyprec.kernels import matmul, native_available
-from anyprec.runtime import AnyPrecisionLinear, load_anyprec
+from anyprec.runtime import AnyPrecisionLinear, HalfStoredHead, load_anyprec
 
 
 @pytest.fixture(scope="module")
@@ -116,3 +116,20 @@ def test_decode_plan_keeps_the_reference_backend_when_chosen(tiny_artifact, ids,
         model(ids[:, :1])
     layer = next(m for m in model.model.modules() if isinstance(m, AnyPrecisionLinear))
     assert layer._plans == {3: None}
+
+
+@pytest.mark.skipif(not native_available(), reason="native CPU kernels not built")
+def test_output_head_decodes_from_its_fp16_copy(apm):
+    head = apm.model.get_output_embeddings()
+    assert isinstance(head, HalfStoredHead)
+    assert torch.equal(head.weight_f16.float(), head.weight)  # the same values, half the bytes
+    x = torch.randn(1, 2, head.in_features, generator=torch.Generator().manual_seed(1))
+    expected = torch.nn.functional.linear(x, head.weight)
+    with torch.inference_mode():
+        got = head(x)
+        assert head._plan is not None  # the fp16 decode path ran
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+        prefill = torch.randn(1, 20, head.in_features)
+        torch.testing.assert_close(head(prefill), torch.nn.functional.linear(prefill, head.weight))
+    head.to(torch.float32)
+    assert head._plan is None

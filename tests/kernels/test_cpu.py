@@ -120,3 +120,25 @@ def test_native_built_when_required() -> None:
 
     if os.environ.get("ANYPREC_REQUIRE_NATIVE") == "1":
         assert cpu.is_available(), f"native CPU kernels did not build: {cpu.IMPORT_ERROR}"
+
+
+@needs_native
+@pytest.mark.parametrize("shape", ODD_SHAPES + [(19, 4096), (150, 2080)])
+def test_half_weight_decode_matches_oracle(isa: str, shape: tuple[int, int]) -> None:
+    """fp16-stored dense weight, fp32 math: within fp32 rounding of the float64 product."""
+    n, k = shape
+    gen = torch.Generator().manual_seed(n * 31 + k)
+    weight = torch.randn(n, k, generator=gen).half()
+    plan = cpu.HalfDecodePlan(weight)
+    for tokens in (1, 3, 8):
+        x = torch.randn(tokens, k, generator=gen)
+        y = plan(x.unsqueeze(0))
+        assert y.shape == (1, tokens, n) and y.dtype == torch.float32
+        expected = x.double() @ weight.double().T
+        _tol(y[0], expected, x, weight)
+
+
+@needs_native
+def test_half_weight_plan_refuses_other_dtypes() -> None:
+    with pytest.raises(ValueError, match=r"float16\[N, K\]"):
+        cpu.HalfDecodePlan(torch.zeros(4, 8))
