@@ -36,10 +36,12 @@ class GemvConfig:
 
 def time_ms(fn: Callable[[int], object], copies: int, repeats: int) -> tuple[float, float]:
     """(median, min) wall time in ms of fn(i), i cycling over `copies` buffers, after a
-    warm-up. The min is reported too: on a shared machine, calls longer than a scheduler
-    slice are often preempted, which inflates the median but rarely every call."""
-    for i in range(min(copies, 3)):
-        fn(i)
+    warm-up pass over every buffer (the first calls of a kernel in a process run slower:
+    without it, whichever bit-width is measured first looked ~15% slower). The min is
+    reported too: on a shared machine, calls longer than a scheduler slice are often
+    preempted, which inflates the median but rarely every call."""
+    for i in range(max(copies, 3)):
+        fn(i % copies)
     times = []
     for r in range(repeats):
         start = time.perf_counter()
