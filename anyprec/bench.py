@@ -57,49 +57,64 @@ def run_gemv(args: argparse.Namespace) -> int:
     return 0
 
 
-def _timed_generate(generate: Callable[..., object], input_ids, new_tokens: int) -> tuple[float, int]:
-    """(seconds, tokens produced) of one greedy generate call asking for `new_tokens`."""
-    kwargs = {"max_new_tokens": new_tokens, "do_sample": False}
-    start = time.perf_counter()
-    try:
-        out = generate(input_ids, min_new_tokens=new_tokens, **kwargs)
-    except TypeError:  # a generate that does not forward min_new_tokens
-        start = time.perf_counter()
-        out = generate(input_ids, **kwargs)
-    seconds = time.perf_counter() - start
-    sequences = getattr(out, "sequences", out)
-    return seconds, int(sequences.shape[-1] - input_ids.shape[-1])
+class StepTimer:
+    """A transformers streamer that timestamps every token `generate` emits.
+
+    generate calls `put` once with the prompt, then once per new token; the gaps between
+    the new tokens' timestamps are the decode steps (the first new token's gap would hold
+    the prompt's prefill, so it is not one)."""
+
+    def __init__(self) -> None:
+        self.stamps: list[float] = []
+
+    def put(self, value) -> None:
+        self.stamps.append(time.perf_counter())
+
+    def end(self) -> None:
+        pass
+
+    def step_seconds(self) -> list[float]:
+        """Seconds of each decode step: gaps between consecutive new tokens."""
+        new = self.stamps[1:]  # stamps[0] is the prompt
+        return [b - a for a, b in zip(new, new[1:])]
+
+
+def _decode_steps(generate: Callable[..., object], input_ids, new_tokens: int) -> list[float]:
+    """Seconds of each greedy decode step of one generate call asking for `new_tokens`."""
+    timer = StepTimer()
+    generate(input_ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, streamer=timer)
+    return timer.step_seconds()
 
 
 def decode_rates(
     candidates: Sequence[tuple[dict, Callable[..., object]]], input_ids, new_tokens: int, repeats: int,
     progress: bool = True,
 ) -> list[dict]:
-    """Greedy decode speed of each (row, generate) candidate, without the prompt.
+    """Greedy decode speed of each (row, generate) candidate, prompt excluded.
 
-    One round times every candidate once, in an order that rotates from round to round, so
-    load from other processes on a shared machine falls on all of them alike. Per round
-    and candidate: (t(N tokens) - t(1 token)) / (N - 1); the row gets the median over
-    `repeats` rounds (and the spread, as min/max)."""
+    Every decode step is timed on its own (see StepTimer), and a row's figure is the median
+    step: a preempted step on a shared machine moves a median of hundreds of steps much
+    less than it moves a whole call. One round runs every candidate once, in an order that
+    rotates from round to round, so slow phases of the machine fall on all of them alike.
+    Also reported: the 10th and 90th percentile step."""
     from tqdm.auto import tqdm
 
     for _, generate in candidates:
-        _timed_generate(generate, input_ids, 2)  # warm-up: first-call allocations, lazy imports
-    per_token: list[list[float]] = [[] for _ in candidates]
-    produced = [new_tokens] * len(candidates)
+        _decode_steps(generate, input_ids, 2)  # warm-up: first-call allocations, lazy imports
+    steps: list[list[float]] = [[] for _ in candidates]
     order = list(range(len(candidates)))
     for round_ in tqdm(range(repeats), desc="decode rounds", disable=not progress):
         for i in order[round_ % len(order):] + order[: round_ % len(order)]:
-            short, _ = _timed_generate(candidates[i][1], input_ids, 1)
-            long_s, n = _timed_generate(candidates[i][1], input_ids, new_tokens)
-            produced[i] = min(produced[i], n)
-            # noise larger than the decode time: fall back to the whole call
-            per_token[i].append((long_s - short) / (n - 1) if long_s > short and n > 1 else long_s / max(n, 1))
+            steps[i].extend(_decode_steps(candidates[i][1], input_ids, new_tokens))
     rows = []
-    for (row, _), times, n in zip(candidates, per_token, produced):
+    for (row, _), times in zip(candidates, steps):
+        if not times:
+            raise ValueError(f"no decode step was timed for {row}; ask for at least 2 new tokens")
         ms = statistics.median(times) * 1e3
-        rows.append({**row, "tokens": n, "rounds": repeats, "ms_per_token": ms, "tokens_per_s": 1e3 / ms,
-                     "ms_per_token_min": min(times) * 1e3, "ms_per_token_max": max(times) * 1e3})
+        deciles = statistics.quantiles(times, n=10) if len(times) > 1 else times * 9
+        rows.append({**row, "tokens": new_tokens, "rounds": repeats, "steps_timed": len(times),
+                     "ms_per_token": ms, "tokens_per_s": 1e3 / ms,
+                     "ms_per_token_p10": deciles[0] * 1e3, "ms_per_token_p90": deciles[-1] * 1e3})
     return rows
 
 
@@ -141,10 +156,11 @@ def run_decode(args: argparse.Namespace) -> int:
     manifest = json.loads((Path(args.dir) / "manifest.json").read_text())
     rows = measure_decode(args.dir, manifest["inputs"]["base_model_ref"], args.bits, args.tokens, args.repeats,
                           args.prompt)
-    print(f"median of {args.repeats} interleaved rounds; ms/tok range over rounds in brackets")
-    print(f"{'model':<10}{'bits':>5}{'tok/s':>9}{'ms/tok':>9}{'[min, max]':>18}{'x_base':>8}")
+    print(f"median decode step over {args.repeats} interleaved rounds of {args.tokens} tokens; "
+          "10th-90th percentile step in brackets")
+    print(f"{'model':<10}{'bits':>5}{'tok/s':>9}{'ms/tok':>9}{'[p10, p90]':>18}{'x_base':>8}")
     for r in rows:
-        spread = f"[{r['ms_per_token_min']:.1f}, {r['ms_per_token_max']:.1f}]"
+        spread = f"[{r['ms_per_token_p10']:.1f}, {r['ms_per_token_p90']:.1f}]"
         print(f"{r['kind']:<10}{r['bits']:>5}{r['tokens_per_s']:>9.1f}{r['ms_per_token']:>9.2f}{spread:>18}"
               f"{r['speedup_vs_base']:>8.2f}")
     _write_json(args.json, {"dir": str(args.dir), "threads": torch.get_num_threads(), "prompt": args.prompt, "rows": rows})

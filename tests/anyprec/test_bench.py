@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from anyprec.bench import main, parse_shape
+from anyprec.bench import StepTimer, main, parse_shape
 
 ROW_KEYS = {"kind", "bits", "ms_dram", "ms_hot", "gbps", "bytes", "floor_ms", "ratio_floor", "ratio_bf16"}
 
@@ -44,3 +44,9 @@ def test_decode_bench_rows(tiny_artifact: Path, tmp_path: Path) -> None:
     assert [(r["kind"], r["bits"]) for r in rows] == [("anyprec", 3), ("anyprec", 8), ("base_fp32", 32)]
     for row in rows:
         assert row["tokens"] == 4 and row["tokens_per_s"] > 0 and row["speedup_vs_base"] > 0
+
+
+def test_step_timer_excludes_prompt_and_prefill() -> None:
+    timer = StepTimer()
+    timer.stamps = [10.0, 12.5, 12.75, 13.25]  # prompt put, then three new tokens
+    assert timer.step_seconds() == [0.25, 0.5]
