@@ -70,14 +70,7 @@ class AnyPrecisionLinear(nn.Module):
         plan = self._plans.get(bits)
         if plan is None and bits not in self._plans:
             plan = self._plans[bits] = self._make_plan(x, bits)
-        if (
-            plan is not None
-            and x.dtype == torch.float32
-            and x.is_cpu
-            and x.is_contiguous()
-            and x.shape[-1] == self.in_features
-            and 0 < x.numel() <= plan.max_inputs
-        ):
+        if plan is not None and plan.accepts(x):
             y = plan(x)
             if self.bias is not None:
                 y += self.bias
@@ -127,14 +120,7 @@ class HalfStoredHead(nn.Module):
             self._plan = half_decode_plan(self.weight_f16) if self.weight.device.type == "cpu" else None
             self._planned = True
         plan = self._plan
-        if (
-            plan is not None
-            and x.dtype == torch.float32
-            and x.is_cpu
-            and x.is_contiguous()
-            and x.shape[-1] == self.in_features
-            and 0 < x.numel() <= plan.max_inputs
-        ):
+        if plan is not None and plan.accepts(x):
             y = plan(x)
             return y if self.bias is None else y + self.bias
         return nn.functional.linear(x, self.weight, self.bias)

@@ -99,7 +99,25 @@ def gemv(x2: torch.Tensor, planes: torch.Tensor, lut: torch.Tensor, bits: int, i
     return DecodePlan(planes, lut, bits, in_features)(x2)
 
 
-class DecodePlan:
+class _Plan:
+    """What decode plans share: the inputs one native call takes."""
+
+    __slots__ = ()
+    in_features: int
+    max_inputs: int
+
+    def accepts(self, x: torch.Tensor) -> bool:
+        """True if `plan(x)` is valid: fp32, on the cpu, contiguous, K features, 1..8 rows."""
+        return (
+            x.dtype == torch.float32
+            and x.is_cpu
+            and x.is_contiguous()
+            and x.shape[-1] == self.in_features
+            and 0 < x.numel() <= self.max_inputs
+        )
+
+
+class DecodePlan(_Plan):
     """One layer at one bit-width, checked once, for repeated decode calls.
 
     `plan(x)` computes y f32[..., N] = x @ W_b.T for x f32[..., K] contiguous with 1..8
@@ -130,7 +148,7 @@ class DecodePlan:
         return y
 
 
-class HalfDecodePlan:
+class HalfDecodePlan(_Plan):
     """A dense layer whose weight is stored in float16, for decode calls.
 
     `plan(x)` computes y f32[..., N] = x @ float(W).T for x f32[..., K] contiguous with
