@@ -87,6 +87,14 @@ INLINE void gemv_step(const uint64_t *const src[], const float *x, int64_t xstri
     }
 }
 
+INLINE void pair_step(const uint64_t *const src[2][AP_MAX_BITS], int64_t c, const ap_gemv_args *a,
+                      const __m512 L[2][16], int bits, __m512 acc[2][4], const uint64_t *cur[2][AP_MAX_BITS]) {
+    for (int r = 0; r < 2; r++) {
+        for (int p = 0; p < bits; p++) cur[r][p] = src[r][p] + c;
+        gemv_step(cur[r], a->x + c * AP_CHUNK, a->xstride, L[r], bits, 1, acc[r]);
+    }
+}
+
 /* Two rows, one token, bits <= 5: both rows' lookups share each x load and the loop
  * overhead, which a single row's short inner loop (9 steps on a 576-wide layer) does not
  * amortize. */
@@ -99,13 +107,16 @@ INLINE void gemv_row_pair(const ap_gemv_args *a, int64_t n, int bits) {
         row_pointers(a->planes, a->plane_stride, a->words, n + r, bits, src[r]);
         for (int j = 0; j < 4; j++) acc[r][j] = _mm512_setzero_ps();
     }
-    for (int64_t c = 0; c < full; c++) {
-        if (c % PREFETCH_EVERY == 0) prefetch_planes(src[0], src[1], c, bits);
-        for (int r = 0; r < 2; r++)
-            for (int p = 0; p < bits; p++) cur[r][p] = src[r][p] + c;
-        gemv_step(cur[0], a->x + c * AP_CHUNK, a->xstride, L[0], bits, 1, acc[0]);
-        gemv_step(cur[1], a->x + c * AP_CHUNK, a->xstride, L[1], bits, 1, acc[1]);
+    /* whole lines of PREFETCH_EVERY steps, unrolled: no per-step prefetch test, constant
+     * x offsets (measured 3% faster on 4096x4096), then the remaining steps */
+    const int64_t lines_end = full / PREFETCH_EVERY * PREFETCH_EVERY;
+    int64_t c = 0;
+    for (; c < lines_end; c += PREFETCH_EVERY) {
+        prefetch_planes(src[0], src[1], c, bits);
+#pragma GCC unroll 8
+        for (int u = 0; u < PREFETCH_EVERY; u++) pair_step(src, c + u, a, L, bits, acc, cur);
     }
+    for (; c < full; c++) pair_step(src, c, a, L, bits, acc, cur);
     if (a->words & 1) {
         uint64_t buf[2][AP_MAX_BITS];
         for (int r = 0; r < 2; r++) {

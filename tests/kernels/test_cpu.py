@@ -53,7 +53,8 @@ def _tol(y: torch.Tensor, expected: torch.Tensor, x: torch.Tensor, lut: torch.Te
 
 
 @needs_native
-@pytest.mark.parametrize("shape", ODD_SHAPES + [(19, 4096), (150, 2080)])
+# (9, 1216): 19 steps of 64 columns per row = two unrolled lines of 8 + 3 more, odd row count
+@pytest.mark.parametrize("shape", ODD_SHAPES + [(19, 4096), (150, 2080), (9, 1216)])
 @pytest.mark.parametrize("bits", range(1, 9))
 @pytest.mark.parametrize("lut_dtype", [torch.float32, torch.float16])
 def test_decode_matches_oracle(isa: str, shape: tuple[int, int], bits: int, lut_dtype: torch.dtype) -> None:
