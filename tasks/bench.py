@@ -18,7 +18,8 @@ from anyprec.tasks.quantize import CACHED
 
 
 def gemv_figures(benchmark: BenchmarkConfig, threads: int) -> dict[str, Any]:
-    """{"bits": {"b": {gemv_latency_us, gemv_latency_hot_us}}, "base": {...}, "raw": run_gemv_bench result}."""
+    """{"bits": {"b": {gemv_latency_us, gemv_latency_hot_us, gemv_ratio_bf16, gemv_ratio_floor}},
+    "base": {...}, "raw": run_gemv_bench result}; ratios as defined in kernels/bench_gemv.py."""
     from anyprec.kernels.bench_gemv import GemvConfig, run_gemv_bench
 
     n, k = benchmark.gemv_shape
@@ -27,7 +28,10 @@ def gemv_figures(benchmark: BenchmarkConfig, threads: int) -> dict[str, Any]:
     raw = run_gemv_bench(cfg)
     per_bits, base = {}, {}
     for row in raw["rows"]:
-        figures = {"gemv_latency_us": row["ms_dram"] * 1e3, "gemv_latency_hot_us": row["ms_hot"] * 1e3}
+        figures = {"gemv_latency_us": row["ms_dram"] * 1e3, "gemv_latency_hot_us": row["ms_hot"] * 1e3,
+                   "gemv_ratio_bf16": row["ratio_bf16"]}
+        if row["kind"] == "anyprec":
+            figures["gemv_ratio_floor"] = row["ratio_floor"]
         if row["kind"] == "anyprec":
             per_bits[str(row["bits"])] = figures
         else:
@@ -45,7 +49,7 @@ def decode_figures(packed_dir: str, base_dir: str, bits: list[int], tokens: int,
 
 @task(name="bench", **CACHED)
 def bench(base: BaseModelInfo, packed: StageOutput, benchmark: BenchmarkConfig, out: str) -> dict[str, Any]:
-    """Report: {"bits": {"b": {gemv_latency_us, gemv_latency_hot_us, decode_tok_s}}, "base": {...}, ...}."""
+    """Report: {"bits": {"b": {gemv_* figures, decode_tok_s}}, "base": {...}, ...}."""
     import torch
 
     threads = benchmark.threads or torch.get_num_threads()

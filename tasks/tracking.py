@@ -1,7 +1,8 @@
 """MLflow logging: one parent run per (base model, pipeline run), one child run per bit-width.
 
 Child runs carry the same metric names for every bit-width, so the MLflow UI's "compare"
-view lines them up: `ppl_<corpus>`, `acc_<task>`, `gemv_latency_us`, `decode_tok_s`,
+view lines them up: `ppl_<corpus>`, `acc_<task>`, `gemv_latency_us`, `gemv_ratio_floor`,
+`gemv_ratio_bf16`, `decode_tok_s`,
 `bytes_in_memory`. Every run is tagged with the DVC md5 of the artifact it measured.
 """
 

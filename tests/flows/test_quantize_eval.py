@@ -53,7 +53,8 @@ def test_first_run_computes_and_tracks(first_run, pipeline_root):
     children = mlflow.search_runs(experiment_names=["anyprec"],
                                   filter_string=f"tags.mlflow.parentRunId = '{summary.mlflow_parent_run_id}'")
     assert sorted(children["params.bits"].astype(int)) == [3, 4]
-    for column in ["metrics.ppl_news", "metrics.bytes_in_memory", "metrics.gemv_latency_us", "metrics.decode_tok_s"]:
+    for column in ["metrics.ppl_news", "metrics.bytes_in_memory", "metrics.gemv_latency_us", "metrics.gemv_ratio_floor",
+                   "metrics.decode_tok_s"]:
         assert children[column].notna().all() and (children[column] > 0).all(), column
     assert (children["tags.dvc_md5"] == summary.dvc_md5).all()
     by_bits = children.set_index(children["params.bits"].astype(int))
