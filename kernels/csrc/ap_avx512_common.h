@@ -31,6 +31,21 @@ INLINE void prefetch_planes(const uint64_t *const a[], const uint64_t *const b[]
     }
 }
 
+/* Runs the statements in `...` for steps c = 0 .. full-1: whole plane lines of
+ * PREFETCH_EVERY steps unrolled, with `prefetch` once per line, then the remaining steps.
+ * Unrolling removes the per-step prefetch test and makes x offsets constants (measured
+ * 3% faster at 3..5 bits, 3-10% at 6..8 bits on 4096x4096). */
+#define FOR_EACH_STEP(full, c, prefetch, ...)                                   \
+    do {                                                                        \
+        const int64_t lines_end_ = (full) / PREFETCH_EVERY * PREFETCH_EVERY;    \
+        int64_t c = 0;                                                          \
+        while (c < lines_end_) {                                                \
+            prefetch;                                                           \
+            _Pragma("GCC unroll 8") for (int u_ = 0; u_ < PREFETCH_EVERY; u_++, c++) { __VA_ARGS__; } \
+        }                                                                       \
+        for (; c < (full); c++) { __VA_ARGS__; }                                \
+    } while (0)
+
 /* The odd last word of a row, zero-extended to 64 bits so no load runs past the row. */
 INLINE void tail_words(const uint64_t *const src[], int64_t full, int bits, uint64_t buf[],
                        const uint64_t *tail[]) {

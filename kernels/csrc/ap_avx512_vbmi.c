@@ -63,11 +63,9 @@ INLINE void vbmi_rows_impl(const ap_gemv_args *a, int64_t row0, int64_t row1, in
         split_lut_row((const uint16_t *)a->lut + (n << bits), bits, lo, hi);
         row_pointers(a->planes, a->plane_stride, a->words, n, bits, src);
         for (int i = 0; i < 4; i++) acc[i] = _mm512_setzero_ps();
-        for (int64_t c = 0; c < full; c++) {
-            if (c % PREFETCH_EVERY == 0) prefetch_planes(src, src, c, bits);
-            for (int p = 0; p < bits; p++) cur[p] = src[p] + c;
-            vbmi_step(cur, a->x + c * AP_CHUNK, a->xstride, lo, hi, bits, T, acc);
-        }
+        FOR_EACH_STEP(full, c, prefetch_planes(src, src, c, bits),
+                      for (int p = 0; p < bits; p++) cur[p] = src[p] + c;
+                      vbmi_step(cur, a->x + c * AP_CHUNK, a->xstride, lo, hi, bits, T, acc));
         if (a->words & 1) {
             uint64_t buf[AP_MAX_BITS];
             tail_words(src, full, bits, buf, cur);
