@@ -62,13 +62,17 @@ class StepTimer:
 
     generate calls `put` once with the prompt, then once per new token; the gaps between
     the new tokens' timestamps are the decode steps (the first new token's gap would hold
-    the prompt's prefill, so it is not one)."""
+    the prompt's prefill, so it is not one). `on_token(i)` runs after token i is stamped
+    (i = 0: the prompt), before the step that produces token i + 1."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_token: Callable[[int], None] | None = None) -> None:
         self.stamps: list[float] = []
+        self.on_token = on_token
 
     def put(self, value) -> None:
         self.stamps.append(time.perf_counter())
+        if self.on_token is not None:
+            self.on_token(len(self.stamps) - 1)
 
     def end(self) -> None:
         pass
@@ -86,46 +90,61 @@ def _decode_steps(generate: Callable[..., object], input_ids, new_tokens: int) -
     return timer.step_seconds()
 
 
-def decode_rates(
-    candidates: Sequence[tuple[dict, Callable[..., object]]], input_ids, new_tokens: int, repeats: int,
-    progress: bool = True,
-) -> list[dict]:
-    """Greedy decode speed of each (row, generate) candidate, prompt excluded.
+def rotating_decode_steps(model, bits: Sequence[int], input_ids, tokens_per_bits: int, block: int = 8
+                          ) -> dict[int, list[float]]:
+    """Decode-step seconds per bit-width from ONE generate call that switches the model's
+    precision every `block` steps, cycling through `bits` until each had `tokens_per_bits`.
 
-    Every decode step is timed on its own (see StepTimer), and a row's figure is the median
-    step: a preempted step on a shared machine moves a median of hundreds of steps much
-    less than it moves a whole call. One round runs every candidate once, in an order that
-    rotates from round to round, so slow phases of the machine fall on all of them alike.
-    Also reported: the 10th and 90th percentile step."""
-    from tqdm.auto import tqdm
+    Slow phases of a shared machine (seconds long) then fall on every bit-width alike,
+    which separate calls per bit-width cannot ensure. The first step of each block is
+    dropped: it runs with the previous bit-width's planes in the caches. Every kept step is
+    a whole decode step (all layers) at its bit-width; the tokens are not used."""
+    block = max(2, min(block, tokens_per_bits))
+    cycles = -(-tokens_per_bits // block)
+    schedule = [b for _ in range(cycles) for b in bits for _ in range(block)]  # precision of step -> token i+1
+    previous = model.current_precision
 
-    for _, generate in candidates:
-        _decode_steps(generate, input_ids, 2)  # warm-up: first-call allocations, lazy imports
-    steps: list[list[float]] = [[] for _ in candidates]
-    order = list(range(len(candidates)))
-    for round_ in tqdm(range(repeats), desc="decode rounds", disable=not progress):
-        for i in order[round_ % len(order):] + order[: round_ % len(order)]:
-            steps[i].extend(_decode_steps(candidates[i][1], input_ids, new_tokens))
-    rows = []
-    for (row, _), times in zip(candidates, steps):
-        if not times:
-            raise ValueError(f"no decode step was timed for {row}; ask for at least 2 new tokens")
-        ms = statistics.median(times) * 1e3
-        deciles = statistics.quantiles(times, n=10) if len(times) > 1 else times * 9
-        rows.append({**row, "tokens": new_tokens, "rounds": repeats, "steps_timed": len(times),
-                     "ms_per_token": ms, "tokens_per_s": 1e3 / ms,
-                     "ms_per_token_p10": deciles[0] * 1e3, "ms_per_token_p90": deciles[-1] * 1e3})
-    return rows
+    def switch(i: int) -> None:
+        model.set_precision(schedule[min(i, len(schedule) - 1)])
+
+    timer = StepTimer(on_token=switch)
+    try:
+        model.generate(input_ids, max_new_tokens=len(schedule), min_new_tokens=len(schedule), do_sample=False,
+                       streamer=timer)
+    finally:
+        model.set_precision(previous)
+    steps: dict[int, list[float]] = {b: [] for b in bits}
+    # step_seconds()[j] produced token j + 2, computed at schedule[j + 1]
+    for j, seconds in enumerate(timer.step_seconds()):
+        if schedule[j + 1] == schedule[j]:  # not the first step after a switch
+            steps[schedule[j + 1]].append(seconds)
+    return steps
+
+
+def _step_row(row: dict, times: list[float], rounds: int) -> dict:
+    """A decode row from its step times: median step, 10th/90th percentile."""
+    if not times:
+        raise ValueError(f"no decode step was timed for {row}; ask for more new tokens")
+    ms = statistics.median(times) * 1e3
+    deciles = statistics.quantiles(times, n=10) if len(times) > 1 else times * 9
+    return {**row, "rounds": rounds, "steps_timed": len(times), "ms_per_token": ms, "tokens_per_s": 1e3 / ms,
+            "ms_per_token_p10": deciles[0] * 1e3, "ms_per_token_p90": deciles[-1] * 1e3}
 
 
 def measure_decode(
     packed_dir: str | Path, base_ref: str, bits: Sequence[int], new_tokens: int, repeats: int,
-    prompt: str = DEFAULT_PROMPT,
+    prompt: str = DEFAULT_PROMPT, progress: bool = True,
 ) -> list[dict]:
-    """Decode rows per bit-width of the packed model and for the unquantized fp32 model
-    (`base_ref`: a registry name or a directory), measured together in interleaved rounds;
-    each row has `speedup_vs_base`."""
+    """Greedy decode speed per bit-width of the packed model and of the unquantized fp32
+    model (`base_ref`: a registry name or a directory), prompt excluded; each row has
+    `speedup_vs_base`.
+
+    Every decode step is timed on its own (StepTimer) and a row's figure is its median step.
+    Each of `repeats` rounds runs the base model for `new_tokens` tokens and one generate
+    call of the packed model rotating through the bit-widths (rotating_decode_steps,
+    `new_tokens` tokens each), in alternating order."""
     import torch
+    from tqdm.auto import tqdm
 
     from anyprec.models import load_model
     from anyprec.runtime import load_anyprec
@@ -134,13 +153,19 @@ def measure_decode(
     base, _ = load_model(base_ref)
     base.eval()
     input_ids = model.tokenizer(prompt, return_tensors="pt").input_ids
-    candidates: list[tuple[dict, Callable[..., object]]] = [
-        ({"kind": "anyprec", "bits": b}, lambda ids, _b=b, **kw: model.generate(ids, precision=_b, **kw))
-        for b in bits
-    ]
-    candidates.append(({"kind": "base_fp32", "bits": 32}, base.generate))
+    quantized: dict[int, list[float]] = {b: [] for b in bits}
+    base_steps: list[float] = []
     with torch.inference_mode():
-        rows = decode_rates(candidates, input_ids, new_tokens, repeats)
+        _decode_steps(base.generate, input_ids, 2)  # warm-up: first-call allocations, lazy imports
+        rotating_decode_steps(model, bits, input_ids, 2, block=2)
+        for round_ in tqdm(range(repeats), desc="decode rounds", disable=not progress):
+            runs = [lambda: base_steps.extend(_decode_steps(base.generate, input_ids, new_tokens)),
+                    lambda: [quantized[b].extend(t) for b, t in
+                             rotating_decode_steps(model, bits, input_ids, new_tokens).items()]]
+            for run in runs if round_ % 2 == 0 else runs[::-1]:
+                run()
+    rows = [_step_row({"kind": "anyprec", "bits": b, "tokens": new_tokens}, quantized[b], repeats) for b in bits]
+    rows.append(_step_row({"kind": "base_fp32", "bits": 32, "tokens": new_tokens}, base_steps, repeats))
     base_tps = rows[-1]["tokens_per_s"]
     for row in rows:
         row["speedup_vs_base"] = row["tokens_per_s"] / base_tps
@@ -156,8 +181,8 @@ def run_decode(args: argparse.Namespace) -> int:
     manifest = json.loads((Path(args.dir) / "manifest.json").read_text())
     rows = measure_decode(args.dir, manifest["inputs"]["base_model_ref"], args.bits, args.tokens, args.repeats,
                           args.prompt)
-    print(f"median decode step over {args.repeats} interleaved rounds of {args.tokens} tokens; "
-          "10th-90th percentile step in brackets")
+    print(f"median decode step over {args.repeats} rounds of {args.tokens} tokens per model "
+          "(bit-widths rotated within one generate call); 10th-90th percentile step in brackets")
     print(f"{'model':<10}{'bits':>5}{'tok/s':>9}{'ms/tok':>9}{'[p10, p90]':>18}{'x_base':>8}")
     for r in rows:
         spread = f"[{r['ms_per_token_p10']:.1f}, {r['ms_per_token_p90']:.1f}]"

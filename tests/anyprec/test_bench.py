@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from anyprec.bench import StepTimer, main, parse_shape
+from anyprec.bench import StepTimer, main, parse_shape, rotating_decode_steps
 
 ROW_KEYS = {"kind", "bits", "ms_dram", "ms_hot", "gbps", "bytes", "floor_ms", "ratio_floor", "ratio_bf16"}
 
@@ -50,3 +50,22 @@ def test_step_timer_excludes_prompt_and_prefill() -> None:
     timer = StepTimer()
     timer.stamps = [10.0, 12.5, 12.75, 13.25]  # prompt put, then three new tokens
     assert timer.step_seconds() == [0.25, 0.5]
+
+
+def test_rotating_decode_times_every_bit_width_and_restores_precision(tiny_artifact: Path) -> None:
+    import torch
+
+    from anyprec.runtime import load_anyprec
+
+    model = load_anyprec(tiny_artifact, [3, 5, 8])
+    ids = torch.tensor([[5, 6, 7]])
+    seen: list[int] = []
+    original = model.set_precision
+    model.set_precision = lambda b: (seen.append(b), original(b))[1]  # type: ignore[method-assign]
+    steps = rotating_decode_steps(model, [3, 5, 8], ids, tokens_per_bits=6, block=3)
+    schedule = [3, 3, 3, 5, 5, 5, 8, 8, 8] * 2  # precision of the step making token i + 1
+    assert seen == [schedule[min(i, 17)] for i in range(19)] + [8]  # per token, then restored
+    # per bit-width: 2 blocks of 3 steps, less the first step after each switch
+    assert {b: len(t) for b, t in steps.items()} == {3: 4, 5: 4, 8: 4}
+    assert all(t > 0 for times in steps.values() for t in times)
+    assert model.current_precision == 8
