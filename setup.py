@@ -15,6 +15,7 @@ SOURCES = [
     "kernels/csrc/ap_avx512_vbmi.c",
     "kernels/csrc/ap_portable.c",
     "kernels/csrc/ap_half.c",
+    "kernels/csrc/ap_avx2.c",
 ]
 
 setup(

@@ -62,10 +62,11 @@ void ap_prepare_x_avx512(const float *src, float *dst, int64_t K, int64_t kpad, 
 void ap_gemv_rows_avx512_vbmi(const ap_gemv_args *a, int64_t row0, int64_t row1);
 
 /* Column order in which a decode kernel reads x within each 64-column chunk. */
-enum { AP_X_NATURAL = 0, AP_X_PERM4 = 1, AP_X_PERM16 = 2 };
+enum { AP_X_NATURAL = 0, AP_X_PERM4 = 1, AP_X_PERM16 = 2, AP_X_PERM4_32 = 3 };
 /* PERM4 (AVX-512, bits <= 5): position 16j + i holds column 4i + j.
  * PERM16 (AVX-512 VBMI, bits >= 6, fp16 lut): position 16j + i holds column
- * 16 * (2 * (j % 2) + i / 8) + 8 * (j / 2) + i % 8. */
+ * 16 * (2 * (j % 2) + i / 8) + 8 * (j / 2) + i % 8.
+ * PERM4_32 (AVX2): in each 32-column half h, position 32h + 8j + i holds column 32h + 4i + j. */
 
 uint64_t ap_xor_words(const uint64_t *data, int64_t n_words);
 float ap_half_to_float(uint16_t h);

@@ -57,6 +57,7 @@ static int64_t column_of(int order, int64_t q) {
     const int64_t j = q / 16, i = q % 16;
     if (order == AP_X_PERM4) return 4 * i + j;
     if (order == AP_X_PERM16) return 16 * (2 * (j % 2) + i / 8) + 8 * (j / 2) + i % 8;
+    if (order == AP_X_PERM4_32) return 32 * (q / 32) + 4 * (q % 8) + (q % 32) / 8;
     return q;
 }
 
@@ -104,8 +105,10 @@ static int pick_gemv_kernel(const ap_gemv_args *a) {
 
 static int run_gemv(ap_gemv_args *a, const float *x, int64_t xstride, int nthreads) {
     const int kernel = pick_gemv_kernel(a);
-    const int order = kernel == K_VBMI ? AP_X_PERM16
-                      : (kernel == K_AVX512 && a->bits <= 5) ? AP_X_PERM4 : AP_X_NATURAL;
+    const int order = kernel == K_VBMI                         ? AP_X_PERM16
+                      : (kernel == K_AVX512 && a->bits <= 5) ? AP_X_PERM4
+                      : kernel == K_AVX2                     ? AP_X_PERM4_32
+                                                             : AP_X_NATURAL;
     int64_t kpad = 0;
     float *buf = prepare_x(x, a->tokens, xstride, a->in_features, a->words, order, &kpad);
     if (!buf) return -1;

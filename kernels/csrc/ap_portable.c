@@ -48,7 +48,7 @@ static inline unsigned code_at(const uint32_t *row_words[], int bits, int64_t w,
     return code;
 }
 
-#define DEFINE_PORTABLE(SUFFIX, ATTR)                                                        \
+#define DEFINE_PORTABLE_GEMV(SUFFIX, ATTR)                                                        \
     ATTR void ap_gemv_rows_##SUFFIX(const ap_gemv_args *a, int64_t row0, int64_t row1) {    \
         float lut[1 << AP_MAX_BITS];                                                         \
         const uint32_t *rw[AP_MAX_BITS];                                                     \
@@ -66,7 +66,9 @@ static inline unsigned code_at(const uint32_t *row_words[], int bits, int64_t w,
             }                                                                                \
             for (int t = 0; t < a->tokens; t++) a->y[t * a->ystride + n] = acc[t];           \
         }                                                                                    \
-    }                                                                                        \
+    }
+
+#define DEFINE_PORTABLE_DEQUANT(SUFFIX, ATTR)                                                \
     ATTR void ap_dequant_rows_##SUFFIX(const ap_dequant_args *a, int64_t row0, int64_t row1, \
                                        int64_t out_row0) {                                   \
         float lut[1 << AP_MAX_BITS];                                                         \
@@ -86,9 +88,10 @@ static inline unsigned code_at(const uint32_t *row_words[], int bits, int64_t w,
         }                                                                                    \
     }
 
-DEFINE_PORTABLE(portable, )
+DEFINE_PORTABLE_GEMV(portable, )
+DEFINE_PORTABLE_DEQUANT(portable, )
 #if defined(__x86_64__)
-DEFINE_PORTABLE(avx2, __attribute__((target("avx2,fma"))))
+DEFINE_PORTABLE_DEQUANT(avx2, __attribute__((target("avx2,fma"))))  /* gemv: ap_avx2.c */
 #endif
 
 /* XOR of all 64-bit words of [data, data + n_words): a pure streaming read for measuring
