@@ -20,7 +20,6 @@ import torch
 from torch import nn
 
 from anyprec.kernels import Backend, decode_plan, half_decode_plan, matmul, resolve_backend
-from anyprec.kernels.cpu import DECODE_MAX_TOKENS
 from anyprec.packed import ArtifactError, QuantizedModule, check_bits, load_packed_tensors
 
 
