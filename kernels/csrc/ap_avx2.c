@@ -38,9 +38,9 @@ INLINE __m256 lookup8(__m256i idx, const float *lut, __m256 lo, __m256 hi, int b
     return _mm256_i32gather_ps(lut, _mm256_and_si256(idx, _mm256_set1_epi32(0xff)), 4);
 }
 
-INLINE void avx2_rows_impl(const ap_gemv_args *a, int64_t row0, int64_t row1, int bits) {
+INLINE void avx2_rows_impl(const ap_gemv_args *a, int64_t row0, int64_t row1, int bits, int T) {
     float lut[1 << AP_MAX_BITS] __attribute__((aligned(32)));
-    const int size = 1 << bits, T = a->tokens;
+    const int size = 1 << bits;
     for (int64_t n = row0; n < row1; n++) {
         if (a->lut_f16) {
             const uint16_t *src = (const uint16_t *)a->lut + n * size;
@@ -55,7 +55,7 @@ INLINE void avx2_rows_impl(const ap_gemv_args *a, int64_t row0, int64_t row1, in
         const __m256 lo = _mm256_load_ps(lut), hi = _mm256_load_ps(lut + 8);
         const uint32_t *src[AP_MAX_BITS];
         for (int p = 0; p < bits; p++) src[p] = a->planes + p * a->plane_stride + n * a->words;
-        __m256 acc[AP_MAX_TOKENS];
+        __m256 acc[4];
         for (int t = 0; t < T; t++) acc[t] = _mm256_setzero_ps();
         __m256 acc1[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
         for (int64_t w = 0; w < a->words; w++) {
@@ -80,14 +80,25 @@ INLINE void avx2_rows_impl(const ap_gemv_args *a, int64_t row0, int64_t row1, in
     }
 }
 
-#define AVX2_VARIANT(B) \
-    AVX2 static void avx2_b##B(const ap_gemv_args *a, int64_t r0, int64_t r1) { avx2_rows_impl(a, r0, r1, B); }
-AVX2_VARIANT(1) AVX2_VARIANT(2) AVX2_VARIANT(3) AVX2_VARIANT(4)
-AVX2_VARIANT(5) AVX2_VARIANT(6) AVX2_VARIANT(7) AVX2_VARIANT(8)
+/* bits and token count (1..4) as constants, so accumulators stay in registers */
+#define AVX2_VARIANT(B, T) \
+    AVX2 static void avx2_b##B##_t##T(const ap_gemv_args *a, int64_t r0, int64_t r1) { avx2_rows_impl(a, r0, r1, B, T); }
+#define AVX2_ALL_T(B) AVX2_VARIANT(B, 1) AVX2_VARIANT(B, 2) AVX2_VARIANT(B, 3) AVX2_VARIANT(B, 4)
+AVX2_ALL_T(1) AVX2_ALL_T(2) AVX2_ALL_T(3) AVX2_ALL_T(4) AVX2_ALL_T(5) AVX2_ALL_T(6) AVX2_ALL_T(7) AVX2_ALL_T(8)
 
 typedef void (*gemv_fn)(const ap_gemv_args *, int64_t, int64_t);
-static const gemv_fn AVX2_TABLE[AP_MAX_BITS] = {avx2_b1, avx2_b2, avx2_b3, avx2_b4, avx2_b5, avx2_b6, avx2_b7, avx2_b8};
+#define AVX2_ROW(B) {avx2_b##B##_t1, avx2_b##B##_t2, avx2_b##B##_t3, avx2_b##B##_t4}
+static const gemv_fn AVX2_TABLE[AP_MAX_BITS][4] = {AVX2_ROW(1), AVX2_ROW(2), AVX2_ROW(3), AVX2_ROW(4),
+                                                   AVX2_ROW(5), AVX2_ROW(6), AVX2_ROW(7), AVX2_ROW(8)};
 
-void ap_gemv_rows_avx2(const ap_gemv_args *a, int64_t row0, int64_t row1) { AVX2_TABLE[a->bits - 1](a, row0, row1); }
+void ap_gemv_rows_avx2(const ap_gemv_args *a, int64_t row0, int64_t row1) {
+    for (int t0 = 0; t0 < a->tokens; t0 += 4) {  /* tokens in groups of up to 4 */
+        ap_gemv_args g = *a;
+        g.tokens = a->tokens - t0 < 4 ? a->tokens - t0 : 4;
+        g.x = a->x + t0 * a->xstride;
+        g.y = a->y + t0 * a->ystride;
+        AVX2_TABLE[a->bits - 1][g.tokens - 1](&g, row0, row1);
+    }
+}
 
 #endif /* __x86_64__ */
