@@ -27,7 +27,7 @@ DECODE_MAX_TOKENS = 8  # tokens per native gemv call
 # (measured on 4096x4096: crossover ~32 tokens at 3 bits, ~12 at 8 bits).
 FUSED_MAX_TOKENS = {bits: 32 if bits <= 5 else 8 for bits in range(1, 9)}
 TILE_ELEMENTS = 1 << 21  # dequantized tile size for prefill (elements); measured best of 2^17..2^21
-SMALL_LAYER_BYTES = 1 << 16  # layers below this many plane bytes run on one thread
+SMALL_LAYER_BYTES = 1 << 14  # layers below this many plane bytes run on one thread (64 KiB measured slower on SmolLM2)
 
 
 def is_available() -> bool:
