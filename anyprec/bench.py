@@ -90,7 +90,7 @@ def _decode_steps(generate: Callable[..., object], input_ids, new_tokens: int) -
     return timer.step_seconds()
 
 
-def rotating_decode_steps(model, bits: Sequence[int], input_ids, tokens_per_bits: int, block: int = 8
+def rotating_decode_steps(model, bits: Sequence[int], input_ids, tokens_per_bits: int, block: int = 4
                           ) -> dict[int, list[float]]:
     """Decode-step seconds per bit-width from ONE generate call that switches the model's
     precision every `block` steps, cycling through `bits` until each had `tokens_per_bits`.
