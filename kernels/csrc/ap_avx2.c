@@ -86,19 +86,12 @@ INLINE void avx2_rows_impl(const ap_gemv_args *a, int64_t row0, int64_t row1, in
 #define AVX2_ALL_T(B) AVX2_VARIANT(B, 1) AVX2_VARIANT(B, 2) AVX2_VARIANT(B, 3) AVX2_VARIANT(B, 4)
 AVX2_ALL_T(1) AVX2_ALL_T(2) AVX2_ALL_T(3) AVX2_ALL_T(4) AVX2_ALL_T(5) AVX2_ALL_T(6) AVX2_ALL_T(7) AVX2_ALL_T(8)
 
-typedef void (*gemv_fn)(const ap_gemv_args *, int64_t, int64_t);
 #define AVX2_ROW(B) {avx2_b##B##_t1, avx2_b##B##_t2, avx2_b##B##_t3, avx2_b##B##_t4}
-static const gemv_fn AVX2_TABLE[AP_MAX_BITS][4] = {AVX2_ROW(1), AVX2_ROW(2), AVX2_ROW(3), AVX2_ROW(4),
+static const ap_gemv_fn AVX2_TABLE[AP_MAX_BITS][4] = {AVX2_ROW(1), AVX2_ROW(2), AVX2_ROW(3), AVX2_ROW(4),
                                                    AVX2_ROW(5), AVX2_ROW(6), AVX2_ROW(7), AVX2_ROW(8)};
 
 void ap_gemv_rows_avx2(const ap_gemv_args *a, int64_t row0, int64_t row1) {
-    for (int t0 = 0; t0 < a->tokens; t0 += 4) {  /* tokens in groups of up to 4 */
-        ap_gemv_args g = *a;
-        g.tokens = a->tokens - t0 < 4 ? a->tokens - t0 : 4;
-        g.x = a->x + t0 * a->xstride;
-        g.y = a->y + t0 * a->ystride;
-        AVX2_TABLE[a->bits - 1][g.tokens - 1](&g, row0, row1);
-    }
+    ap_gemv_token_groups(a, row0, row1, AVX2_TABLE[a->bits - 1]);
 }
 
 #endif /* __x86_64__ */

@@ -153,20 +153,12 @@ INLINE void gemv_rows_impl(const ap_gemv_args *a, int64_t row0, int64_t row1, in
 #define GEMV_ALL_T(B) GEMV_VARIANT(B, 1) GEMV_VARIANT(B, 2) GEMV_VARIANT(B, 3) GEMV_VARIANT(B, 4)
 GEMV_ALL_T(1) GEMV_ALL_T(2) GEMV_ALL_T(3) GEMV_ALL_T(4) GEMV_ALL_T(5) GEMV_ALL_T(6) GEMV_ALL_T(7) GEMV_ALL_T(8)
 
-typedef void (*gemv_fn)(const ap_gemv_args *, int64_t, int64_t);
 #define GEMV_ROW(B) {gemv_b##B##_t1, gemv_b##B##_t2, gemv_b##B##_t3, gemv_b##B##_t4}
-static const gemv_fn GEMV_TABLE[AP_MAX_BITS][4] = {GEMV_ROW(1), GEMV_ROW(2), GEMV_ROW(3), GEMV_ROW(4),
+static const ap_gemv_fn GEMV_TABLE[AP_MAX_BITS][4] = {GEMV_ROW(1), GEMV_ROW(2), GEMV_ROW(3), GEMV_ROW(4),
                                                    GEMV_ROW(5), GEMV_ROW(6), GEMV_ROW(7), GEMV_ROW(8)};
 
 void ap_gemv_rows_avx512(const ap_gemv_args *a, int64_t row0, int64_t row1) {
-    /* tokens in groups of up to 4: each group re-reads the (cached) row planes */
-    for (int t0 = 0; t0 < a->tokens; t0 += 4) {
-        ap_gemv_args g = *a;
-        g.tokens = a->tokens - t0 < 4 ? a->tokens - t0 : 4;
-        g.x = a->x + t0 * a->xstride;
-        g.y = a->y + t0 * a->ystride;
-        GEMV_TABLE[a->bits - 1][g.tokens - 1](&g, row0, row1);
-    }
+    ap_gemv_token_groups(a, row0, row1, GEMV_TABLE[a->bits - 1]);
 }
 
 /* ---- dequantize: natural column order, fp32 or bf16 rows ---- */

@@ -85,18 +85,11 @@ INLINE void vbmi_rows_impl(const ap_gemv_args *a, int64_t row0, int64_t row1, in
 #define VBMI_ALL_T(B) VBMI_VARIANT(B, 1) VBMI_VARIANT(B, 2) VBMI_VARIANT(B, 3) VBMI_VARIANT(B, 4)
 VBMI_ALL_T(6) VBMI_ALL_T(7) VBMI_ALL_T(8)
 
-typedef void (*gemv_fn)(const ap_gemv_args *, int64_t, int64_t);
 #define VBMI_ROW(B) {vbmi_b##B##_t1, vbmi_b##B##_t2, vbmi_b##B##_t3, vbmi_b##B##_t4}
-static const gemv_fn VBMI_TABLE[3][4] = {VBMI_ROW(6), VBMI_ROW(7), VBMI_ROW(8)};
+static const ap_gemv_fn VBMI_TABLE[3][4] = {VBMI_ROW(6), VBMI_ROW(7), VBMI_ROW(8)};
 
 void ap_gemv_rows_avx512_vbmi(const ap_gemv_args *a, int64_t row0, int64_t row1) {
-    for (int t0 = 0; t0 < a->tokens; t0 += 4) {
-        ap_gemv_args g = *a;
-        g.tokens = a->tokens - t0 < 4 ? a->tokens - t0 : 4;
-        g.x = a->x + t0 * a->xstride;
-        g.y = a->y + t0 * a->ystride;
-        VBMI_TABLE[a->bits - 6][g.tokens - 1](&g, row0, row1);
-    }
+    ap_gemv_token_groups(a, row0, row1, VBMI_TABLE[a->bits - 6]);
 }
 
 #endif /* __x86_64__ */

@@ -47,6 +47,22 @@ typedef struct {
 } ap_half_gemv_args;
 
 /* Row-range workers: each computes rows [row0, row1). */
+typedef void (*ap_gemv_fn)(const ap_gemv_args *a, int64_t row0, int64_t row1);
+
+/* Runs by_tokens[T - 1] (variants compiled for 1..4 tokens, whose accumulators stay in
+ * registers) over the tokens of `a` in groups of up to 4; each group re-reads the rows'
+ * planes, which the first group left in cache. */
+static inline void ap_gemv_token_groups(const ap_gemv_args *a, int64_t row0, int64_t row1,
+                                        const ap_gemv_fn by_tokens[4]) {
+    for (int t0 = 0; t0 < a->tokens; t0 += 4) {
+        ap_gemv_args g = *a;
+        g.tokens = a->tokens - t0 < 4 ? a->tokens - t0 : 4;
+        g.x = a->x + t0 * a->xstride;
+        g.y = a->y + t0 * a->ystride;
+        by_tokens[g.tokens - 1](&g, row0, row1);
+    }
+}
+
 void ap_gemv_rows_portable(const ap_gemv_args *a, int64_t row0, int64_t row1);
 void ap_gemv_rows_avx2(const ap_gemv_args *a, int64_t row0, int64_t row1);
 void ap_gemv_rows_avx512(const ap_gemv_args *a, int64_t row0, int64_t row1);
