@@ -94,11 +94,6 @@ def _threads(planes_bytes: int) -> int:
     return 1 if planes_bytes < SMALL_LAYER_BYTES else torch.get_num_threads()
 
 
-def gemv(x2: torch.Tensor, planes: torch.Tensor, lut: torch.Tensor, bits: int, in_features: int) -> torch.Tensor:
-    """y f32[T, N] = x2 f32[T, K] (contiguous) @ W_b.T for T <= DECODE_MAX_TOKENS."""
-    return DecodePlan(planes, lut, bits, in_features)(x2)
-
-
 class _Plan:
     """What decode plans share: the inputs one native call takes."""
 
