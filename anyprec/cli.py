@@ -23,15 +23,25 @@ def _write_json(path: str | Path, data: Any) -> None:
     print(f"wrote {path}")
 
 
+QUANTIZE_FLAGS = {"seed_bits": "--seed-bits", "parent_bits": "--parent-bits", "method": "--method", "corpus": "--corpus",
+                  "n_samples": "--samples", "seq_len": "--seq-len", "seed": "--seed"}
+
+
 def cmd_quantize(args: argparse.Namespace) -> int:
-    from anyprec.config import CalibrationConfig, QuantizationConfig
+    from pydantic import ValidationError
+
+    from anyprec.config import CalibrationConfig, QuantizationConfig, validation_message
+    from anyprec.errors import UsageError
     from anyprec.quantize import quantize_model
 
-    calib = CalibrationConfig(corpus=args.corpus, n_samples=args.samples, seq_len=args.seq_len, seed=args.seed)
-    quant = QuantizationConfig(seed_bits=args.seed_bits, parent_bits=args.parent_bits, method=args.method)
-    out = quantize_model(args.model, args.out, calib, quant, work_dir=args.work_dir)
+    try:
+        calib = CalibrationConfig(corpus=args.corpus, n_samples=args.samples, seq_len=args.seq_len, seed=args.seed)
+        quant = QuantizationConfig(seed_bits=args.seed_bits, parent_bits=args.parent_bits, method=args.method)
+    except ValidationError as err:
+        raise UsageError(validation_message(err, QUANTIZE_FLAGS)) from None
+    out = quantize_model(args.model, args.out, calib, quant, work_dir=args.work_dir, force=args.force)
     print(f"wrote {out}")
-    return cmd_info(argparse.Namespace(dir=out, json=False))
+    return cmd_info(argparse.Namespace(dir=out, json=False, verify=False))
 
 
 def _mib(n: int) -> str:
@@ -39,17 +49,22 @@ def _mib(n: int) -> str:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from anyprec.packed import artifact_sizes, read_manifest
+    from anyprec.packed import artifact_sizes, check_headers, read_manifest, verify_files
 
     manifest = read_manifest(args.dir)
+    verify_files(args.dir, manifest, hashes=args.verify)
+    check_headers(args.dir, manifest)
+    checked = ("verified: every file's size and sha256 match the manifest" if args.verify else
+               "checked sizes and tensor headers only (add --verify to check every file's sha256)")
     sizes = artifact_sizes(args.dir)
     if args.json:
-        print(json.dumps({"sizes": sizes, "manifest": manifest}, indent=2, sort_keys=True))
+        print(json.dumps({"sizes": sizes, "manifest": manifest, "verified": bool(args.verify)}, indent=2, sort_keys=True))
         return 0
     print(f"artifact {args.dir}: {manifest['model_type']}, bits {manifest['seed_bits']}..{manifest['parent_bits']}, "
           f"{len(manifest['modules'])} quantized modules, {sizes['quantized_params']:,} quantized weights, "
           f"method {manifest.get('method', '?')}")
     print(f"base model: {manifest['inputs'].get('base_model_ref')}")
+    print(checked)
     print(f"{'bits':>6} {'codes MiB':>11} {'LUTs MiB':>10} {'dense MiB':>10} {'total MiB':>10} {'bytes':>14}")
     for b, row in sizes["per_bits"].items():
         print(f"{b:>6} {_mib(row['codes']):>11} {_mib(row['luts']):>10} {_mib(row['dense']):>10} "
@@ -57,7 +72,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     art = sizes["artifact"]
     print(f"{'all':>6} {_mib(art['codes']):>11} {_mib(art['luts']):>10} {_mib(art['dense']):>10} "
           f"{_mib(art['total']):>10} {art['total']:>14,}   <- one artifact, every bit-width")
-    print(f"six separately packed models: {_mib(sizes['separate_sum'])} MiB "
+    print(f"{len(sizes['per_bits'])} separately packed models: {_mib(sizes['separate_sum'])} MiB "
           f"(artifact = {art['total'] / sizes['separate_sum']:.2f} x that); "
           f"fp16 model: {_mib(sizes['fp16_model'])} MiB; files on disk: {_mib(sizes['files_on_disk'])} MiB")
     return 0
@@ -107,17 +122,42 @@ def cmd_ppl(args: argparse.Namespace) -> int:
     return 0
 
 
+def generation_budget(prompt_tokens: int, wanted: int, context: int | None) -> int:
+    """New tokens to generate: `wanted`, capped so prompt + output fit the model's context."""
+    from anyprec.errors import UsageError
+
+    if context is None:
+        return wanted
+    room = context - prompt_tokens
+    if room < 1:
+        raise UsageError(f"--prompt is {prompt_tokens} tokens, the model's context is {context}: shorten the prompt")
+    if wanted > room:
+        print(f"note: --max-new-tokens {wanted} capped to {room}: the model's context is {context} tokens "
+              f"and the prompt uses {prompt_tokens}", file=sys.stderr)
+    return min(wanted, room)
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
+    from transformers import TextStreamer
+
+    from anyprec.errors import UsageError
+    from anyprec.models import context_length
     from anyprec.runtime import load_anyprec
 
+    if not args.prompt.strip():
+        raise UsageError("--prompt is empty: give the text to continue, e.g. --prompt 'The capital of France is'")
+    if args.max_new_tokens < 1:
+        raise UsageError(f"--max-new-tokens {args.max_new_tokens}: give at least 1")
     apm = load_anyprec(args.dir, bits=args.bits)
     tok = apm.tokenizer
     ids = tok(args.prompt, return_tensors="pt")
+    budget = generation_budget(ids["input_ids"].shape[1], args.max_new_tokens, context_length(args.dir))
     for b in apm.bits_available:
-        out = apm.generate(**ids, precision=b, max_new_tokens=args.max_new_tokens, do_sample=False,
-                           pad_token_id=tok.pad_token_id or tok.eos_token_id)
-        text = tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
-        print(f"[{b}-bit] {args.prompt}{text}")
+        print(f"[{b}-bit] {args.prompt}", end="", flush=True)
+        # the streamer prints each piece of text as soon as it is decoded, and the final newline
+        streamer = TextStreamer(tok, skip_prompt=True, skip_special_tokens=True)
+        apm.generate(**ids, precision=b, max_new_tokens=budget, do_sample=False, streamer=streamer,
+                     pad_token_id=tok.pad_token_id or tok.eos_token_id)
     return 0
 
 
@@ -138,11 +178,14 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--seq-len", type=int, default=512, help="tokens per calibration sequence (default 512)")
     q.add_argument("--seed", type=int, default=0, help="calibration sampling seed")
     q.add_argument("--work-dir", default=None, help="intermediate results (default: a cache folder; resumable)")
+    q.add_argument("--force", action="store_true",
+                   help="replace an existing anyprec artifact at --out (any other non-empty folder is refused)")
     q.set_defaults(func=cmd_quantize)
 
     i = sub.add_parser("info", help="bit-widths, bytes per bit-width and total, manifest")
     i.add_argument("dir")
     i.add_argument("--json", action="store_true", help="print sizes and manifest as JSON")
+    i.add_argument("--verify", action="store_true", help="check every file's sha256 against the manifest")
     i.set_defaults(func=cmd_info)
 
     p = sub.add_parser("ppl", help="perplexity per bit-width (and of the base model) on held-out text")
@@ -174,18 +217,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _raised_by_us(err: BaseException) -> bool:
+    """True if the innermost frame of err's traceback is anyprec code (a deliberate raise)."""
+    tb = err.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and Path(tb.tb_frame.f_code.co_filename).resolve().is_relative_to(Path(__file__).parent)
+
+
+def user_error(err: BaseException) -> tuple[str, int] | None:
+    """(message, exit code) for an error meant for the user; None for a bug (keeps its traceback)."""
+    from anyprec.errors import EXIT_INPUT, AnyprecError, system_error
+
+    if isinstance(err, AnyprecError):
+        return str(err), err.exit_code
+    if isinstance(err, OSError) and (converted := system_error(err)) is not None:
+        return str(converted), converted.exit_code
+    # ValueError / FileNotFoundError raised on purpose by anyprec code, with a message for the user
+    if isinstance(err, (ValueError, FileNotFoundError)) and _raised_by_us(err):
+        return str(err), EXIT_INPUT
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("gensim", "httpx", "numba"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    from anyprec.packed import ArtifactError
-
     try:
         return int(args.func(args) or 0)
-    except (ArtifactError, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except Exception as err:
+        reported = user_error(err)
+        if reported is None:
+            raise
+        print(f"error: {reported[0]}", file=sys.stderr)
+        return reported[1]
 
 
 if __name__ == "__main__":

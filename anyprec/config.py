@@ -35,16 +35,17 @@ class CalibrationConfig(_Strict):
 class QuantizationConfig(_Strict):
     """Seed/parent bit-widths and the clustering algorithm (ALGORITHM.md sections 3-4)."""
 
-    seed_bits: int = Field(3, ge=1, le=8)
-    parent_bits: int = Field(8, ge=1, le=8)
+    # codes are uint8 (parent <= 8); a 1-bit seed keeps two values per row, too few to start from
+    seed_bits: int = Field(3, ge=2, le=7)
+    parent_bits: int = Field(8, ge=3, le=8)
     method: Literal["optimal", "lloyd"] = "optimal"
 
     @model_validator(mode="after")
-    def _seed_le_parent(self) -> "QuantizationConfig":
-        if self.seed_bits > self.parent_bits:
+    def _seed_below_parent(self) -> "QuantizationConfig":
+        if self.seed_bits >= self.parent_bits:
             raise ValueError(
-                f"seed_bits={self.seed_bits} > parent_bits={self.parent_bits}: "
-                "the seed model is upscaled to the parent, so seed_bits must be <= parent_bits"
+                f"seed_bits={self.seed_bits} must be below parent_bits={self.parent_bits}: the seed model "
+                "is upscaled to the parent, and an artifact holds at least two bit-widths (e.g. 3 and 8)"
             )
         return self
 
@@ -151,6 +152,26 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         return Params.model_validate(raw)
     except ValidationError as err:
         raise ValueError(f"{path} is invalid:\n{err}") from None
+
+
+def validation_message(err: ValidationError, names: dict[str, str]) -> str:
+    """One line per problem of a ValidationError, each field named as the user wrote it.
+
+    names: field -> how the user spells it (a CLI flag such as "--seq-len"); a problem of
+    the whole model (two fields disagree) keeps its own message, which names both fields.
+    """
+    lines = []
+    for problem in err.errors():
+        field = str(problem["loc"][-1]) if problem["loc"] else ""
+        message = problem["msg"].removeprefix("Value error, ")
+        if field:
+            given = problem.get("input")
+            lines.append(f"{names.get(field, field)} {given!r}: {message.lower()}")
+        else:
+            for name, flag in names.items():
+                message = message.replace(f"{name}=", f"{flag} ")
+            lines.append(message)
+    return "\n".join(lines)
 
 
 def config_hash(*configs: BaseModel) -> str:

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from anyprec.env import apply_offline_env, cache_dir
+from anyprec.errors import ModelError
 from anyprec.fileio import sha256_file
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -33,6 +34,10 @@ MARKER_FILE = "anyprec_source.json"
 HASH_CACHE_FILE = "model_hashes.json"
 # Files that define a model's numbers: hashed by hash_model_dir.
 HASHED_PATTERNS = ("config.json", "generation_config.json", "*.safetensors", "*.safetensors.index.json", "*.bin")
+WEIGHT_PATTERNS = ("*.safetensors", "*.safetensors.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+# config.json keys holding the context length, by model family
+CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
 
 
 def find_embedded_gguf() -> Path:
@@ -93,17 +98,56 @@ def resolve_model_dir(name_or_path: str | os.PathLike) -> Path:
     """A local HF directory for a model reference (see module docstring for the forms)."""
     path = Path(name_or_path).expanduser()
     if path.is_dir() and (path / "config.json").is_file():
-        return path
+        return check_model_dir(path)
     if str(name_or_path) in DEFAULT_ALIASES:
         target = cache_dir() / "models" / DEFAULT_MODEL
         if (target / MARKER_FILE).is_file():
             return target
         return convert_gguf(find_embedded_gguf(), target)
-    raise ValueError(
+    raise ModelError(
         f"cannot resolve model {str(name_or_path)!r}: expected a local directory containing "
         f"config.json (HF safetensors), or one of {sorted(DEFAULT_ALIASES)} for the embedded "
         f"SmolLM2-135M (needs: {GGUF_PIP}). Hub names are not fetched (offline)."
     )
+
+
+def read_config(model_dir: str | os.PathLike) -> dict:
+    """config.json of a model (or artifact) folder as a dict; a broken file is a ModelError."""
+    path = Path(model_dir) / "config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ModelError(f"{path} cannot be read as JSON ({err}); restore the model's config.json") from None
+    if not isinstance(config, dict):
+        raise ModelError(f"{path} is not a JSON object; restore the model's config.json")
+    return config
+
+
+def check_model_dir(path: Path) -> Path:
+    """`path` if it holds what loading needs: config.json, safetensors weights and a tokenizer."""
+    read_config(path)
+    if not any(path.glob(pattern) for pattern in WEIGHT_PATTERNS):
+        found = ", ".join(sorted(p.name for p in path.glob("*.bin"))[:2]) or "none"
+        raise ModelError(
+            f"model folder {path} has no safetensors weights (*.safetensors; found: {found}); "
+            "save the model with save_pretrained(..., safe_serialization=True)"
+        )
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise ModelError(
+            f"model folder {path} has no tokenizer files ({', '.join(TOKENIZER_FILES)}); "
+            "save the tokenizer into it with tokenizer.save_pretrained(...)"
+        )
+    return path
+
+
+def context_length(model_dir: str | os.PathLike) -> int | None:
+    """The model's context length in tokens from config.json (None if the config names none)."""
+    config = read_config(model_dir)
+    for key in CONTEXT_KEYS:
+        value = config.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
 
 
 def load_model(name_or_path: str | os.PathLike, dtype: torch.dtype = torch.float32):

@@ -14,22 +14,39 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
-from anyprec.fileio import sha256_file, write_json_atomic
+from anyprec.errors import OutputError
+from anyprec.fileio import (
+    TEMP_MARKER,
+    make_temp_dir,
+    mark_temp_dir,
+    remove_orphan_temp_dirs,
+    save_tensors,
+    sha256_file,
+    write_json_atomic,
+)
+from anyprec.manifest import (
+    DENSE_FILE,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    MANIFEST,
+    QUANTIZED_FILE,
+    ArtifactError,
+    Manifest,
+    artifact_file,
+    check_quantized_header,
+    parse_manifest,
+    read_safetensors_header,
+)
 
-FORMAT_NAME = "anyprec"
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
-QUANTIZED_FILE = "quantized.safetensors"
-DENSE_FILE = "dense.safetensors"
+__all__ = ["ArtifactError", "DENSE_FILE", "FORMAT_NAME", "FORMAT_VERSION", "MANIFEST", "QUANTIZED_FILE"]
+
 PLANE_LAYOUT = {
     "dtype": "int32 (bit-for-bit uint32)",
     "shape": "[parent_bits, out_features, ceil(in_features / 32)]",
@@ -37,10 +54,6 @@ PLANE_LAYOUT = {
     "bit_order": "column k of a row is bit k % 32 (lsb first) of word k // 32; padding bits are 0",
 }
 _FP16_MAX = 65504.0
-
-
-class ArtifactError(ValueError):
-    """A packed artifact is missing, damaged, or asked for something it does not hold."""
 
 
 @dataclass(frozen=True)
@@ -94,8 +107,9 @@ def save_packed(
     """
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
+    check_replaceable(out_dir)
+    remove_orphan_temp_dirs(out_dir)
+    tmp = make_temp_dir(out_dir)
     try:
         quantized: dict[str, torch.Tensor] = {}
         module_meta: dict[str, Any] = {}
@@ -114,8 +128,8 @@ def save_packed(
         skip = {f"{n}.weight" for n in modules}
         state = {k: v for k, v in model.state_dict().items() if k not in skip}
         dense, tied = _dense_tensors(state)
-        save_file(quantized, tmp / QUANTIZED_FILE, metadata={"format": FORMAT_NAME})
-        save_file(dense, tmp / DENSE_FILE, metadata={"format": FORMAT_NAME})
+        save_tensors(quantized, tmp / QUANTIZED_FILE, metadata={"format": FORMAT_NAME})
+        save_tensors(dense, tmp / DENSE_FILE, metadata={"format": FORMAT_NAME})
         model.config.save_pretrained(tmp)
         if getattr(model, "generation_config", None) is not None:
             model.generation_config.save_pretrained(tmp)
@@ -123,7 +137,7 @@ def save_packed(
         files = {
             p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
             for p in sorted(tmp.iterdir())
-            if p.is_file()
+            if p.is_file() and p.name != TEMP_MARKER
         }
         manifest = {
             "format": FORMAT_NAME,
@@ -147,10 +161,49 @@ def save_packed(
     return out_dir
 
 
+def foreign_entries(path: Path) -> list[str] | None:
+    """Entries of `path` that its manifest does not list (None: `path` holds no valid manifest).
+
+    An empty list means the folder is exactly an artifact this tool wrote, so it may be replaced.
+    """
+    try:
+        listed = set(read_manifest(path)["files"])
+    except ArtifactError:
+        return None
+    return sorted(p.name for p in path.iterdir() if p.name not in listed | {MANIFEST, TEMP_MARKER})
+
+
+def check_replaceable(out_dir: Path) -> None:
+    """Refuse an output folder whose contents the tool did not create (only absent, empty, or
+    exactly one of our artifacts may be replaced) or that is a mount point (cannot be swapped)."""
+    if not out_dir.exists() and not out_dir.is_symlink():
+        return
+    if out_dir.is_symlink() or not out_dir.is_dir():
+        raise OutputError(f"--out {out_dir} exists and is not a folder; choose a new folder name")
+    if os.path.ismount(out_dir):
+        raise OutputError(f"--out {out_dir} is a mount point, which cannot be replaced; choose a folder inside it")
+    if not any(out_dir.iterdir()):
+        return
+    foreign = foreign_entries(out_dir)
+    if foreign is None:
+        raise OutputError(
+            f"--out {out_dir} is a non-empty folder that is not an anyprec artifact; nothing was "
+            "changed: choose a new or empty folder"
+        )
+    if foreign:
+        raise OutputError(
+            f"--out {out_dir} holds files that are not part of its artifact ({', '.join(foreign[:3])}); "
+            "nothing was changed: move them out or choose another folder"
+        )
+
+
 def _replace_dir(src: Path, dst: Path) -> None:
-    """Move `src` to `dst`; an existing `dst` is swapped out first and removed after."""
+    """Move `src` to `dst`; an existing `dst` (checked replaceable) is swapped out and removed."""
+    (src / TEMP_MARKER).unlink(missing_ok=True)
     if dst.exists():
-        old = dst.parent / f".{dst.name}.old-{uuid.uuid4().hex[:8]}"
+        check_replaceable(dst)
+        mark_temp_dir(dst)  # so that a kill before the removal below leaves a folder we may clean
+        old = dst.parent / f".{dst.name}.old-{src.name.rsplit('-', 1)[-1]}"
         os.replace(dst, old)
         os.replace(src, dst)
         shutil.rmtree(old, ignore_errors=True)
@@ -159,7 +212,15 @@ def _replace_dir(src: Path, dst: Path) -> None:
 
 
 def read_manifest(artifact_dir: str | Path) -> dict[str, Any]:
-    """Read and check manifest.json (format name and version); does not hash files."""
+    """Read manifest.json and validate every field (`anyprec.manifest.Manifest`); does not hash files.
+
+    Returns the manifest as a plain dict (extra keys kept).
+    """
+    return load_manifest(artifact_dir).model_dump()
+
+
+def load_manifest(artifact_dir: str | Path) -> Manifest:
+    """The validated manifest of `artifact_dir`; any problem is one ArtifactError."""
     artifact_dir = Path(artifact_dir)
     path = artifact_dir / MANIFEST
     if not path.is_file():
@@ -168,38 +229,52 @@ def read_manifest(artifact_dir: str | Path) -> dict[str, Any]:
             "(an interrupted write leaves no manifest; re-run `anyprec quantize`)"
         )
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        raw = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ArtifactError(f"{path} is not valid JSON ({err}); re-run `anyprec quantize`") from None
-    if manifest.get("format") != FORMAT_NAME:
-        raise ArtifactError(f"{path}: format is {manifest.get('format')!r}, expected {FORMAT_NAME!r}")
-    version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
+    if isinstance(raw, dict) and raw.get("format") != FORMAT_NAME:
+        raise ArtifactError(f"{path}: format is {raw.get('format')!r}, expected {FORMAT_NAME!r}")
+    return parse_manifest(raw, path)
+
+
+def check_listed(artifact_dir: Path, manifest: dict[str, Any]) -> None:
+    """Refuse entries the manifest does not list: config and tokenizer loading read the folder,
+    so an unlisted file there would be read without a hash check."""
+    foreign = sorted(
+        p.name for p in artifact_dir.iterdir() if p.name not in set(manifest["files"]) | {MANIFEST, TEMP_MARKER}
+    )
+    if foreign:
         raise ArtifactError(
-            f"{path}: unknown format_version {version!r}; this anyprec reads version {FORMAT_VERSION}. "
-            "Upgrade anyprec or re-quantize the model with this version."
+            f"{artifact_dir} holds {', '.join(foreign[:3])}, not listed in {MANIFEST}; only listed, "
+            "hash-checked files are read: move it out of the artifact folder"
         )
-    return manifest
 
 
-def verify_files(artifact_dir: str | Path, manifest: dict[str, Any]) -> None:
-    """Check every file named in the manifest exists with the recorded size and sha256."""
+def verify_files(artifact_dir: str | Path, manifest: dict[str, Any], hashes: bool = True) -> None:
+    """Check every file named in the manifest exists inside the folder with the recorded size
+    and (unless `hashes` is False) sha256."""
     artifact_dir = Path(artifact_dir)
+    check_listed(artifact_dir, manifest)
     for name, meta in manifest["files"].items():
-        path = artifact_dir / name
-        if not path.is_file():
-            raise ArtifactError(f"{path} is missing; the artifact is incomplete: re-run `anyprec quantize`")
+        path = artifact_file(artifact_dir, name)
         size = path.stat().st_size
         if size != meta["bytes"]:
             raise ArtifactError(
                 f"{path} has {size} bytes, the manifest says {meta['bytes']}: the file is truncated or "
                 "altered; restore it (e.g. `dvc pull`) or re-run `anyprec quantize`"
             )
-        if sha256_file(path) != meta["sha256"]:
+        if hashes and sha256_file(path) != meta["sha256"]:
             raise ArtifactError(
                 f"{path} does not match its sha256 in {MANIFEST}: the file is altered or corrupt; "
                 "restore it (e.g. `dvc pull`) or re-run `anyprec quantize`"
             )
+
+
+def check_headers(artifact_dir: str | Path, manifest: dict[str, Any]) -> None:
+    """Both tensor files' headers are sound and the quantized one matches the manifest's modules."""
+    artifact_dir = Path(artifact_dir)
+    check_quantized_header(artifact_file(artifact_dir, QUANTIZED_FILE), Manifest.model_validate(manifest))
+    read_safetensors_header(artifact_file(artifact_dir, DENSE_FILE))
 
 
 def check_bits(manifest: dict[str, Any], bits: list[int]) -> list[int]:
@@ -227,10 +302,13 @@ def load_packed_tensors(
     wanted = check_bits(manifest, bits or list(range(manifest["seed_bits"], manifest["parent_bits"] + 1)))
     if verify:
         verify_files(artifact_dir, manifest)
+    else:
+        check_listed(artifact_dir, manifest)
+    check_headers(artifact_dir, manifest)
     top = max(wanted)
     modules: dict[str, QuantizedModule] = {}
-    with safe_open(artifact_dir / QUANTIZED_FILE, framework="pt") as qf, safe_open(
-        artifact_dir / DENSE_FILE, framework="pt"
+    with safe_open(artifact_file(artifact_dir, QUANTIZED_FILE), framework="pt") as qf, safe_open(
+        artifact_file(artifact_dir, DENSE_FILE), framework="pt"
     ) as df:
         dense = {k: df.get_tensor(k) for k in df.keys()}
         for name, meta in manifest["modules"].items():
@@ -244,13 +322,13 @@ def load_packed_tensors(
 def artifact_sizes(artifact_dir: str | Path) -> dict[str, Any]:
     """Bytes of the artifact split into codes, LUTs and dense tensors, per bit-width and total.
 
-    `per_bits[b]` is what a b-bit-only load keeps in memory; `separate_sum` is what six separately
+    `per_bits[b]` is what a b-bit-only load keeps in memory; `separate_sum` is what separately
     packed b-bit models would weigh together; `fp16_model` is the unquantized model in fp16.
     """
     artifact_dir = Path(artifact_dir)
     manifest = read_manifest(artifact_dir)
     seed, parent = manifest["seed_bits"], manifest["parent_bits"]
-    dense_bytes = _tensor_bytes(artifact_dir / DENSE_FILE)
+    dense_bytes = _tensor_bytes(artifact_file(artifact_dir, DENSE_FILE))
     q_params = 0
     plane_bytes_per_bit = 0
     lut_bytes = {b: 0 for b in range(seed, parent + 1)}
@@ -289,15 +367,6 @@ def artifact_sizes(artifact_dir: str | Path) -> dict[str, Any]:
 
 
 def _tensor_bytes(path: Path) -> int:
-    with safe_open(path, framework="pt") as fh:
-        total = 0
-        for key in fh.keys():
-            sl = fh.get_slice(key)
-            numel = 1
-            for d in sl.get_shape():
-                numel *= d
-            total += numel * _DTYPE_BYTES[sl.get_dtype()]
-        return total
-
-
-_DTYPE_BYTES = {"F16": 2, "BF16": 2, "F32": 4, "F64": 8, "I32": 4, "I64": 8, "U8": 1, "I8": 1, "BOOL": 1, "I16": 2}
+    """Bytes of a safetensors file's tensors, from its checked header (no tensor is read)."""
+    header = read_safetensors_header(path)
+    return sum(end - start for start, end in (e["data_offsets"] for e in header.values()))

@@ -18,13 +18,14 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from anyprec import archs
 from anyprec.config import CalibrationConfig, QuantizationConfig, config_hash
 from anyprec.env import apply_offline_env, cache_dir
-from anyprec.fileio import write_json_atomic
+from anyprec.errors import OutputError, UsageError
+from anyprec.fileio import save_tensors_atomic, write_json_atomic
 
 log = logging.getLogger(__name__)
 CALIB_FILE = "calib.safetensors"
@@ -39,9 +40,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _save_atomic(tensors: dict[str, torch.Tensor], path: Path, key: str) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    save_file(tensors, str(tmp), metadata={"key": key})
-    os.replace(tmp, path)
+    save_tensors_atomic(tensors, path, metadata={"key": key})
 
 
 def _done_key(path: Path) -> str | None:
@@ -275,6 +274,38 @@ def run_packing(
     return save_packed(out_dir, model, tokenizer, modules, quant.seed_bits, quant.parent_bits, inputs, extra)
 
 
+def check_out_dir(out_dir: Path, model_dir: Path, force: bool = False) -> None:
+    """Refuse an --out that would delete what the tool did not create, before any work.
+
+    Refused: the model's folder, a folder containing it or inside it; a non-empty folder that
+    is not exactly one of our artifacts; one of our artifacts unless `force`.
+    """
+    from anyprec.packed import check_replaceable, foreign_entries
+
+    out, model = out_dir.resolve(), model_dir.resolve()
+    if out == model or out in model.parents or model in out.parents:
+        relation = "is" if out == model else "contains" if out in model.parents else "lies inside"
+        raise OutputError(
+            f"--out {out_dir} {relation} the input model's folder {model_dir}; nothing was changed: "
+            "choose a folder outside the model's"
+        )
+    check_replaceable(out_dir)
+    if out_dir.is_dir() and foreign_entries(out_dir) == [] and not force:
+        raise OutputError(f"--out {out_dir} already holds an anyprec artifact; add --force to replace it")
+
+
+def check_seq_len(calib: CalibrationConfig, model_dir: Path) -> None:
+    """The calibration sequences must fit the model's context."""
+    from anyprec.models import context_length
+
+    context = context_length(model_dir)
+    if context is not None and calib.seq_len > context:
+        raise UsageError(
+            f"--seq-len {calib.seq_len} is longer than the model's context of {context} tokens; "
+            f"use --seq-len {context} or less"
+        )
+
+
 def quantize_model(
     model_ref: str,
     out_dir: str | Path,
@@ -282,12 +313,18 @@ def quantize_model(
     quant: QuantizationConfig = QuantizationConfig(),
     work_dir: str | Path | None = None,
     progress: bool = True,
+    force: bool = False,
 ) -> Path:
     """All stages for one model; intermediate results in `work_dir` (default: a cache folder
-    keyed by the model and settings, so re-running an interrupted command resumes)."""
-    from anyprec.models import hash_model_dir
+    keyed by the model and settings, so re-running an interrupted command resumes).
+
+    `out_dir` is checked first (`check_out_dir`); `force` allows replacing an earlier artifact."""
+    from anyprec.models import hash_model_dir, resolve_model_dir
 
     apply_offline_env()
+    model_dir = resolve_model_dir(model_ref)
+    check_out_dir(Path(out_dir), model_dir, force)
+    check_seq_len(calib, model_dir)
     model_hash = hash_model_dir(model_ref)
     if work_dir is None:
         work_dir = cache_dir() / "work" / f"{model_hash[:16]}-{config_hash(calib, quant)[:16]}"

@@ -12,7 +12,6 @@ about model + one fp32 accumulator per quantized weight + activations of one seq
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -21,11 +20,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
 
 from anyprec.archs import is_conv1d, quantizable_modules
+from anyprec.fileio import save_tensors_atomic
 
 LAYER_FILE = "layer_{:03d}.safetensors"
 
@@ -122,9 +121,7 @@ def save_sensitivity(fisher: dict[str, torch.Tensor], out_dir: str | Path) -> li
     paths = []
     for index in sorted(by_layer):
         path = out / LAYER_FILE.format(index)
-        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-        save_file(by_layer[index], str(tmp), metadata={"format": "anyprec-sensitivity", "layer": str(index)})
-        os.replace(tmp, path)
+        save_tensors_atomic(by_layer[index], path, metadata={"format": "anyprec-sensitivity", "layer": str(index)})
         paths.append(path)
     return paths
 

@@ -12,7 +12,8 @@ from anyprec.cli import main
 def test_info_text_and_json(tiny_artifact, capsys):
     assert main(["info", str(tiny_artifact)]) == 0
     out = capsys.readouterr().out
-    assert "codes MiB" in out and "six separately packed models" in out
+    assert "codes MiB" in out and "6 separately packed models" in out
+    assert "add --verify" in out
     assert main(["info", str(tiny_artifact), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["manifest"]["parent_bits"] == 8
@@ -58,7 +59,7 @@ def test_info_on_a_non_artifact_is_a_clear_error(tmp_path, capsys):
 def test_quantize_rejects_seed_above_parent(tiny_model_dir, tmp_path, capsys):
     code = main(["quantize", str(tiny_model_dir), "--out", str(tmp_path / "x"), "--seed-bits", "5", "--parent-bits", "4"])
     assert code == 2
-    assert "seed_bits=5 > parent_bits=4" in capsys.readouterr().err
+    assert "--seed-bits 5 must be below --parent-bits 4" in capsys.readouterr().err
 
 
 def test_quantize_unknown_model_is_a_clear_error(tmp_path, capsys):

@@ -116,7 +116,7 @@ def test_interrupted_write_leaves_nothing_loadable(tiny_quantized, tmp_path, mon
     def crash(*args, **kwargs):
         raise KeyboardInterrupt("simulated kill while writing")
 
-    monkeypatch.setattr(packed, "save_file", crash)
+    monkeypatch.setattr(packed, "save_tensors", crash)
     out = tmp_path / "packed"
     with pytest.raises(KeyboardInterrupt):
         run_packing(manifest["inputs"]["base_model_ref"], work / "quantized" / "nested",
