@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 CALIB_FILE = "calib.safetensors"
 CALIB_META = "calib.json"
 SENS_META = "sensitivity.json"
+SENS_PARTIAL = "partial_sums.safetensors"
 LAYER_FILE = "layer_{:03d}.safetensors"
 OBJECTIVE_FILE = "objective.json"
 
@@ -83,7 +84,7 @@ def calibration_sha256(calib_dir: str | Path) -> str:
 def run_sensitivity(model_ref: str, calib_dir: str | Path, out_dir: str | Path, progress: bool = True) -> Path:
     """Diagonal Fisher of every quantized weight: out_dir/layer_NNN.safetensors + sensitivity.json."""
     from anyprec.models import hash_model_dir, load_model
-    from anyprec.sensitivity import compute_sensitivity, save_sensitivity
+    from anyprec.sensitivity import Checkpoint, compute_sensitivity, save_sensitivity
 
     out_dir = Path(out_dir)
     key = _key(hash_model_dir(model_ref), calibration_sha256(calib_dir))
@@ -99,11 +100,21 @@ def run_sensitivity(model_ref: str, calib_dir: str | Path, out_dir: str | Path, 
         return out_dir
     model, _ = load_model(model_ref)
     ids = load_file(str(Path(calib_dir) / CALIB_FILE))["input_ids"]
-    fisher = compute_sensitivity(model, ids, archs.quantizable_modules(model), progress=progress)
+    # partial sums live beside the layer files, so a killed run loses at most one chunk
+    out_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint = Checkpoint(out_dir / SENS_PARTIAL, key, chunk=sensitivity_chunk(len(ids)))
+    fisher = compute_sensitivity(model, ids, archs.quantizable_modules(model), progress=progress, checkpoint=checkpoint)
     save_sensitivity(fisher, out_dir)
+    checkpoint.clear()
     write_json_atomic(out_dir / SENS_META, {"key": key, "modules": list(fisher)})
     _link_tree(out_dir, shared)
     return out_dir
+
+
+def sensitivity_chunk(n_sequences: int) -> int:
+    """Sequences per sensitivity checkpoint: about ten checkpoints per run, at least 4 sequences
+    apart (each one writes every accumulator: as many fp32 values as quantized weights)."""
+    return max(4, -(-n_sequences // 10))
 
 
 def _sensitivity_done(path: Path, key: str) -> bool:
@@ -116,7 +127,7 @@ def _link_tree(src: Path, dst: Path) -> None:
     import shutil
 
     dst.mkdir(parents=True, exist_ok=True)
-    files = sorted(src.glob("*.safetensors")) + [src / SENS_META]
+    files = sorted(src.glob("layer_*.safetensors")) + [src / SENS_META]
     for path in files:
         target = dst / path.name
         tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")

@@ -65,15 +65,57 @@ def _square_into(accumulator: torch.Tensor) -> Callable[[torch.Tensor], None]:
     return hook
 
 
+class Checkpoint:
+    """Partial Fisher sums saved atomically after every `chunk` calibration sequences, so a
+    killed run resumes at the last whole chunk. `key` names the inputs (model + calibration
+    set); a file written for other inputs is ignored and overwritten.
+
+    The sums are restored exactly (fp32), so a resumed run gives the same bits as one that
+    never stopped.
+    """
+
+    def __init__(self, path: str | Path, key: str, chunk: int = 16) -> None:
+        if chunk < 1:
+            raise ValueError(f"checkpoint chunk must be >= 1 sequence, got {chunk}")
+        self.path, self.key, self.chunk = Path(path), key, chunk
+
+    def restore(self, accum: dict[str, torch.Tensor]) -> int:
+        """Load saved sums into `accum` (in place); returns the number of sequences they cover."""
+        if not self.path.is_file():
+            return 0
+        try:
+            with safe_open(str(self.path), framework="pt") as fh:
+                meta = fh.metadata() or {}
+                if meta.get("key") != self.key or set(fh.keys()) != set(accum):
+                    return 0
+                saved = {name: fh.get_tensor(name) for name in accum}
+        except Exception:  # a torn or foreign file counts as no progress: it is rewritten
+            return 0
+        if any(saved[n].shape != acc.shape for n, acc in accum.items()):
+            return 0
+        for name, acc in accum.items():
+            acc.copy_(saved[name])
+        return int(meta.get("done", 0))
+
+    def save(self, accum: dict[str, torch.Tensor], done: int) -> None:
+        tensors = {name: acc.detach().cpu().contiguous() for name, acc in accum.items()}
+        save_tensors_atomic(tensors, self.path, metadata={"key": self.key, "done": str(done)})
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
 def compute_sensitivity(
     model: nn.Module,
     calib_ids: torch.Tensor,
     modules: Sequence[str] | None = None,
     progress: bool = True,
+    checkpoint: Checkpoint | None = None,
 ) -> dict[str, torch.Tensor]:
     """Diagonal Fisher of each quantized weight over calib_ids: int64[n, L].
 
     modules: dotted module names (default: `quantizable_modules(model)`).
+    checkpoint: resume from / save partial sums there after every chunk of sequences.
     Returns {name: float32[out_features, in_features]} on the CPU; GPT-2 Conv1D weights
     are transposed to [out, in] like `archs.get_weight`.
     """
@@ -83,11 +125,17 @@ def compute_sensitivity(
     weights = {name: model.get_submodule(name).weight for name in names}
     accum = {name: torch.zeros(w.shape, dtype=torch.float32, device=w.device) for name, w in weights.items()}
     device = next(model.parameters()).device
+    start = checkpoint.restore(accum) if checkpoint is not None else 0
     with _grad_only_on(model, weights):
         handles = [w.register_post_accumulate_grad_hook(_square_into(accum[n])) for n, w in weights.items()]
         try:
-            for row in tqdm(calib_ids, desc="sensitivity", unit="seq", disable=not progress):
-                sequence_nll(model, row[None].to(device)).backward()
+            rows = tqdm(range(start, len(calib_ids)), desc="sensitivity", unit="seq", disable=not progress,
+                        initial=start, total=len(calib_ids))
+            for index in rows:
+                sequence_nll(model, calib_ids[index][None].to(device)).backward()
+                done = index + 1
+                if checkpoint is not None and done % checkpoint.chunk == 0 and done < len(calib_ids):
+                    checkpoint.save(accum, done)
         finally:
             for handle in handles:
                 handle.remove()
