@@ -64,11 +64,12 @@ def system_error(err: OSError) -> SystemLimitError | None:
 
 
 def oserror_from_rust(err: Exception, path: object) -> OSError | None:
-    """An OSError for a Rust-side I/O failure ('... (os error 28)') so it is reported like Python's."""
-    match = re.search(r"os error (\d+)", str(err))
+    """An OSError for a Rust-side I/O failure so it is reported like Python's: safetensors says
+    'IoError(Os { code: 28, kind: StorageFull, ... })' (Debug) or '... (os error 28)' (Display)."""
+    match = re.search(r"os error (\d+)|Os \{ code: (\d+)", str(err))
     if match is None:
         return None
-    code = int(match.group(1))
+    code = int(match.group(1) or match.group(2))
     import os
 
     return OSError(code, os.strerror(code), str(path))

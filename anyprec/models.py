@@ -126,7 +126,7 @@ def read_config(model_dir: str | os.PathLike) -> dict:
 def check_model_dir(path: Path) -> Path:
     """`path` if it holds what loading needs: config.json, safetensors weights and a tokenizer."""
     read_config(path)
-    if not any(path.glob(pattern) for pattern in WEIGHT_PATTERNS):
+    if not any(next(path.glob(pattern), None) for pattern in WEIGHT_PATTERNS):
         found = ", ".join(sorted(p.name for p in path.glob("*.bin"))[:2]) or "none"
         raise ModelError(
             f"model folder {path} has no safetensors weights (*.safetensors; found: {found}); "

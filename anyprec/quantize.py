@@ -303,6 +303,22 @@ def check_out_dir(out_dir: Path, model_dir: Path, force: bool = False) -> None:
     check_replaceable(out_dir)
     if out_dir.is_dir() and foreign_entries(out_dir) == [] and not force:
         raise OutputError(f"--out {out_dir} already holds an anyprec artifact; add --force to replace it")
+    probe_writable(out_dir)
+
+
+def probe_writable(out_dir: Path) -> None:
+    """Create and remove the kind of temp folder the writer will use, so that a read-only or
+    forbidden location fails now rather than after the whole run (OSError, reported by errno)."""
+    import shutil
+
+    from anyprec.fileio import make_temp_dir
+
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(make_temp_dir(out_dir, kind="tmp"))
+    except OSError as err:
+        err.filename = f"--out {out_dir}"  # the user's flag, not our probe's temp name
+        raise
 
 
 def check_seq_len(calib: CalibrationConfig, model_dir: Path) -> None:
