@@ -25,7 +25,7 @@ from anyprec import archs
 from anyprec.config import CalibrationConfig, QuantizationConfig, config_hash
 from anyprec.env import apply_offline_env, cache_dir
 from anyprec.errors import OutputError, UsageError
-from anyprec.fileio import save_tensors_atomic, write_json_atomic
+from anyprec.fileio import apply_umask, save_tensors_atomic, write_json_atomic
 
 log = logging.getLogger(__name__)
 CALIB_FILE = "calib.safetensors"
@@ -135,6 +135,7 @@ def _link_tree(src: Path, dst: Path) -> None:
             os.link(path, tmp)
         except OSError:
             shutil.copyfile(path, tmp)
+        apply_umask(tmp)  # a link shares the mode of a copy made under another umask
         os.replace(tmp, target)
 
 
