@@ -270,6 +270,23 @@ def verify_files(artifact_dir: str | Path, manifest: dict[str, Any], hashes: boo
             )
 
 
+def check_no_remote_code(artifact_dir: Path, manifest: dict[str, Any]) -> None:
+    """Refuse an artifact whose config or tokenizer config asks transformers for custom code
+    (`auto_map`): no code from an artifact is ever run, so such a file is an error, not a prompt."""
+    for name in ("config.json", "tokenizer_config.json"):
+        if name not in manifest["files"]:
+            continue
+        try:
+            data = json.loads(artifact_file(artifact_dir, name).read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise ArtifactError(f"{artifact_dir / name} is not valid JSON; re-run `anyprec quantize`") from None
+        if isinstance(data, dict) and "auto_map" in data:
+            raise ArtifactError(
+                f"{artifact_dir / name} asks for custom model code (auto_map); anyprec never runs code "
+                "from an artifact: re-quantize the model with `anyprec quantize`"
+            )
+
+
 def check_headers(artifact_dir: str | Path, manifest: dict[str, Any]) -> None:
     """Both tensor files' headers are sound and the quantized one matches the manifest's modules."""
     artifact_dir = Path(artifact_dir)
@@ -304,6 +321,7 @@ def load_packed_tensors(
         verify_files(artifact_dir, manifest)
     else:
         check_listed(artifact_dir, manifest)
+    check_no_remote_code(artifact_dir, manifest)
     check_headers(artifact_dir, manifest)
     top = max(wanted)
     modules: dict[str, QuantizedModule] = {}

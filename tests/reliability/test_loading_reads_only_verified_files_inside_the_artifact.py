@@ -149,3 +149,16 @@ def test_info_catches_a_truncated_file_without_verify(artifact_copy, capsys):
     (artifact_copy / DENSE_FILE).write_bytes(data[: len(data) // 2])
     assert main(["info", str(artifact_copy)]) == 2
     assert_short_error(capsys.readouterr().err, "truncated")
+
+
+def test_no_code_from_an_artifact_runs(artifact_copy, tmp_path):
+    ran = tmp_path / "ran"
+    (artifact_copy / "evil.py").write_text(f"open({str(ran)!r}, 'w').write('ran')\n")
+    config = json.loads((artifact_copy / "config.json").read_text())
+    config["auto_map"] = {"AutoConfig": "evil.Config", "AutoModelForCausalLM": "evil.Model"}
+    (artifact_copy / "config.json").write_text(json.dumps(config))
+    for name in ("config.json", "evil.py"):
+        _relist(artifact_copy, name)
+    with pytest.raises(ArtifactError, match="never runs code"):
+        load_anyprec(artifact_copy)
+    assert not ran.exists()
