@@ -173,12 +173,15 @@ def _save_cached(path: Path, stored: dict[int, tuple[np.ndarray, np.ndarray, flo
     """One module's {bits: (codes, lut, objective)} as safetensors, written atomically."""
     from safetensors.numpy import save_file
 
+    from anyprec.fileio import apply_umask
+
     tensors = {}
     for b, (codes, lut, objective) in stored.items():
         tensors |= {f"codes{b}": codes, f"lut{b}": lut, f"objective{b}": np.array([objective])}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     save_file(tensors, str(tmp), metadata={"key": key})
+    apply_umask(tmp)  # safetensors writes 0600; every file of ours follows the umask
     os.replace(tmp, path)
 
 
