@@ -222,7 +222,8 @@ def _raised_by_us(err: BaseException) -> bool:
     tb = err.__traceback__
     while tb is not None and tb.tb_next is not None:
         tb = tb.tb_next
-    return tb is not None and Path(tb.tb_frame.f_code.co_filename).resolve().is_relative_to(Path(__file__).parent)
+    module = tb.tb_frame.f_globals.get("__name__", "") if tb is not None else ""
+    return module == "anyprec" or module.startswith("anyprec.")
 
 
 def user_error(err: BaseException) -> tuple[str, int] | None:
