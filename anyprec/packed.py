@@ -6,7 +6,9 @@ Layout (format version 1, see docs/DESIGN.md):
     dense.safetensors       every other tensor of the model (fp16, or fp32 where fp16 would overflow)
     config.json, generation_config.json, tokenizer files
 
-Only safetensors and JSON are ever read: nothing is unpickled.
+Only safetensors and JSON are ever read: nothing is unpickled. The manifest's schema and the
+checks made before any tensor is read live in anyprec.manifest; an output folder is replaced
+only when it is exactly one of our artifacts (`check_replaceable`).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from anyprec.fileio import (
     sha256_file,
     write_json_atomic,
 )
-from anyprec.manifest import (
+from anyprec.manifest import (  # the format's names stay importable from here, where they always were
     DENSE_FILE,
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -44,8 +46,6 @@ from anyprec.manifest import (
     parse_manifest,
     read_safetensors_header,
 )
-
-__all__ = ["ArtifactError", "DENSE_FILE", "FORMAT_NAME", "FORMAT_VERSION", "MANIFEST", "QUANTIZED_FILE"]
 
 PLANE_LAYOUT = {
     "dtype": "int32 (bit-for-bit uint32)",
