@@ -25,6 +25,7 @@ DENSE_FILE = "dense.safetensors"
 CONFIG_FILE = "config.json"
 REQUIRED_FILES = (QUANTIZED_FILE, DENSE_FILE, CONFIG_FILE)
 MAX_HEADER_BYTES = 100 * 2**20  # safetensors' own limit; a larger claim is a damaged file
+DAMAGED = "the file is damaged: restore it (e.g. `dvc pull`) or re-run `anyprec quantize`"
 DTYPE_BYTES = {"F16": 2, "BF16": 2, "F32": 4, "F64": 8, "I32": 4, "I64": 8, "U8": 1, "I8": 1, "BOOL": 1, "I16": 2}
 
 
@@ -127,16 +128,16 @@ def read_safetensors_header(path: Path) -> dict[str, Any]:
     with open(path, "rb") as fh:
         head = fh.read(8)
         if len(head) < 8:
-            raise ArtifactError(f"{path} is too short to be a safetensors file ({size} bytes); re-run `anyprec quantize`")
+            raise ArtifactError(f"{path} is too short to be a safetensors file ({size} bytes); {DAMAGED}")
         (length,) = struct.unpack("<Q", head)
         if length > min(MAX_HEADER_BYTES, size - 8):
-            raise ArtifactError(f"{path}: header claims {length:,} bytes in a {size:,}-byte file; the file is damaged")
+            raise ArtifactError(f"{path}: header claims {length:,} bytes in a {size:,}-byte file; {DAMAGED}")
         try:
             header = json.loads(fh.read(length))
         except (UnicodeDecodeError, json.JSONDecodeError):
-            raise ArtifactError(f"{path}: the header is not valid JSON; the file is damaged") from None
+            raise ArtifactError(f"{path}: the header is not valid JSON; {DAMAGED}") from None
     if not isinstance(header, dict):
-        raise ArtifactError(f"{path}: the header is not a JSON object; the file is damaged")
+        raise ArtifactError(f"{path}: the header is not a JSON object; {DAMAGED}")
     header.pop("__metadata__", None)
     data = size - 8 - length
     for name, entry in header.items():
@@ -152,12 +153,14 @@ def _check_entry(path: Path, name: str, entry: Any, data_bytes: int) -> None:
     except (TypeError, KeyError, ValueError):
         ok = False
     if not ok:
-        raise ArtifactError(f"{path}: tensor {name!r} has an invalid header entry; the file is damaged")
+        raise ArtifactError(f"{path}: tensor {name!r} has an invalid header entry; {DAMAGED}")
     numel = 1
     for d in shape:
         numel *= d
     if numel * DTYPE_BYTES[dtype] != end - start:
-        raise ArtifactError(f"{path}: tensor {name!r} claims shape {shape} ({dtype}) but holds {end - start} bytes")
+        raise ArtifactError(
+            f"{path}: tensor {name!r} claims shape {shape} ({dtype}) but holds {end - start} bytes; {DAMAGED}"
+        )
 
 
 def check_quantized_header(path: Path, manifest: Manifest) -> None:
