@@ -166,7 +166,7 @@ def build_calibration(
 ) -> torch.Tensor:
     """Calibration token ids: int64[n_samples, seq_len], from the calibration split only.
 
-    As ALGORITHM.md §1: each row is the first seq_len tokens of a distinct calibration
+    As docs/ALGORITHM.md section 1: each row is the first seq_len tokens of a distinct calibration
     document with at least seq_len tokens, documents drawn by a permutation seeded with
     `seed`. If fewer than n_samples such documents exist (the gensim wiki calibration
     split has fewer than 100 of 512 SmolLM2 tokens), falls back, with a logged warning, to concatenating

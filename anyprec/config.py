@@ -23,7 +23,7 @@ class _Strict(BaseModel):
 
 
 class CalibrationConfig(_Strict):
-    """How the calibration set is drawn (ALGORITHM.md section 1)."""
+    """How the calibration set is drawn (docs/ALGORITHM.md section 1)."""
 
     corpus: Literal["wiki", "news"] = "wiki"
     n_samples: int = Field(100, ge=1, le=100_000)
@@ -33,7 +33,7 @@ class CalibrationConfig(_Strict):
 
 
 class QuantizationConfig(_Strict):
-    """Seed/parent bit-widths and the clustering algorithm (ALGORITHM.md sections 3-4)."""
+    """Seed/parent bit-widths and the clustering algorithm (docs/ALGORITHM.md sections 3-4)."""
 
     seed_bits: int = Field(3, ge=1, le=8)
     parent_bits: int = Field(8, ge=1, le=8)
