@@ -56,12 +56,12 @@ def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def _work_dir(inputs: dict[str, Any]) -> Path:
     """The folder quantize_model used for this artifact's calibration and sensitivity."""
-    from anyprec.config import CalibrationConfig, QuantizationConfig, config_hash
-    from anyprec.env import cache_dir
+    from anyprec.config import CalibrationConfig, QuantizationConfig
+    from anyprec.stages import work_dir
 
     calib = CalibrationConfig(**inputs["calibration"])
     quant = QuantizationConfig(**inputs["quantization"])
-    return cache_dir() / "work" / f"{inputs['base_model_sha256'][:16]}-{config_hash(calib, quant)[:16]}"
+    return work_dir(inputs["base_model_sha256"], calib, quant)
 
 
 def load_fisher(manifest: dict[str, Any], work: Path, progress: bool) -> tuple[dict, str]:

@@ -1,4 +1,4 @@
-"""Small file helpers shared by the library: streamed sha256 and atomic JSON writes."""
+"""Small file helpers shared by the library: streamed sha256 and atomic text / JSON writes."""
 
 from __future__ import annotations
 
@@ -18,10 +18,15 @@ def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
-def write_json_atomic(path: str | Path, data: Any) -> None:
-    """Write `data` as indented JSON via a temp file + rename: readers never see a torn file."""
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write `text` (UTF-8) via a temp file + rename: readers never see a torn file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     part = path.with_name(f"{path.name}.part-{os.getpid()}")
-    part.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    part.write_text(text, encoding="utf-8")
     os.replace(part, path)
+
+
+def write_json_atomic(path: str | Path, data: Any) -> None:
+    """Write `data` as indented JSON with sorted keys, atomically (identical data, identical bytes)."""
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")

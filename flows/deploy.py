@@ -15,9 +15,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from anyprec.env import apply_offline_env
-
-apply_offline_env()
 
 REGISTERED_EVENT = "model.base.registered"
 WATCH_DEPLOYMENT = "scheduled"

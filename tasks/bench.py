@@ -12,9 +12,8 @@ from typing import Any
 from prefect import task
 
 from anyprec.config import BenchmarkConfig
-from anyprec.tasks.caching import BaseModelInfo, StageOutput
+from anyprec.tasks.caching import CACHED, BaseModelInfo, StageOutput
 from anyprec.tasks.evaluate import write_report
-from anyprec.tasks.quantize import CACHED
 
 
 def gemv_figures(benchmark: BenchmarkConfig, threads: int) -> dict[str, Any]:

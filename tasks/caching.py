@@ -27,6 +27,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from anyprec.config import config_hash
+from anyprec.stages import BaseModelRef
 
 # Parameters that say where a result goes, not what it is: kept out of the key.
 LOCATION_PARAMETERS = frozenset({"out"})
@@ -41,6 +42,10 @@ class BaseModelInfo(BaseModel):
 
     def identity(self) -> str:
         return self.sha256
+
+    def ref(self) -> BaseModelRef:
+        """The library's view of the same model (anyprec.stages)."""
+        return BaseModelRef(name=self.name, path=self.location, sha256=self.sha256)
 
 
 class StageOutput(BaseModel):
@@ -87,6 +92,10 @@ def stage_key(task_name: str, version: str | None, parameters: dict[str, Any]) -
 def content_cache_key(context: Any, parameters: dict[str, Any]) -> str:
     """Prefect `cache_key_fn`: the stage key of the running task."""
     return stage_key(context.task.name, context.task.version, parameters)
+
+
+# Task options of every cached stage task (bump a task's version when its output changes).
+CACHED = {"cache_key_fn": content_cache_key, "persist_result": True, "version": "1"}
 
 
 def fingerprint(path: str | Path) -> list[list[Any]] | None:

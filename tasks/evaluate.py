@@ -1,4 +1,4 @@
-"""Prefect tasks for the evaluation stages: perplexity, lm-eval accuracy, kernel/decode bench.
+"""Prefect tasks for the evaluation stages: perplexity (`ppl`), lm-eval accuracy (`eval`).
 
 Each writes one JSON report (reports/<model>/{ppl,eval,bench}.json) and returns its content.
 They take only the settings they read (not whole sections), so e.g. changing
@@ -7,27 +7,18 @@ They take only the settings they read (not whole sections), so e.g. changing
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 from typing import Any
 
 from prefect import task
 
-from anyprec.env import apply_offline_env
-from anyprec.tasks.caching import BaseModelInfo, StageOutput
-from anyprec.tasks.quantize import CACHED
-
-apply_offline_env()
+from anyprec.fileio import write_json_atomic
+from anyprec.tasks.caching import CACHED, BaseModelInfo, StageOutput
 
 
 def write_report(out: str | Path, report: dict[str, Any]) -> dict[str, Any]:
     """Write a JSON report atomically (sorted keys, so identical content gives identical bytes)."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, out)
+    write_json_atomic(out, report)
     return report
 
 
@@ -44,7 +35,7 @@ def heldout_streams(tokenizer: Any, corpora: list[str], eval_fraction: float, sp
     return streams
 
 
-@task(name="perplexity", **CACHED)
+@task(name="ppl", **CACHED)
 def perplexity(
     base: BaseModelInfo,
     packed: StageOutput,
@@ -86,7 +77,7 @@ def _accuracies(results: dict[str, dict[str, float]]) -> dict[str, float]:
     return {name: metrics["acc"] for name, metrics in results.items()}
 
 
-@task(name="lm-eval", **CACHED)
+@task(name="eval", **CACHED)
 def lm_eval(
     base: BaseModelInfo, packed: StageOutput, bits: list[int], tasks: list[str], limit: int | None, out: str
 ) -> dict[str, Any]:

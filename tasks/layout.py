@@ -4,33 +4,17 @@ Paths in params.yaml are relative to the folder holding params.yaml (the reposit
 for the checked-in file), so a flow run, a DVC stage and a test with its own params file in
 a temporary folder all agree on the same layout (docs/DESIGN.md, "Artifact paths"):
 
-    <artifacts_dir>/<model>/{calib,sensitivity,quantized/seed,quantized/nested,packed}/
-    <reports_dir>/<model>/{ppl,eval,bench}.json
+    <artifacts_dir>/<model>/<stage>/     one folder per stage of anyprec.stages.STAGES
+    <reports_dir>/<model>/<stage>.json   one report per evaluation stage (anyprec.tasks.pipeline)
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
 
+from anyprec import stages
 from anyprec.config import Params, load_params
-
-
-class Stage(str, Enum):
-    """The pipeline stages, in order; the value is the stage's folder or report name."""
-
-    CALIBRATION = "calib"
-    SENSITIVITY = "sensitivity"
-    SEED = "quantized/seed"
-    NESTED = "quantized/nested"
-    PACKED = "packed"
-    PERPLEXITY = "ppl"
-    LM_EVAL = "eval"
-    BENCH = "bench"
-
-
-REPORT_STAGES = (Stage.PERPLEXITY, Stage.LM_EVAL, Stage.BENCH)
 
 
 @dataclass(frozen=True)
@@ -73,11 +57,11 @@ class Layout:
         """What `watch-base-models` last triggered, per model: {name: base model sha256}."""
         return self.results_dir / "watch-state.json"
 
-    def stage_path(self, model: str, stage: Stage) -> Path:
-        """Folder of a quantization stage, or JSON file of an evaluation stage, for one model."""
-        if stage in REPORT_STAGES:
-            return self.reports_dir / model / f"{stage.value}.json"
-        return self.artifacts_dir / model / stage.value
+    def stage_path(self, model: str, stage: str) -> Path:
+        """Folder of a quantization stage, or JSON report of an evaluation stage, for one model."""
+        if any(spec.name == stage for spec in stages.STAGES):
+            return self.artifacts_dir / model / stage
+        return self.reports_dir / model / f"{stage}.json"
 
     def dashboard_dir(self, model: str) -> Path:
         return self.reports_dir / model / "dashboard"

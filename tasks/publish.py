@@ -7,14 +7,12 @@ from typing import Any
 
 from prefect import get_run_logger, task
 
-from anyprec.env import apply_offline_env
 from anyprec.tasks.caching import BaseModelInfo, StageOutput, current_stamps, restamp
-from anyprec.tasks.layout import Layout, Stage
+from anyprec.tasks.layout import Layout
+from anyprec.tasks.pipeline import stage_names
 from anyprec.tasks.registry import register_artifact
 from anyprec.tasks.tracking import log_pipeline_run, setup_mlflow
 from anyprec.tasks.versioning import dvc_commit, dvc_md5
-
-apply_offline_env()
 
 
 @task(name="dvc-md5")
@@ -61,7 +59,7 @@ def publish(
     if _should_commit(layout, base.name):
         # dvc commit moves outputs into its cache and links/copies them back: same bytes, new
         # stat. Re-stamp what was current so the next identical run is still a cache hit.
-        current = current_stamps(layout.results_dir, [layout.stage_path(base.name, s) for s in Stage])
+        current = current_stamps(layout.results_dir, [layout.stage_path(base.name, s) for s in stage_names()])
         try:
             commit_outputs(str(layout.root), base.name)
         except RuntimeError as err:  # the artifacts and runs stand; only dvc.lock is behind

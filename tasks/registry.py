@@ -14,12 +14,9 @@ import mlflow.pyfunc
 from prefect import task
 from pydantic import BaseModel
 
-from anyprec.env import apply_offline_env
 from anyprec.tasks.caching import StageOutput
 from anyprec.tasks.layout import Layout
 from anyprec.tasks.tracking import setup_mlflow
-
-apply_offline_env()
 
 ARTIFACT_KEY = "packed"
 

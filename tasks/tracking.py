@@ -16,11 +16,8 @@ from typing import Any
 from prefect import task
 
 from anyprec.config import flatten
-from anyprec.env import apply_offline_env
 from anyprec.tasks.caching import BaseModelInfo, StageOutput
 from anyprec.tasks.layout import Layout
-
-apply_offline_env()
 
 PARENT_KIND = "pipeline"
 CHILD_KIND = "bits"

@@ -52,3 +52,11 @@ def pipeline_root(tmp_path_factory, tiny_model_dir) -> Path:
     model_dir = shutil.copytree(tiny_model_dir, root / "models" / "tiny")
     write_params(root, tiny_params(model_dir))
     return root
+
+
+@pytest.fixture()
+def own_pipeline_root(tmp_path, tiny_model_dir) -> Path:
+    """Like pipeline_root, for one test alone (its outputs do not reach the shared one)."""
+    model_dir = shutil.copytree(tiny_model_dir, tmp_path / "models" / "tiny")
+    write_params(tmp_path, tiny_params(model_dir))
+    return tmp_path

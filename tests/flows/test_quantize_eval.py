@@ -11,10 +11,12 @@ import time
 import pytest
 import yaml
 
-from anyprec.tasks.layout import Layout, ModelMissingError, Stage
+from anyprec import stages
+from anyprec.tasks.layout import Layout, ModelMissingError
+from anyprec.tasks.pipeline import REPORT_NAMES
 
-STAGES = ["prepare-calibration", "sensitivity", "seed-quantization", "upscaling", "packing"]
-EVALS = ["perplexity", "lm-eval", "bench"]
+STAGES = [spec.name for spec in stages.STAGES]
+EVALS = list(REPORT_NAMES)
 
 
 def task_states(flow_run_id) -> dict[str, str]:
@@ -48,7 +50,7 @@ def test_first_run_computes_and_tracks(first_run, pipeline_root):
     summary, states, _ = first_run
     assert all(states[name] == "Completed" for name in STAGES + EVALS), states
     layout = Layout.from_file(pipeline_root / "params.yaml")
-    assert (layout.stage_path("tiny", Stage.PACKED) / "manifest.json").is_file()
+    assert (layout.stage_path("tiny", "packed") / "manifest.json").is_file()
     mlflow.set_tracking_uri(layout.tracking_uri)
     children = mlflow.search_runs(experiment_names=["anyprec"],
                                   filter_string=f"tags.mlflow.parentRunId = '{summary.mlflow_parent_run_id}'")
@@ -84,8 +86,8 @@ def test_changing_evaluation_reruns_only_evaluation(first_run, pipeline_root):
     params["evaluation"]["ppl_max_tokens"] = 96
     params_file.write_text(yaml.safe_dump(params, sort_keys=False))
     summary, states = run_flow(pipeline_root)
-    assert all(states[name] == "Cached" for name in STAGES + ["lm-eval", "bench"]), states
-    assert states["perplexity"] == "Completed"
+    assert all(states[name] == "Cached" for name in STAGES + ["eval", "bench"]), states
+    assert states["ppl"] == "Completed"
     assert summary.reports["ppl"]["tokens"] == {"news": 96}
 
 
@@ -100,12 +102,12 @@ def test_missing_model_fails_fast_naming_the_key(prefect_harness, pipeline_root)
 
 def test_interrupted_layer_stage_resumes_from_its_files(first_run, pipeline_root):
     layout = Layout.from_file(pipeline_root / "params.yaml")
-    layers = sorted(layout.stage_path("tiny", Stage.SEED).glob("layer_*.safetensors"))
+    layers = sorted(layout.stage_path("tiny", "seed").glob("layer_*.safetensors"))
     assert len(layers) == 2
     kept_mtime = layers[0].stat().st_mtime_ns
     layers[1].unlink()  # as if the run had been killed before the last layer was written
     _, states = run_flow(pipeline_root)
-    assert states["seed-quantization"] == "Completed"
+    assert states["seed"] == "Completed"
     assert layers[0].stat().st_mtime_ns == kept_mtime  # finished layer neither deleted nor redone
     assert layers[1].is_file()
-    assert states["packing"] == "Cached"  # same seed content -> same downstream keys
+    assert states["packed"] == "Cached"  # same seed content -> same downstream keys

@@ -1,4 +1,4 @@
-"""dvc.yaml reads only keys of the typed params model and mirrors the flow's layout."""
+"""dvc.yaml is the rendering of the stage lists, reads only typed params keys, mirrors the flow's layout."""
 
 from __future__ import annotations
 
@@ -9,7 +9,10 @@ import yaml
 from pydantic import BaseModel
 
 from anyprec.config import Params, load_params
-from anyprec.tasks.layout import Layout, Stage
+from anyprec import stages
+from anyprec.tasks.dvc_yaml import render
+from anyprec.tasks.layout import Layout
+from anyprec.tasks.pipeline import stage_names
 from anyprec.tasks.versioning import dvc_stage_names
 
 REPO = Path(__file__).resolve().parents[2]
@@ -93,7 +96,7 @@ def test_stage_outputs_match_the_flow_layout():
                 outs.add(path.replace("${item}", model)
                          .replace("${pipeline.artifacts_dir}", layout.params.pipeline.artifacts_dir)
                          .replace("${pipeline.reports_dir}", layout.params.pipeline.reports_dir))
-        expected = {str(layout.stage_path(model, s).relative_to(layout.root)) for s in Stage}
+        expected = {str(layout.stage_path(model, s).relative_to(layout.root)) for s in stage_names()}
         assert outs == expected
 
 
@@ -102,4 +105,16 @@ def test_packed_artifact_is_a_dvc_model_artifact():
     artifacts = dvc_yaml()["artifacts"]
     for model in layout.params.pipeline.dvc_models:
         assert artifacts[model]["type"] == "model"
-        assert artifacts[model]["path"] == str(layout.stage_path(model, Stage.PACKED).relative_to(layout.root))
+        assert artifacts[model]["path"] == str(layout.stage_path(model, stages.PACKED).relative_to(layout.root))
+
+
+def test_committed_dvc_yaml_is_the_rendering_of_the_stage_lists():
+    assert (REPO / "dvc.yaml").read_text() == render(REPO / "params.yaml"), (
+        "dvc.yaml is stale: run `python -m anyprec.tasks.dvc_yaml`")
+
+
+def test_only_the_model_artifact_and_reports_are_pushed():
+    for name, stage in dvc_yaml()["stages"].items():
+        for entry in stage["do"].get("outs", []):
+            pushed = not isinstance(entry, dict) or next(iter(entry.values())).get("push", True)
+            assert pushed == (name == stages.PACKED), name
