@@ -122,7 +122,7 @@ class PipelineConfig(_Strict):
     dvc_models: list[str] = Field(
         default_factory=lambda: ["smollm2-135m"], description="models whose stages dvc.yaml reproduces"
     )
-    dvc_commit: bool = Field(True, description="record flow outputs in dvc.lock (dvc commit) when DVC is set up")
+    dvc_commit: bool = Field(False, description="record flow outputs in dvc.lock (dvc commit) when DVC is set up")
 
 
 class Params(_Strict):

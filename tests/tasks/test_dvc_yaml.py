@@ -118,3 +118,44 @@ def test_only_the_model_artifact_and_reports_are_pushed():
         for entry in stage["do"].get("outs", []):
             pushed = not isinstance(entry, dict) or next(iter(entry.values())).get("push", True)
             assert pushed == (name == stages.PACKED), name
+
+
+def _tracked(path: str) -> bool:
+    import subprocess
+
+    done = subprocess.run(["git", "ls-files", "--error-unmatch", path], cwd=REPO, capture_output=True, check=False)
+    return done.returncode == 0
+
+
+def test_a_tracked_dvc_lock_matches_the_code_it_describes():
+    # dvc.lock is local by default (.gitignore); one committed to publish a run must describe this code.
+    if not _tracked("dvc.lock"):
+        return
+    import hashlib
+
+    lock = yaml.safe_load((REPO / "dvc.lock").read_text())
+    for name, entry in lock["stages"].items():
+        stage = dvc_yaml()["stages"][name.split("@")[0]]
+        assert entry["cmd"] == stage["do"]["cmd"].replace("${item}", name.split("@")[1]), name
+        for dep in entry["deps"]:
+            path = REPO / dep["path"]
+            if path.is_file():
+                assert dep["md5"] == hashlib.md5(path.read_bytes()).hexdigest(), f"dvc.lock is stale for {dep['path']}: re-run dvc repro"
+
+
+def test_dry_run_on_a_fresh_clone_lists_every_stage(tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    for name in ("dvc.yaml", "params.yaml", ".dvcignore"):
+        shutil.copy(REPO / name, tmp_path / name)
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    dvc = [sys.executable, "-m", "dvc"]
+    subprocess.run([*dvc, "init", "-q"], cwd=tmp_path, check=True)
+    # --force: DVC's run-cache check hashes the deps of each stage, which a fresh clone lacks.
+    done = subprocess.run([*dvc, "repro", "--dry", "--force"], cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    for name in stage_names():
+        assert f"stage_cli {name} --model smollm2-135m" in done.stdout, name
+    assert not (tmp_path / "artifacts").exists()
