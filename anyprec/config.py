@@ -64,7 +64,6 @@ class EvaluationConfig(_Strict):
     )
     limit: int | None = Field(50, ge=1)
     ppl_max_tokens: int | None = Field(None, ge=2, description="truncate each held-out stream (None: all)")
-    methods: list[str] = Field(default_factory=lambda: ["base", "rtn", "dedicated", "reference", "ours"])
 
 
 class BenchmarkConfig(_Strict):
@@ -78,13 +77,14 @@ class BenchmarkConfig(_Strict):
     rotate_mib: int = Field(384, ge=1, description="GEMV weights rotated over this many MiB (DRAM, not cache)")
     bandwidth_mib: int = Field(512, ge=1, description="buffer of the read-bandwidth measurement")
     decode_repeats: int = Field(3, ge=1, description="decode timing repeats (median reported)")
+    publish_under_load: bool = Field(False, description="log benchmark figures taken on a loaded machine to MLflow")
 
 
 class ModelEntry(_Strict):
     """One base model of the registry: a local HF directory or the embedded default."""
 
     path: str = Field(description="local HF model directory, or 'embedded' for the packaged default")
-    arch: str | None = Field(None, description="HF model_type hint (checked against config.json)")
+    arch: str | None = Field(None, description="HF model_type; a folder whose config.json differs is refused")
     description: str = ""
 
     @property

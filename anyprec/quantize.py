@@ -154,6 +154,7 @@ def _per_layer(
         log.info("%s: %d of %d layers already done in %s, resuming", desc, len(groups) - len(todo), len(groups), out_dir)
     for index in tqdm(todo, desc=desc, unit="layer", disable=not progress):
         _save_atomic(work(index, groups[index], model), out_dir / LAYER_FILE.format(index), key)
+        log.info("%s: layer %d of %d written", desc, index + 1, len(groups))
     return out_dir
 
 

@@ -83,8 +83,8 @@ def quantize_eval(
     reports = evaluation_stages(layout, base, packed)
     run_name = f"{model}@{flow_run.get_name() or 'local'}"
     published = publish(layout, base, packed, reports, run_name)
-    get_run_logger().info("%s: MLflow parent run %s, dashboard %s", model, published["parent_run_id"],
-                          published["dashboard"])
+    get_run_logger().info("%s: MLflow parent run %s, dashboard %s, compare the bit-widths: %s", model,
+                          published["parent_run_id"], published["dashboard"], published["compare_url"])
     return PipelineSummary(
         model=model,
         base_model_sha256=base.sha256,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from prefect import task
+from prefect import get_run_logger, task
 
 from anyprec.fileio import write_json_atomic
 from anyprec.tasks.caching import CACHED, BaseModelInfo, StageOutput
@@ -57,13 +57,22 @@ def perplexity(
 
     apm = load_anyprec(packed.path, bits)
     streams = heldout_streams(apm.tokenizer, corpora, eval_fraction, split_seed, max_tokens)
+    log = get_run_logger()
+
+    def measured(model: Any, label: str) -> dict[str, float]:
+        figures = {}
+        for corpus, ids in streams.items():
+            figures[corpus] = ppl(model, ids, window, progress=False)
+            log.info("ppl %s, %s: %.3f over %d tokens", label, corpus, figures[corpus], ids.numel())
+        return figures
+
     per_bits: dict[str, dict[str, float]] = {}
     for b in bits:
         with apm.precision(b):
-            per_bits[str(b)] = {c: ppl(apm.model, ids, window, progress=False) for c, ids in streams.items()}
+            per_bits[str(b)] = measured(apm.model, f"{b}-bit")
     del apm
     model, _ = load_model(base.location)
-    base_ppl = {c: ppl(model, ids, window, progress=False) for c, ids in streams.items()}
+    base_ppl = measured(model, "base")
     report = {
         "base": base_ppl,
         "bits": per_bits,
@@ -95,9 +104,11 @@ def lm_eval(
     apm = load_anyprec(packed.path, bits)
     lm = make_lm(apm.model, apm.tokenizer)
     details: dict[str, dict[str, dict[str, float]]] = {}
+    log = get_run_logger()
     for b in bits:
         with apm.precision(b):
             details[str(b)] = evaluate_suite(lm, suite, limit)
+        log.info("eval %d-bit: %s", b, {name: round(m["acc"], 3) for name, m in details[str(b)].items()})
     del apm, lm
     model, tokenizer = load_model(base.location)
     details["base"] = evaluate_suite(make_lm(model, tokenizer), suite, limit)

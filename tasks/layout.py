@@ -95,6 +95,7 @@ def require_model(layout: Layout, model: str, model_path: str | None = None) -> 
     `model_path` (an inbox folder found by watch-base-models) overrides / stands in for a
     params.yaml entry. The embedded default needs no folder.
     """
+    params_name = str(layout.params_file or "params.yaml")
     if model_path is not None:
         location, where = str(Path(model_path).expanduser()), f"model_path={model_path!r}"
     else:
@@ -102,11 +103,25 @@ def require_model(layout: Layout, model: str, model_path: str | None = None) -> 
         if entry.is_embedded:
             return entry.location(layout.root)
         location = entry.location(layout.root)
-        where = f"{layout.params_file or 'params.yaml'} key models.{model}.path (= {entry.path!r})"
+        where = f"{params_name} key models.{model}.path (= {entry.path!r})"
     if not (Path(location) / "config.json").is_file():
         raise ModelMissingError(
             f"base model {model!r} is missing: {where} points to {location}, which has no config.json. "
             f"Put the Hugging Face model there (config.json + *.safetensors + tokenizer files), "
-            f"or set models.{model}.path in params.yaml to the folder that holds it."
+            f"or set models.{model}.path in {params_name} to the folder that holds it."
         )
+    if model_path is None:
+        check_arch(layout.params.model(model).arch, Path(location), f"{params_name} key models.{model}.arch")
     return location
+
+
+def check_arch(expected: str | None, model_dir: Path, key: str) -> None:
+    """ValueError when config.json's model_type is not the architecture params.yaml declares."""
+    import json
+
+    if expected is None:
+        return
+    found = json.loads((model_dir / "config.json").read_text(encoding="utf-8")).get("model_type")
+    if found != expected:
+        raise ValueError(f"{key} is {expected!r} but {model_dir / 'config.json'} says model_type {found!r}: "
+                         f"fix the key or point the model's path at the right folder")

@@ -7,6 +7,7 @@ hit for every stage; changing only evaluation settings re-runs only evaluation.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -68,6 +69,39 @@ def test_first_run_computes_and_tracks(first_run, pipeline_root):
     assert summary.dashboard and "data-plots-expected" in open(summary.dashboard).read()
 
 
+def test_mlflow_opens_on_runs_and_names_source_params_and_alias(first_run, pipeline_root):
+    import mlflow
+    from mlflow import MlflowClient
+
+    summary, _, _ = first_run
+    layout = Layout.from_file(pipeline_root / "params.yaml")
+    mlflow.set_tracking_uri(layout.tracking_uri)
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("anyprec")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    parent = client.get_run(summary.mlflow_parent_run_id)
+    assert parent.info.run_name.startswith("tiny 3..4-bit")
+    assert parent.data.tags["mlflow.source.name"] == "anyprec.flows.quantize_eval"
+    assert parent.data.tags["params_file"] == str(pipeline_root / "params.yaml")
+    assert parent.data.params["params_copy"] == "false" and len(parent.data.params["params_file_sha256"]) == 64
+    children = mlflow.search_runs(experiment_names=["anyprec"], output_format="list",
+                                  filter_string=f"tags.mlflow.parentRunId = '{summary.mlflow_parent_run_id}'")
+    assert sorted(run.info.run_name for run in children) == ["tiny 3-bit", "tiny 4-bit"]
+    assert client.get_model_version_by_alias("anyprec-tiny", "latest-nested").version == summary.registered_version
+
+
+def test_flow_run_has_a_markdown_summary(first_run):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    summary, _, _ = first_run
+    with get_client(sync_client=True) as client:
+        by_key = ArtifactFilter(key=ArtifactFilterKey(any_=["quantize-eval-tiny"]))
+        found = client.read_artifacts(artifact_filter=by_key)
+    assert found and found[0].type == "markdown"
+    assert "| bits |" in found[0].data and summary.mlflow_parent_run_id in found[0].data
+
+
 def test_second_run_hits_cache_for_every_stage(first_run, pipeline_root):
     summary1, _, first_seconds = first_run
     start = time.perf_counter()
@@ -77,6 +111,7 @@ def test_second_run_hits_cache_for_every_stage(first_run, pipeline_root):
     assert summary2.reports == summary1.reports
     assert summary2.artifact_digest == summary1.artifact_digest
     assert summary2.registered_version == summary1.registered_version  # same bytes: no new version
+    assert summary2.mlflow_parent_run_id == summary1.mlflow_parent_run_id  # nothing new: the run is reused
     assert seconds < first_seconds
 
 
@@ -98,6 +133,31 @@ def test_missing_model_fails_fast_naming_the_key(prefect_harness, pipeline_root)
     with pytest.raises(ModelMissingError, match=r"models\.llama2-7b\.path"):
         quantize_eval(model="llama2-7b", params_file=str(pipeline_root / "params.yaml"))
     assert time.perf_counter() - start < 30
+
+
+def test_failed_run_state_carries_the_one_line_cause(prefect_harness, pipeline_root):
+    from anyprec.flows.quantize_eval import quantize_eval
+
+    params_file = str(pipeline_root / "params.yaml")
+    state = quantize_eval(model="llama2-7b", params_file=params_file, return_state=True)
+    assert state.is_failed()
+    assert "models.llama2-7b.path" in state.message and params_file in state.message
+    assert "Traceback" not in state.message
+
+
+def test_artifact_names_a_loadable_base_model_and_the_cli_runs_on_it(first_run, tmp_path):
+    # The tiny model is registered under the key "tiny": the manifest must still name a folder
+    # that `anyprec bench decode` / `anyprec eval` can load, plus the key it came from.
+    from anyprec.cli import main
+    from anyprec.packed import read_manifest
+
+    summary, _, _ = first_run
+    inputs = read_manifest(summary.artifact)["inputs"]
+    assert inputs["base_model_name"] == "tiny"
+    assert (Path(inputs["base_model_ref"]) / "config.json").is_file()
+    out = tmp_path / "decode.json"
+    main(["bench", "decode", summary.artifact, "--bits", "3", "--tokens", "2", "--repeats", "1", "--json", str(out)])
+    assert out.is_file()
 
 
 def test_interrupted_layer_stage_resumes_from_its_files(first_run, pipeline_root):

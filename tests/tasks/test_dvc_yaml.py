@@ -140,7 +140,8 @@ def test_a_tracked_dvc_lock_matches_the_code_it_describes():
         for dep in entry["deps"]:
             path = REPO / dep["path"]
             if path.is_file():
-                assert dep["md5"] == hashlib.md5(path.read_bytes()).hexdigest(), f"dvc.lock is stale for {dep['path']}: re-run dvc repro"
+                stale = f"dvc.lock is stale for {dep['path']}: re-run dvc repro"
+                assert dep["md5"] == hashlib.md5(path.read_bytes()).hexdigest(), stale
 
 
 def test_dry_run_on_a_fresh_clone_lists_every_stage(tmp_path):
