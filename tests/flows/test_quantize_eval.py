@@ -87,7 +87,7 @@ def test_mlflow_opens_on_runs_and_names_source_params_and_alias(first_run, pipel
     children = mlflow.search_runs(experiment_names=["anyprec"], output_format="list",
                                   filter_string=f"tags.mlflow.parentRunId = '{summary.mlflow_parent_run_id}'")
     assert sorted(run.info.run_name for run in children) == ["tiny 3-bit", "tiny 4-bit"]
-    assert client.get_model_version_by_alias("anyprec-tiny", "latest-nested").version == summary.registered_version
+    assert str(client.get_model_version_by_alias("anyprec-tiny", "latest-nested").version) == summary.registered_version
 
 
 def test_flow_run_has_a_markdown_summary(first_run):
