@@ -2,7 +2,8 @@
 
     resolve -> calib -> sensitivity -> seed -> nested -> packed   (anyprec.stages.STAGES)
             -> ppl -> eval -> bench                            (anyprec.tasks.pipeline.EVAL_STAGES)
-            -> MLflow parent + child runs -> registry -> dashboard -> dvc commit
+            -> MLflow parent + child runs -> registry -> dashboard -> Prefect summary
+            -> dvc commit (opt-in: pipeline.dvc_commit)
 
 Every stage is cached on the content of its inputs (anyprec.tasks.caching): a re-run with
 nothing changed recomputes nothing; changing only `evaluation` re-runs only evaluation.
