@@ -15,6 +15,19 @@ def tokenize_text(tokenizer: Any, text: str) -> torch.Tensor:
     return torch.tensor(ids, dtype=torch.int64)
 
 
+def heldout_streams(tokenizer: Any, corpora: list[str], eval_fraction: float, split_seed: int,
+                    max_tokens: int | None = None) -> dict[str, torch.Tensor]:
+    """{corpus: int64[T]} held-out token streams (the calibration split never enters), each cut
+    to its first max_tokens tokens (None: all)."""
+    from anyprec.calibration import heldout_text
+
+    streams = {}
+    for corpus in corpora:
+        ids = tokenize_text(tokenizer, heldout_text(corpus, eval_fraction, split_seed))
+        streams[corpus] = ids[:max_tokens] if max_tokens else ids
+    return streams
+
+
 def context_window(model: torch.nn.Module, requested: int) -> int:
     """min(requested, the model's context length)."""
     config = model.config

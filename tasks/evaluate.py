@@ -22,19 +22,6 @@ def write_report(out: str | Path, report: dict[str, Any]) -> dict[str, Any]:
     return report
 
 
-def heldout_streams(tokenizer: Any, corpora: list[str], eval_fraction: float, split_seed: int,
-                    max_tokens: int | None) -> dict[str, Any]:
-    """{corpus: int64[T]} held-out token streams (the calibration split never enters), truncated."""
-    from anyprec.calibration import heldout_text
-    from anyprec.perplexity import tokenize_text
-
-    streams = {}
-    for corpus in corpora:
-        ids = tokenize_text(tokenizer, heldout_text(corpus, eval_fraction, split_seed))
-        streams[corpus] = ids[:max_tokens] if max_tokens else ids
-    return streams
-
-
 @task(name="ppl", **CACHED)
 def perplexity(
     base: BaseModelInfo,
@@ -52,6 +39,7 @@ def perplexity(
     Report: {"base": {corpus: ppl}, "bits": {"b": {corpus: ppl}}, "window": int, "tokens": {corpus: T}}.
     """
     from anyprec.models import load_model
+    from anyprec.perplexity import heldout_streams
     from anyprec.perplexity import perplexity as ppl
     from anyprec.runtime import load_anyprec
 
