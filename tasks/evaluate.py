@@ -39,7 +39,7 @@ def perplexity(
     Report: {"base": {corpus: ppl}, "bits": {"b": {corpus: ppl}}, "window": int, "tokens": {corpus: T}}.
     """
     from anyprec.models import load_model
-    from anyprec.perplexity import heldout_streams
+    from anyprec.perplexity import heldout_streams, perplexity_per_bits
     from anyprec.perplexity import perplexity as ppl
     from anyprec.runtime import load_anyprec
 
@@ -47,20 +47,17 @@ def perplexity(
     streams = heldout_streams(apm.tokenizer, corpora, eval_fraction, split_seed, max_tokens)
     log = get_run_logger()
 
-    def measured(model: Any, label: str) -> dict[str, float]:
-        figures = {}
-        for corpus, ids in streams.items():
-            figures[corpus] = ppl(model, ids, window, progress=False)
-            log.info("ppl %s, %s: %.3f over %d tokens", label, corpus, figures[corpus], ids.numel())
-        return figures
+    def report(label: Any, corpus: str, value: float) -> None:
+        log.info("ppl %s, %s: %.3f over %d tokens", label, corpus, value, streams[corpus].numel())
 
-    per_bits: dict[str, dict[str, float]] = {}
-    for b in bits:
-        with apm.precision(b):
-            per_bits[str(b)] = measured(apm.model, f"{b}-bit")
+    measured = perplexity_per_bits(apm, bits, streams, window, progress=False, on_result=report)
+    per_bits = {str(b): figures for b, figures in measured.items()}
     del apm
     model, _ = load_model(base.location)
-    base_ppl = measured(model, "base")
+    base_ppl = {}
+    for corpus, ids in streams.items():
+        base_ppl[corpus] = ppl(model, ids, window, progress=False)
+        report("base", corpus, base_ppl[corpus])
     report = {
         "base": base_ppl,
         "bits": per_bits,

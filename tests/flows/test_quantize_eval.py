@@ -115,6 +115,20 @@ def test_second_run_hits_cache_for_every_stage(first_run, pipeline_root):
     assert seconds < first_seconds
 
 
+def test_runs_write_only_git_ignored_paths(first_run, pipeline_root):
+    # As in a clone: the repository's .gitignore, the inputs committed, then two flow runs.
+    import shutil
+    import subprocess
+
+    run_flow(pipeline_root)
+    shutil.copy(Path(__file__).resolve().parents[2] / ".gitignore", pipeline_root / ".gitignore")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(pipeline_root)]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", ".gitignore", "params.yaml", "models"], check=True)
+    status = subprocess.run([*git, "status", "--porcelain"], capture_output=True, text=True, check=True).stdout
+    assert all(line.startswith("A ") for line in status.splitlines()), status
+
+
 def test_changing_evaluation_reruns_only_evaluation(first_run, pipeline_root):
     params_file = pipeline_root / "params.yaml"
     params = yaml.safe_load(params_file.read_text())
