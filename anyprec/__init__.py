@@ -5,3 +5,8 @@ pipeline packages; import the submodule you need (`anyprec.runtime`, `anyprec.qu
 """
 
 __version__ = "0.1.0"
+
+from anyprec.env import apply_offline_env as _apply_offline_env
+
+# Once, before any submodule imports transformers, Prefect or MLflow (which read these at import).
+_apply_offline_env()

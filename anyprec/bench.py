@@ -10,7 +10,6 @@ Wire into the CLI with `add_bench_parser(subparsers)`; `main(argv)` runs standal
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -178,7 +177,9 @@ def run_decode(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    manifest = json.loads((Path(args.dir) / "manifest.json").read_text())
+    from anyprec.packed import read_manifest
+
+    manifest = read_manifest(args.dir)
     rows = measure_decode(args.dir, manifest["inputs"]["base_model_ref"], args.bits, args.tokens, args.repeats,
                           args.prompt)
     print(f"median decode step over {args.repeats} rounds of {args.tokens} tokens per model "

@@ -18,7 +18,6 @@ import hashlib
 import importlib.util
 import json
 import logging
-import os
 import re
 from enum import Enum
 from pathlib import Path
@@ -30,6 +29,7 @@ import torch
 from pandera.typing import Series
 
 from anyprec.env import cache_dir
+from anyprec.fileio import write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -103,10 +103,7 @@ def _wiki_documents() -> list[str]:
         if cached.get("key") == key:
             return cached["docs"]
     docs = _parse_wiki(source)
-    cache_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache_file.with_name(f"{cache_file.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps({"key": key, "docs": docs}))
-    os.replace(tmp, cache_file)
+    write_text_atomic(cache_file, json.dumps({"key": key, "docs": docs}))
     return docs
 
 
@@ -166,7 +163,7 @@ def build_calibration(
 ) -> torch.Tensor:
     """Calibration token ids: int64[n_samples, seq_len], from the calibration split only.
 
-    As ALGORITHM.md §1: each row is the first seq_len tokens of a distinct calibration
+    As docs/ALGORITHM.md section 1: each row is the first seq_len tokens of a distinct calibration
     document with at least seq_len tokens, documents drawn by a permutation seeded with
     `seed`. If fewer than n_samples such documents exist (the gensim wiki calibration
     split has fewer than 100 of 512 SmolLM2 tokens), falls back, with a logged warning, to concatenating

@@ -162,6 +162,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from anyprec.config import CalibrationConfig, QuantizationConfig
+
+    calib, quant = CalibrationConfig(), QuantizationConfig()  # defaults live in the typed params only
     parser = argparse.ArgumentParser(prog="anyprec", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -169,14 +172,14 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("quantize", help="quantize a model once into a 3..8-bit any-precision artifact")
     q.add_argument("model", help="local HF model directory, or 'smollm2-135m' (the embedded default)")
     q.add_argument("--out", required=True, help="artifact directory to write")
-    q.add_argument("--seed-bits", type=int, default=3)
-    q.add_argument("--parent-bits", type=int, default=8)
-    q.add_argument("--method", choices=["optimal", "lloyd"], default="optimal",
+    q.add_argument("--seed-bits", type=int, default=quant.seed_bits)
+    q.add_argument("--parent-bits", type=int, default=quant.parent_bits)
+    q.add_argument("--method", choices=["optimal", "lloyd"], default=quant.method,
                    help="clustering: exact optimal (default) or the reference's Lloyd/binary-search")
-    q.add_argument("--corpus", choices=["wiki", "news"], default="wiki", help="calibration corpus")
-    q.add_argument("--samples", type=int, default=100, help="calibration sequences (default 100)")
-    q.add_argument("--seq-len", type=int, default=512, help="tokens per calibration sequence (default 512)")
-    q.add_argument("--seed", type=int, default=0, help="calibration sampling seed")
+    q.add_argument("--corpus", choices=["wiki", "news"], default=calib.corpus, help="calibration corpus")
+    q.add_argument("--samples", type=int, default=calib.n_samples, help="calibration sequences (%(default)s)")
+    q.add_argument("--seq-len", type=int, default=calib.seq_len, help="tokens per calibration sequence (%(default)s)")
+    q.add_argument("--seed", type=int, default=calib.seed, help="calibration sampling seed")
     q.add_argument("--work-dir", default=None, help="intermediate results (default: a cache folder; resumable)")
     q.add_argument("--force", action="store_true",
                    help="replace an existing anyprec artifact at --out (any other non-empty folder is refused)")

@@ -4,7 +4,7 @@ Numpy in, numpy out, float64 math inside. Each output row w (length K) of a weig
 matrix is clustered on its own: 2**bits clusters minimising
 sum_j f_j (w_j - c(j))^2, every cluster a contiguous range of the sorted row,
 centroids sorted ascending (a code is its centroid's rank) and equal to the weighted
-mean of their members. See ../shared/docs/ALGORITHM.md sections 3 and 4.
+mean of their members. See docs/ALGORITHM.md sections 3 and 4.
 
 Two methods: OPTIMAL (exact DP seed, exact best split when upscaling) and LLOYD
 (the reference: k-means++ + Lloyd seed, binary-search Lloyd split). The heavy loops
@@ -80,7 +80,7 @@ def _row_chunks(n_rows: int, n_cols: int) -> list[slice]:
 
 
 def _ones_for_empty_rows(weights: np.ndarray) -> np.ndarray:
-    """Rows whose weights sum to 0 get weight 1 everywhere (ALGORITHM.md section 3)."""
+    """Rows whose weights sum to 0 get weight 1 everywhere (docs/ALGORITHM.md section 3)."""
     dead = weights.sum(axis=1) <= 0
     if np.any(dead):
         weights = weights.copy()

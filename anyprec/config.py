@@ -23,7 +23,7 @@ class _Strict(BaseModel):
 
 
 class CalibrationConfig(_Strict):
-    """How the calibration set is drawn (ALGORITHM.md section 1)."""
+    """How the calibration set is drawn (docs/ALGORITHM.md section 1)."""
 
     corpus: Literal["wiki", "news"] = "wiki"
     n_samples: int = Field(100, ge=1, le=100_000)
@@ -33,7 +33,7 @@ class CalibrationConfig(_Strict):
 
 
 class QuantizationConfig(_Strict):
-    """Seed/parent bit-widths and the clustering algorithm (ALGORITHM.md sections 3-4)."""
+    """Seed/parent bit-widths and the clustering algorithm (docs/ALGORITHM.md sections 3-4)."""
 
     # codes are uint8 (parent <= 8); a 1-bit seed keeps two values per row, too few to start from
     seed_bits: int = Field(3, ge=2, le=7)
@@ -65,7 +65,6 @@ class EvaluationConfig(_Strict):
     )
     limit: int | None = Field(50, ge=1)
     ppl_max_tokens: int | None = Field(None, ge=2, description="truncate each held-out stream (None: all)")
-    methods: list[str] = Field(default_factory=lambda: ["base", "rtn", "dedicated", "reference", "ours"])
 
 
 class BenchmarkConfig(_Strict):
@@ -79,13 +78,14 @@ class BenchmarkConfig(_Strict):
     rotate_mib: int = Field(384, ge=1, description="GEMV weights rotated over this many MiB (DRAM, not cache)")
     bandwidth_mib: int = Field(512, ge=1, description="buffer of the read-bandwidth measurement")
     decode_repeats: int = Field(3, ge=1, description="decode timing repeats (median reported)")
+    publish_under_load: bool = Field(False, description="log benchmark figures taken on a loaded machine to MLflow")
 
 
 class ModelEntry(_Strict):
     """One base model of the registry: a local HF directory or the embedded default."""
 
     path: str = Field(description="local HF model directory, or 'embedded' for the packaged default")
-    arch: str | None = Field(None, description="HF model_type hint (checked against config.json)")
+    arch: str | None = Field(None, description="HF model_type; a folder whose config.json differs is refused")
     description: str = ""
 
     @property
@@ -123,7 +123,7 @@ class PipelineConfig(_Strict):
     dvc_models: list[str] = Field(
         default_factory=lambda: ["smollm2-135m"], description="models whose stages dvc.yaml reproduces"
     )
-    dvc_commit: bool = Field(True, description="record flow outputs in dvc.lock (dvc commit) when DVC is set up")
+    dvc_commit: bool = Field(False, description="record flow outputs in dvc.lock (dvc commit) when DVC is set up")
 
 
 class Params(_Strict):

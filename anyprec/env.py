@@ -19,6 +19,10 @@ OFFLINE_ENV: dict[str, str] = {
     "HF_DATASETS_OFFLINE": "1",
     "TOKENIZERS_PARALLELISM": "false",
     "TRANSFORMERS_OFFLINE": "1",
+    # Progress lines of the library (logger "anyprec") reach a Prefect run's logs; outside a
+    # run (the DVC entry point) they stay local instead of warning about a missing run.
+    "PREFECT_LOGGING_EXTRA_LOGGERS": "anyprec",
+    "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
     # Prefect's 20 s default start-up timeout is tight on a shared 2-core machine.
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
 }

@@ -15,10 +15,12 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from anyprec.config import EvaluationConfig
 from anyprec.evaluation.baselines import DEFAULT_METHODS, Method
-from anyprec.evaluation.bigbench import DEFAULT_SUITE, PromptStyle
+from anyprec.evaluation.bigbench import PromptStyle
 
 log = logging.getLogger(__name__)
+DEFAULTS = EvaluationConfig()  # params.yaml's `evaluation` defaults, the one place they live
 
 
 def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -26,17 +28,19 @@ def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser("eval", help="perplexity + zero-shot + baselines per bit-width",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dir", type=Path, help="packed artifact directory (manifest.json)")
-    p.add_argument("--bits", type=int, nargs="+", default=[3, 4, 5, 6, 7, 8])
+    p.add_argument("--bits", type=int, nargs="+", default=list(DEFAULTS.bits))
     p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS),
                    choices=[m.value for m in Method])
-    p.add_argument("--tasks", nargs="*", default=list(DEFAULT_SUITE),
+    p.add_argument("--tasks", nargs="*", default=list(DEFAULTS.tasks),
                    help="BIG-bench specs (bb_step_inference, social_iqa, cause_and_effect:two_sentences, "
                         "bigbench:<task>) or lm-eval task names with local data (arc_easy, ...); none: skip")
-    p.add_argument("--limit", type=int, default=50, help="examples per task (0: all)")
-    p.add_argument("--corpus", nargs="*", default=["wiki", "news"], choices=["wiki", "news"],
+    p.add_argument("--limit", type=int, default=DEFAULTS.limit, help="examples per task (0: all)")
+    p.add_argument("--corpus", nargs="*", default=list(DEFAULTS.ppl_corpora), choices=["wiki", "news"],
                    help="held-out perplexity corpora (none: skip perplexity)")
-    p.add_argument("--window", type=int, default=2048, help="perplexity window (capped at the context)")
-    p.add_argument("--ppl-max-tokens", type=int, default=None, help="truncate each corpus to N tokens")
+    p.add_argument("--window", type=int, default=DEFAULTS.ppl_window,
+                   help="perplexity window (capped at the context)")
+    p.add_argument("--ppl-max-tokens", type=int, default=DEFAULTS.ppl_max_tokens,
+                   help="truncate each corpus to N tokens")
     p.add_argument("--batch-size", type=int, default=8, help="lm-eval batch size")
     p.add_argument("--bigbench-source", type=Path, default=None,
                    help="bigbench-1.0.0.tar.gz or its unpacked tree (default: cache, else pip download)")
@@ -56,12 +60,12 @@ def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def _work_dir(inputs: dict[str, Any]) -> Path:
     """The folder quantize_model used for this artifact's calibration and sensitivity."""
-    from anyprec.config import CalibrationConfig, QuantizationConfig, config_hash
-    from anyprec.env import cache_dir
+    from anyprec.config import CalibrationConfig, QuantizationConfig
+    from anyprec.stages import work_dir
 
     calib = CalibrationConfig(**inputs["calibration"])
     quant = QuantizationConfig(**inputs["quantization"])
-    return cache_dir() / "work" / f"{inputs['base_model_sha256'][:16]}-{config_hash(calib, quant)[:16]}"
+    return work_dir(inputs["base_model_sha256"], calib, quant)
 
 
 def load_fisher(manifest: dict[str, Any], work: Path, progress: bool) -> tuple[dict, str]:
@@ -107,15 +111,6 @@ def settings_from_args(args: argparse.Namespace, manifest: dict[str, Any]):
         bigbench_source=str(args.bigbench_source) if args.bigbench_source else None,
         prompt_style=args.prompt_style, **_artifact_settings(manifest),
     )
-
-
-def settings_from_config(cfg: Any, manifest: dict[str, Any], progress: bool = True):
-    """EvalSettings from params.yaml's `evaluation` section (anyprec.config.EvaluationConfig)."""
-    from anyprec.evaluation.runner import EvalSettings
-
-    return EvalSettings(bits=list(cfg.bits), methods=list(cfg.methods), tasks=list(cfg.tasks),
-                        limit=cfg.limit, corpora=list(cfg.ppl_corpora), window=cfg.ppl_window,
-                        ppl_max_tokens=cfg.ppl_max_tokens, progress=progress, **_artifact_settings(manifest))
 
 
 def evaluate_artifact(artifact_dir: str | Path, settings: Any, work_dir: str | Path | None = None) -> dict[str, Any]:

@@ -12,8 +12,9 @@ import os
 import shutil
 import socket
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 # Marks a temp folder as ours, with the process that made it, so a later run may remove it
 # once that process is gone, and never a folder of anyone else.
@@ -41,13 +42,15 @@ def apply_umask(path: str | Path) -> None:
     os.chmod(path, 0o666 & ~current_umask())
 
 
-def write_json_atomic(path: str | Path, data: Any) -> None:
-    """Write `data` as indented JSON via a temp file + rename: readers never see a torn file."""
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temp path next to `path` for any writer; renamed onto `path` when the block succeeds,
+    removed when it raises, so `path` is never seen half-written."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     part = path.with_name(f"{path.name}.part-{os.getpid()}")
     try:
-        part.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        yield part
         os.replace(part, path)
     finally:
         part.unlink(missing_ok=True)
@@ -73,13 +76,8 @@ def save_tensors(tensors: dict[str, Any], path: str | Path, metadata: dict[str, 
 
 def save_tensors_atomic(tensors: dict[str, Any], path: str | Path, metadata: dict[str, str] | None = None) -> None:
     """`save_tensors` to a temp name renamed into place; a failed write leaves nothing behind."""
-    path = Path(path)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
-        save_tensors(tensors, tmp, metadata)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path) as part:
+        save_tensors(tensors, part, metadata)
 
 
 def make_temp_dir(target: Path, kind: str = "tmp") -> Path:
@@ -123,3 +121,12 @@ def remove_orphan_temp_dirs(target: Path) -> list[Path]:
                 shutil.rmtree(path)
                 removed.append(path)
     return removed
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write `text` (UTF-8) via a temp file + rename: readers never see a torn file."""
+    with atomic_path(path) as part:
+        part.write_text(text, encoding="utf-8")
+
+
+def write_json_atomic(path: str | Path, data: Any) -> None:
+    """Write `data` as indented JSON with sorted keys, atomically (identical data, identical bytes)."""
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")

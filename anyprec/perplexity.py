@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -13,6 +13,19 @@ def tokenize_text(tokenizer: Any, text: str) -> torch.Tensor:
     """The whole text as one int64[T] token stream (no special tokens added)."""
     ids = tokenizer(text, add_special_tokens=False, return_attention_mask=False)["input_ids"]
     return torch.tensor(ids, dtype=torch.int64)
+
+
+def heldout_streams(tokenizer: Any, corpora: list[str], eval_fraction: float, split_seed: int,
+                    max_tokens: int | None = None) -> dict[str, torch.Tensor]:
+    """{corpus: int64[T]} held-out token streams (the calibration split never enters), each cut
+    to its first max_tokens tokens (None: all)."""
+    from anyprec.calibration import heldout_text
+
+    streams = {}
+    for corpus in corpora:
+        ids = tokenize_text(tokenizer, heldout_text(corpus, eval_fraction, split_seed))
+        streams[corpus] = ids[:max_tokens] if max_tokens else ids
+    return streams
 
 
 def context_window(model: torch.nn.Module, requested: int) -> int:
@@ -60,11 +73,25 @@ def evaluate_perplexity(
     max_tokens: score only the first max_tokens tokens of each text (None: all of it).
     """
     streams = {name: tokenize_text(apm.tokenizer, text)[:max_tokens] for name, text in texts.items()}
+    return perplexity_per_bits(apm, bits, streams, window, progress)
+
+
+def perplexity_per_bits(
+    apm: Any,
+    bits: list[int],
+    streams: dict[str, torch.Tensor],
+    window: int = 2048,
+    progress: bool = True,
+    on_result: Callable[[int, str, float], None] | None = None,
+) -> dict[int, dict[str, float]]:
+    """{bits: {name: ppl}} of an AnyPrecisionModel over token streams int64[T];
+    `on_result(bits, name, ppl)` is called as each figure is measured (progress reports)."""
     results: dict[int, dict[str, float]] = {}
     for b in bits:
         with apm.precision(b):
-            results[b] = {
-                name: perplexity(apm.model, ids, window, progress, desc=f"ppl {name} @{b}-bit")
-                for name, ids in streams.items()
-            }
+            results[b] = {}
+            for name, ids in streams.items():
+                results[b][name] = perplexity(apm.model, ids, window, progress, desc=f"ppl {name} @{b}-bit")
+                if on_result is not None:
+                    on_result(b, name, results[b][name])
     return results

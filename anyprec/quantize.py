@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from anyprec import archs
-from anyprec.config import CalibrationConfig, QuantizationConfig, config_hash
+from anyprec.config import CalibrationConfig, QuantizationConfig
 from anyprec.env import apply_offline_env, cache_dir
 from anyprec.errors import OutputError, UsageError
 from anyprec.fileio import apply_umask, save_tensors_atomic, write_json_atomic
@@ -165,6 +165,7 @@ def _per_layer(
         log.info("%s: %d of %d layers already done in %s, resuming", desc, len(groups) - len(todo), len(groups), out_dir)
     for index in tqdm(todo, desc=desc, unit="layer", disable=not progress):
         _save_atomic(work(index, groups[index], model), out_dir / LAYER_FILE.format(index), key)
+        log.info("%s: layer %d of %d written", desc, index + 1, len(groups))
     return out_dir
 
 
@@ -343,30 +344,21 @@ def quantize_model(
     progress: bool = True,
     force: bool = False,
 ) -> Path:
-    """All stages for one model; intermediate results in `work_dir` (default: a cache folder
-    keyed by the model and settings, so re-running an interrupted command resumes).
+    """Every stage of `anyprec.stages.STAGES` for one model; the artifact goes to `out_dir`, the
+    other stages' folders into `work_dir` (default: a cache folder keyed by the model and
+    settings, so re-running an interrupted command resumes).
 
     `out_dir` is checked first (`check_out_dir`); `force` allows replacing an earlier artifact."""
-    from anyprec.models import hash_model_dir, resolve_model_dir
+    from anyprec import stages
 
     apply_offline_env()
-    model_dir = resolve_model_dir(model_ref)
-    check_out_dir(Path(out_dir), model_dir, force)
-    check_seq_len(calib, model_dir)
-    model_hash = hash_model_dir(model_ref)
-    if work_dir is None:
-        work_dir = cache_dir() / "work" / f"{model_hash[:16]}-{config_hash(calib, quant)[:16]}"
-    work = Path(work_dir)
-    calib_dir = prepare_calibration(model_ref, calib, work / "calib")
-    sens_dir = run_sensitivity(model_ref, calib_dir, work / "sensitivity", progress)
-    seed_dir = run_seed_quantization(model_ref, sens_dir, quant, work / "quantized" / "seed", progress)
-    nested_dir = run_upscaling(model_ref, sens_dir, seed_dir, quant, work / "quantized" / "nested", progress)
-    inputs = {
-        "base_model_ref": str(Path(model_ref).resolve()) if Path(model_ref).is_dir() else str(model_ref),
-        "base_model_sha256": model_hash,
-        "calibration": calib.model_dump(),
-        "calibration_sha256": calibration_sha256(calib_dir),
-        "quantization": quant.model_dump(),
-        "params_sha256": config_hash(calib, quant),
-    }
-    return run_packing(model_ref, nested_dir, quant, out_dir, inputs)
+    base = stages.resolve_base(model_ref)
+    check_out_dir(Path(out_dir), Path(base.path), force)
+    check_seq_len(calib, Path(base.path))
+    work = Path(work_dir) if work_dir is not None else stages.work_dir(base.sha256, calib, quant)
+
+    def folder(spec: stages.StageSpec) -> Path:
+        return Path(out_dir) if spec.name == stages.PACKED else work / spec.folder
+
+    done = stages.run_stages(base, {"calibration": calib, "quantization": quant}, folder, progress)
+    return done[stages.PACKED]

@@ -1,4 +1,4 @@
-"""Sensitivity of each quantized weight: the diagonal Fisher information (ALGORITHM.md §2).
+"""Sensitivity of each quantized weight: diagonal Fisher information (docs/ALGORITHM.md section 2).
 
 For every quantized weight W, F = sum over calibration sequences i of (dL_i/dW)**2, where
 L_i is the mean next-token NLL of sequence i alone (batch size 1, so each square is per

@@ -1,8 +1,3 @@
-"""anyprec.dashboards: MLflow runs -> comparison plots + HTML (see docs/DESIGN.md).
+"""anyprec.dashboards: MLflow runs -> comparison plots + HTML (see docs/DESIGN.md). Offline settings are applied by
+`import anyprec` (anyprec/__init__.py), before any submodule imports Prefect or MLflow."""
 
-Offline/telemetry settings are applied here, before any submodule imports prefect or
-mlflow: both read some settings at import time."""
-
-from anyprec.env import apply_offline_env
-
-apply_offline_env()

@@ -42,9 +42,14 @@ def load_runs(tracking_uri: str, experiment: str, parent_run_id: str | None = No
     return latest.sort_values(["model", "bits"]).reset_index(drop=True)
 
 
+def perplexity_columns(frame: pd.DataFrame) -> list[str]:
+    """The ppl_<corpus> columns holding at least one value, sorted."""
+    return sorted(c for c in frame.columns if c.startswith("ppl_") and frame[c].notna().any())
+
+
 def quality_metric(frame: pd.DataFrame) -> str | None:
     """The perplexity column the front uses: wiki if logged, else the first ppl_* column."""
-    ppl = sorted(c for c in frame.columns if c.startswith("ppl_"))
+    ppl = perplexity_columns(frame)
     return "ppl_wiki" if "ppl_wiki" in ppl else (ppl[0] if ppl else None)
 
 

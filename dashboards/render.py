@@ -1,7 +1,7 @@
 """Comparison plots (PNG) and a self-contained HTML page from the frame of compare.load_runs.
 
-Plots: perplexity vs bits, decode throughput vs bits, memory vs bits (one line per base
-model), and perplexity vs memory with the Pareto front. The HTML embeds the PNGs as data
+Plots: perplexity vs bits (one plot per corpus), decode throughput, GEMV latency and memory
+vs bits (one line per base model), and perplexity vs memory with the Pareto front. The HTML embeds the PNGs as data
 URIs (it opens anywhere, including as an MLflow artifact) and, once loaded, records in
 `body[data-plots-loaded]` how many plots the browser actually decoded (checked by a test
 in headless Chromium).
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from anyprec.dashboards.compare import METRICS, pareto_front, quality_metric
+from anyprec.dashboards.compare import METRICS, pareto_front, perplexity_columns, quality_metric
 
 PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>{title}</title>
@@ -86,7 +86,8 @@ def render_plots(frame: pd.DataFrame, out_dir: str | Path) -> list[Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     quality = quality_metric(frame)
-    panels = ([(quality, "perplexity")] if quality else []) + [(m, lbl) for m, (lbl, _) in METRICS.items()]
+    panels = [(c, f"perplexity ({c[len('ppl_'):]})") for c in perplexity_columns(frame)]
+    panels += [(m, lbl) for m, (lbl, _) in METRICS.items()]
     paths = [
         _vs_bits(frame, metric, label, out_dir / f"{metric}_vs_bits.png")
         for metric, label in panels
@@ -112,10 +113,19 @@ def render_html(frame: pd.DataFrame, plots: list[Path], path: str | Path, title:
     return path
 
 
-def render_dashboard(frame: pd.DataFrame, out_dir: str | Path, title: str = "anyprec: bit-width comparison") -> Path:
-    """PNGs + index.html under out_dir; returns the HTML path."""
+def title_for(frame: pd.DataFrame) -> str:
+    """A title naming what the page shows: the base models and the perplexity corpora."""
+    models = sorted(frame["model"].unique())
+    corpora = [c[len("ppl_"):] for c in perplexity_columns(frame)]
+    shown = f"perplexity on {' and '.join(corpora)}, speed and memory" if corpora else "speed and memory"
+    subject = models[0] if len(models) == 1 else f"{len(models)} base models ({', '.join(models)})"
+    return f"anyprec: {subject}, {shown} per bit-width"
+
+
+def render_dashboard(frame: pd.DataFrame, out_dir: str | Path, title: str | None = None) -> Path:
+    """PNGs + index.html under out_dir; returns the HTML path. Title: `title_for(frame)` unless given."""
     if frame.empty:
         raise ValueError("no child runs to plot: run the quantize-eval flow first (MLflow has no runs tagged kind=bits)")
     out_dir = Path(out_dir)
     plots = render_plots(frame, out_dir)
-    return render_html(frame, plots, out_dir / "index.html", title)
+    return render_html(frame, plots, out_dir / "index.html", title or title_for(frame))

@@ -15,9 +15,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from anyprec.env import apply_offline_env
-
-apply_offline_env()
 
 REGISTERED_EVENT = "model.base.registered"
 WATCH_DEPLOYMENT = "scheduled"
@@ -39,7 +36,7 @@ def build_deployments(params_file: str | Path = "params.yaml") -> list:
         flow.to_deployment(
             name=name,
             parameters={"model": name, "params_file": params_path},
-            description=f"quantize + evaluate params.yaml model {name!r} ({entry.path})",
+            description=f"quantize + evaluate params.yaml model {name!r} ({entry.description or entry.path})",
             tags=["anyprec", name],
         )
         for name, entry in layout.params.models.items()

@@ -1,8 +1,9 @@
 """The `quantize-eval` flow: one base model through every stage, tracked in MLflow.
 
-    resolve -> calibration -> sensitivity -> seed -> upscaling -> packing
-            -> perplexity -> lm-eval -> bench
-            -> MLflow parent + child runs -> registry -> dashboard -> dvc commit
+    resolve -> calib -> sensitivity -> seed -> nested -> packed   (anyprec.stages.STAGES)
+            -> ppl -> eval -> bench                            (anyprec.tasks.pipeline.EVAL_STAGES)
+            -> MLflow parent + child runs -> registry -> dashboard -> Prefect summary
+            -> dvc commit (opt-in: pipeline.dvc_commit)
 
 Every stage is cached on the content of its inputs (anyprec.tasks.caching): a re-run with
 nothing changed recomputes nothing; changing only `evaluation` re-runs only evaluation.
@@ -18,18 +19,15 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from pydantic import BaseModel
 
+from anyprec import stages
 from anyprec.config import DEFAULT_MODEL
-from anyprec.env import apply_offline_env
 from anyprec.flows.runners import make_task_runner
-from anyprec.tasks import evaluate as ev
-from anyprec.tasks import quantize as q
-from anyprec.tasks.bench import bench
 from anyprec.tasks.caching import BaseModelInfo, StageOutput
-from anyprec.tasks.layout import Layout, Stage, require_model
+from anyprec.tasks.layout import Layout, require_model
+from anyprec.tasks.pipeline import EVAL_STAGES, sections
 from anyprec.tasks.publish import publish
+from anyprec.tasks.quantize import resolve_base_model, stage_task
 from anyprec.tasks.runner import run_stage
-
-apply_offline_env()
 
 FLOW_NAME = "quantize-eval"
 
@@ -48,46 +46,30 @@ class PipelineSummary(BaseModel):
     reports: dict[str, dict[str, Any]]
 
 
-def quantize_stages(layout: Layout, base: BaseModelInfo) -> tuple[StageOutput, StageOutput]:
-    """Calibration -> sensitivity -> seed -> upscaling -> packing; returns (calib, packed)."""
-    p, path = layout.params, (lambda stage: layout.stage_path(base.name, stage))
-    calib = run_stage(q.prepare_calibration, layout, path(Stage.CALIBRATION), base=base, calibration=p.calibration)
-    sens = run_stage(q.sensitivity, layout, path(Stage.SENSITIVITY), base=base, calib=calib)
-    seed = run_stage(q.seed_quantization, layout, path(Stage.SEED), base=base, sens=sens, quantization=p.quantization)
-    nested = run_stage(
-        q.upscaling, layout, path(Stage.NESTED), base=base, sens=sens, seed=seed, quantization=p.quantization
-    )
-    packed = run_stage(
-        q.packing, layout, path(Stage.PACKED),
-        base=base, calib=calib, nested=nested, calibration=p.calibration, quantization=p.quantization,
-    )
-    return calib, packed
+def quantize_stages(layout: Layout, base: BaseModelInfo) -> dict[str, StageOutput]:
+    """Every stage of anyprec.stages.STAGES, in order; {stage name: output}."""
+    done: dict[str, StageOutput] = {}
+    for spec in stages.STAGES:
+        done[spec.name] = run_stage(
+            stage_task(spec), layout, layout.stage_path(base.name, spec.name), base=base,
+            upstream={name: done[name] for name in spec.inputs},
+            settings=stages.settings_for(spec, sections(layout.params)),
+        )
+    return done
 
 
 def evaluation_stages(layout: Layout, base: BaseModelInfo, packed: StageOutput) -> dict[str, dict[str, Any]]:
-    """Perplexity, lm-eval, then the benchmark; {report name: content}.
+    """The enabled stages of EVAL_STAGES, one after the other; {report name: content}.
 
-    One after the other: each already uses every core through torch, so overlapping them on
-    one machine only thrashes (and races transformers' lazy imports between threads).
+    Sequential: each already uses every core through torch, so overlapping them on one
+    machine only thrashes (and races transformers' lazy imports between threads).
     """
-    p, path = layout.params, (lambda stage: layout.stage_path(base.name, stage))
-    reports = {
-        Stage.PERPLEXITY.value: run_stage(
-            ev.perplexity, layout, path(Stage.PERPLEXITY),
-            base=base, packed=packed, bits=p.evaluation.bits, corpora=list(p.evaluation.ppl_corpora),
-            window=p.evaluation.ppl_window, max_tokens=p.evaluation.ppl_max_tokens,
-            eval_fraction=p.calibration.eval_fraction, split_seed=p.calibration.seed,
-        ),
-        Stage.LM_EVAL.value: run_stage(
-            ev.lm_eval, layout, path(Stage.LM_EVAL),
-            base=base, packed=packed, bits=p.evaluation.bits, tasks=p.evaluation.tasks, limit=p.evaluation.limit,
-        ),
+    p = layout.params
+    return {
+        spec.name: run_stage(spec.task, layout, layout.stage_path(base.name, spec.name), base=base, packed=packed,
+                             **spec.arguments(p))
+        for spec in EVAL_STAGES if spec.enabled(p)
     }
-    if p.benchmark.bits:  # last: timings taken with nothing else running in this flow
-        reports[Stage.BENCH.value] = run_stage(
-            bench, layout, path(Stage.BENCH), base=base, packed=packed, benchmark=p.benchmark
-        )
-    return reports
 
 
 @flow(name=FLOW_NAME, log_prints=True, validate_parameters=True)
@@ -97,13 +79,13 @@ def quantize_eval(
     """Quantize `model` (a params.yaml models key, or an inbox folder via model_path) and evaluate it."""
     layout = Layout.from_file(params_file)
     location = require_model(layout, model, model_path)
-    base = q.resolve_base_model(model, location)
-    _calib, packed = quantize_stages(layout, base)
+    base = resolve_base_model(model, location)
+    packed = quantize_stages(layout, base)[stages.PACKED]
     reports = evaluation_stages(layout, base, packed)
     run_name = f"{model}@{flow_run.get_name() or 'local'}"
     published = publish(layout, base, packed, reports, run_name)
-    get_run_logger().info("%s: MLflow parent run %s, dashboard %s", model, published["parent_run_id"],
-                          published["dashboard"])
+    get_run_logger().info("%s: MLflow parent run %s, dashboard %s, compare the bit-widths: %s", model,
+                          published["parent_run_id"], published["dashboard"], published["compare_url"])
     return PipelineSummary(
         model=model,
         base_model_sha256=base.sha256,

@@ -12,17 +12,15 @@ subflows in this process (`dispatch="subflow"`, also what the tests use).
 from __future__ import annotations
 
 import json
-import os
 from enum import Enum
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from pydantic import BaseModel
 
-from anyprec.env import apply_offline_env
-from anyprec.tasks.layout import Layout, ModelMissingError, Stage, require_model
-
-apply_offline_env()
+from anyprec import stages
+from anyprec.fileio import write_json_atomic
+from anyprec.tasks.layout import Layout, ModelMissingError, require_model
 
 FLOW_NAME = "watch-base-models"
 INBOX_DEPLOYMENT = "inbox"
@@ -70,10 +68,11 @@ def candidates(layout: Layout) -> list[Candidate]:
 
 def quantized_sha256(layout: Layout, name: str) -> str | None:
     """The base model sha256 the current packed artifact of `name` was built from (None: none)."""
-    manifest = layout.stage_path(name, Stage.PACKED) / "manifest.json"
+    from anyprec.packed import ArtifactError, read_manifest
+
     try:
-        return json.loads(manifest.read_text())["inputs"]["base_model_sha256"]
-    except (FileNotFoundError, KeyError, json.JSONDecodeError):
+        return read_manifest(layout.stage_path(name, stages.PACKED))["inputs"]["base_model_sha256"]
+    except (ArtifactError, KeyError):
         return None
 
 
@@ -85,10 +84,7 @@ def read_state(layout: Layout) -> dict[str, dict[str, str]]:
 
 
 def write_state(layout: Layout, state: dict[str, dict[str, str]]) -> None:
-    layout.state_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = layout.state_file.with_name(f"{layout.state_file.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(state, indent=2, sort_keys=True))
-    os.replace(tmp, layout.state_file)
+    write_json_atomic(layout.state_file, state)
 
 
 def _run_in_flight(flow_run_id: str | None) -> bool:

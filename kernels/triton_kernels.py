@@ -1,6 +1,6 @@
 """Triton GPU kernels: decode GEMV reading b bitplanes, and a dequantize kernel for prefill.
 
-Follows the reference design (ALGORITHM.md section 6): the decode kernel rebuilds b-bit
+Follows the reference design (docs/ALGORITHM.md section 6): the decode kernel rebuilds b-bit
 codes from the first b planes with bit operations, looks centroids up in the row's LUT
 and accumulates; prefill dequantizes the layer at b bits and calls a dense matmul.
 Without a GPU the kernels run only under TRITON_INTERPRET=1 (set before triton is

@@ -1,8 +1,7 @@
-"""anyprec.tasks: Prefect tasks over the core (see docs/DESIGN.md).
+"""anyprec.tasks: Prefect tasks over the core (see docs/DESIGN.md). Offline settings are applied by
+`import anyprec` (anyprec/__init__.py), before any submodule imports Prefect or MLflow."""
 
-Offline/telemetry settings are applied here, before any submodule imports prefect or
-mlflow: both read some settings at import time."""
+import logging
 
-from anyprec.env import apply_offline_env
-
-apply_offline_env()
+# The library's progress lines (per layer, per stage) are INFO: let them through to Prefect.
+logging.getLogger("anyprec").setLevel(logging.INFO)

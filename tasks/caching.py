@@ -27,6 +27,8 @@ from typing import Any
 from pydantic import BaseModel
 
 from anyprec.config import config_hash
+from anyprec.fileio import write_json_atomic
+from anyprec.stages import BaseModelRef
 
 # Parameters that say where a result goes, not what it is: kept out of the key.
 LOCATION_PARAMETERS = frozenset({"out"})
@@ -41,6 +43,10 @@ class BaseModelInfo(BaseModel):
 
     def identity(self) -> str:
         return self.sha256
+
+    def ref(self) -> BaseModelRef:
+        """The library's view of the same model (anyprec.stages)."""
+        return BaseModelRef(name=self.name, path=self.location, sha256=self.sha256)
 
 
 class StageOutput(BaseModel):
@@ -89,6 +95,10 @@ def content_cache_key(context: Any, parameters: dict[str, Any]) -> str:
     return stage_key(context.task.name, context.task.version, parameters)
 
 
+# Task options of every cached stage task (bump a task's version when its output changes).
+CACHED = {"cache_key_fn": content_cache_key, "persist_result": True, "version": "1"}
+
+
 def fingerprint(path: str | Path) -> list[list[Any]] | None:
     """[relative path, size, mtime_ns] of every file under path (or of the file); None if missing.
 
@@ -126,11 +136,7 @@ def is_current(results_dir: Path, out: Path, key: str) -> bool:
 
 def write_stamp(results_dir: Path, out: Path, key: str) -> None:
     """Record that `out` now holds the result of `key` (atomic replace)."""
-    target = stamp_file(results_dir, out)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps({"key": key, "out": str(out), "files": fingerprint(out)}))
-    os.replace(tmp, target)
+    write_json_atomic(stamp_file(results_dir, out), {"key": key, "out": str(out), "files": fingerprint(out)})
 
 
 def current_stamps(results_dir: Path, outs: list[Path]) -> dict[Path, str]:

@@ -1,4 +1,4 @@
-"""Prefect tasks for the evaluation stages: perplexity, lm-eval accuracy, kernel/decode bench.
+"""Prefect tasks for the evaluation stages: perplexity (`ppl`), lm-eval accuracy (`eval`).
 
 Each writes one JSON report (reports/<model>/{ppl,eval,bench}.json) and returns its content.
 They take only the settings they read (not whole sections), so e.g. changing
@@ -7,44 +7,22 @@ They take only the settings they read (not whole sections), so e.g. changing
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 from typing import Any
 
-from prefect import task
+from prefect import get_run_logger, task
 
-from anyprec.env import apply_offline_env
-from anyprec.tasks.caching import BaseModelInfo, StageOutput
-from anyprec.tasks.quantize import CACHED
-
-apply_offline_env()
+from anyprec.fileio import write_json_atomic
+from anyprec.tasks.caching import CACHED, BaseModelInfo, StageOutput
 
 
 def write_report(out: str | Path, report: dict[str, Any]) -> dict[str, Any]:
     """Write a JSON report atomically (sorted keys, so identical content gives identical bytes)."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, out)
+    write_json_atomic(out, report)
     return report
 
 
-def heldout_streams(tokenizer: Any, corpora: list[str], eval_fraction: float, split_seed: int,
-                    max_tokens: int | None) -> dict[str, Any]:
-    """{corpus: int64[T]} held-out token streams (the calibration split never enters), truncated."""
-    from anyprec.calibration import heldout_text
-    from anyprec.perplexity import tokenize_text
-
-    streams = {}
-    for corpus in corpora:
-        ids = tokenize_text(tokenizer, heldout_text(corpus, eval_fraction, split_seed))
-        streams[corpus] = ids[:max_tokens] if max_tokens else ids
-    return streams
-
-
-@task(name="perplexity", **CACHED)
+@task(name="ppl", **CACHED)
 def perplexity(
     base: BaseModelInfo,
     packed: StageOutput,
@@ -61,18 +39,25 @@ def perplexity(
     Report: {"base": {corpus: ppl}, "bits": {"b": {corpus: ppl}}, "window": int, "tokens": {corpus: T}}.
     """
     from anyprec.models import load_model
+    from anyprec.perplexity import heldout_streams, perplexity_per_bits
     from anyprec.perplexity import perplexity as ppl
     from anyprec.runtime import load_anyprec
 
     apm = load_anyprec(packed.path, bits)
     streams = heldout_streams(apm.tokenizer, corpora, eval_fraction, split_seed, max_tokens)
-    per_bits: dict[str, dict[str, float]] = {}
-    for b in bits:
-        with apm.precision(b):
-            per_bits[str(b)] = {c: ppl(apm.model, ids, window, progress=False) for c, ids in streams.items()}
+    log = get_run_logger()
+
+    def report(label: Any, corpus: str, value: float) -> None:
+        log.info("ppl %s, %s: %.3f over %d tokens", label, corpus, value, streams[corpus].numel())
+
+    measured = perplexity_per_bits(apm, bits, streams, window, progress=False, on_result=report)
+    per_bits = {str(b): figures for b, figures in measured.items()}
     del apm
     model, _ = load_model(base.location)
-    base_ppl = {c: ppl(model, ids, window, progress=False) for c, ids in streams.items()}
+    base_ppl = {}
+    for corpus, ids in streams.items():
+        base_ppl[corpus] = ppl(model, ids, window, progress=False)
+        report("base", corpus, base_ppl[corpus])
     report = {
         "base": base_ppl,
         "bits": per_bits,
@@ -86,7 +71,7 @@ def _accuracies(results: dict[str, dict[str, float]]) -> dict[str, float]:
     return {name: metrics["acc"] for name, metrics in results.items()}
 
 
-@task(name="lm-eval", **CACHED)
+@task(name="eval", **CACHED)
 def lm_eval(
     base: BaseModelInfo, packed: StageOutput, bits: list[int], tasks: list[str], limit: int | None, out: str
 ) -> dict[str, Any]:
@@ -104,9 +89,11 @@ def lm_eval(
     apm = load_anyprec(packed.path, bits)
     lm = make_lm(apm.model, apm.tokenizer)
     details: dict[str, dict[str, dict[str, float]]] = {}
+    log = get_run_logger()
     for b in bits:
         with apm.precision(b):
             details[str(b)] = evaluate_suite(lm, suite, limit)
+        log.info("eval %d-bit: %s", b, {name: round(m["acc"], 3) for name, m in details[str(b)].items()})
     del apm, lm
     model, tokenizer = load_model(base.location)
     details["base"] = evaluate_suite(make_lm(model, tokenizer), suite, limit)

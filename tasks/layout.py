@@ -4,33 +4,17 @@ Paths in params.yaml are relative to the folder holding params.yaml (the reposit
 for the checked-in file), so a flow run, a DVC stage and a test with its own params file in
 a temporary folder all agree on the same layout (docs/DESIGN.md, "Artifact paths"):
 
-    <artifacts_dir>/<model>/{calib,sensitivity,quantized/seed,quantized/nested,packed}/
-    <reports_dir>/<model>/{ppl,eval,bench}.json
+    <artifacts_dir>/<model>/<stage>/     one folder per stage of anyprec.stages.STAGES
+    <reports_dir>/<model>/<stage>.json   one report per evaluation stage (anyprec.tasks.pipeline)
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
 
+from anyprec import stages
 from anyprec.config import Params, load_params
-
-
-class Stage(str, Enum):
-    """The pipeline stages, in order; the value is the stage's folder or report name."""
-
-    CALIBRATION = "calib"
-    SENSITIVITY = "sensitivity"
-    SEED = "quantized/seed"
-    NESTED = "quantized/nested"
-    PACKED = "packed"
-    PERPLEXITY = "ppl"
-    LM_EVAL = "eval"
-    BENCH = "bench"
-
-
-REPORT_STAGES = (Stage.PERPLEXITY, Stage.LM_EVAL, Stage.BENCH)
 
 
 @dataclass(frozen=True)
@@ -73,11 +57,11 @@ class Layout:
         """What `watch-base-models` last triggered, per model: {name: base model sha256}."""
         return self.results_dir / "watch-state.json"
 
-    def stage_path(self, model: str, stage: Stage) -> Path:
-        """Folder of a quantization stage, or JSON file of an evaluation stage, for one model."""
-        if stage in REPORT_STAGES:
-            return self.reports_dir / model / f"{stage.value}.json"
-        return self.artifacts_dir / model / stage.value
+    def stage_path(self, model: str, stage: str) -> Path:
+        """Folder of a quantization stage, or JSON report of an evaluation stage, for one model."""
+        if any(spec.name == stage for spec in stages.STAGES):
+            return self.artifacts_dir / model / stage
+        return self.reports_dir / model / f"{stage}.json"
 
     def dashboard_dir(self, model: str) -> Path:
         return self.reports_dir / model / "dashboard"
@@ -111,6 +95,7 @@ def require_model(layout: Layout, model: str, model_path: str | None = None) -> 
     `model_path` (an inbox folder found by watch-base-models) overrides / stands in for a
     params.yaml entry. The embedded default needs no folder.
     """
+    params_name = str(layout.params_file or "params.yaml")
     if model_path is not None:
         location, where = str(Path(model_path).expanduser()), f"model_path={model_path!r}"
     else:
@@ -118,11 +103,25 @@ def require_model(layout: Layout, model: str, model_path: str | None = None) -> 
         if entry.is_embedded:
             return entry.location(layout.root)
         location = entry.location(layout.root)
-        where = f"{layout.params_file or 'params.yaml'} key models.{model}.path (= {entry.path!r})"
+        where = f"{params_name} key models.{model}.path (= {entry.path!r})"
     if not (Path(location) / "config.json").is_file():
         raise ModelMissingError(
             f"base model {model!r} is missing: {where} points to {location}, which has no config.json. "
             f"Put the Hugging Face model there (config.json + *.safetensors + tokenizer files), "
-            f"or set models.{model}.path in params.yaml to the folder that holds it."
+            f"or set models.{model}.path in {params_name} to the folder that holds it."
         )
+    if model_path is None:
+        check_arch(layout.params.model(model).arch, Path(location), f"{params_name} key models.{model}.arch")
     return location
+
+
+def check_arch(expected: str | None, model_dir: Path, key: str) -> None:
+    """ValueError when config.json's model_type is not the architecture params.yaml declares."""
+    import json
+
+    if expected is None:
+        return
+    found = json.loads((model_dir / "config.json").read_text(encoding="utf-8")).get("model_type")
+    if found != expected:
+        raise ValueError(f"{key} is {expected!r} but {model_dir / 'config.json'} says model_type {found!r}: "
+                         f"fix the key or point the model's path at the right folder")

@@ -3,7 +3,8 @@
 `mlflow.pyfunc.load_model("models:/anyprec-<model>/<version>").predict([{"prompt": "...", "bits": 4}])`
 takes a list of requests (prompt, optional bits and max_new_tokens) and returns the generated
 texts. A new version is registered only when the artifact's DVC md5 differs from
-the latest version's (a cached re-run does not pile up identical versions).
+the latest version's (a cached re-run does not pile up identical versions); the alias
+`@latest-nested` always names the version the last flow run produced.
 """
 
 from __future__ import annotations
@@ -14,12 +15,9 @@ import mlflow.pyfunc
 from prefect import task
 from pydantic import BaseModel
 
-from anyprec.env import apply_offline_env
 from anyprec.tasks.caching import StageOutput
 from anyprec.tasks.layout import Layout
 from anyprec.tasks.tracking import setup_mlflow
-
-apply_offline_env()
 
 ARTIFACT_KEY = "packed"
 
@@ -51,6 +49,9 @@ class AnyPrecisionPyfunc(mlflow.pyfunc.PythonModel):
         return texts
 
 
+ALIAS = "latest-nested"
+
+
 def _latest_md5(client: Any, name: str) -> str | None:
     versions = client.search_model_versions(f"name='{name}'", order_by=["version_number DESC"], max_results=1)
     return versions[0].tags.get("dvc_md5") if versions else None
@@ -67,16 +68,18 @@ def register_artifact(layout: Layout, model: str, packed: StageOutput, artifact_
     name = f"{layout.params.pipeline.registered_model_prefix}{model}"
     if client.search_registered_models(f"name='{name}'") and _latest_md5(client, name) == artifact_md5:
         latest = client.search_model_versions(f"name='{name}'", order_by=["version_number DESC"], max_results=1)
-        return str(latest[0].version)
-    with mlflow.start_run(run_id=parent_run_id):
-        info = mlflow.pyfunc.log_model(
-            name="anyprec-model",
-            python_model=AnyPrecisionPyfunc(),
-            artifacts={ARTIFACT_KEY: packed.path},
-            pip_requirements=["anyprec"],
-            registered_model_name=name,
-        )
-    version = str(info.registered_model_version)
-    client.set_model_version_tag(name, version, "dvc_md5", artifact_md5)
-    client.set_model_version_tag(name, version, "artifact_digest", packed.digest)
+        version = str(latest[0].version)
+    else:
+        with mlflow.start_run(run_id=parent_run_id):
+            info = mlflow.pyfunc.log_model(
+                name="anyprec-model",
+                python_model=AnyPrecisionPyfunc(),
+                artifacts={ARTIFACT_KEY: packed.path},
+                pip_requirements=["anyprec"],
+                registered_model_name=name,
+            )
+        version = str(info.registered_model_version)
+        client.set_model_version_tag(name, version, "dvc_md5", artifact_md5)
+        client.set_model_version_tag(name, version, "artifact_digest", packed.digest)
+    client.set_registered_model_alias(name, ALIAS, version)
     return version

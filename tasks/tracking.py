@@ -1,5 +1,8 @@
 """MLflow logging: one parent run per (base model, pipeline run), one child run per bit-width.
 
+A re-run whose artifact, reports and params file are all unchanged logs nothing new: it finds
+the earlier parent run by its `run_key` tag and reuses it (and says so in the log).
+
 Child runs carry the same metric names for every bit-width, so the MLflow UI's "compare"
 view lines them up: `ppl_<corpus>`, `acc_<task>`, `gemv_latency_us`, `gemv_ratio_floor`,
 `gemv_ratio_bf16`, `decode_tok_s`,
@@ -13,30 +16,77 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from prefect import task
+from prefect import get_run_logger, task
 
 from anyprec.config import flatten
-from anyprec.env import apply_offline_env
 from anyprec.tasks.caching import BaseModelInfo, StageOutput
 from anyprec.tasks.layout import Layout
-
-apply_offline_env()
 
 PARENT_KIND = "pipeline"
 CHILD_KIND = "bits"
 
 
+# MLflow 3 opens a "genai_development" experiment on a traces overview; this kind opens the
+# runs table, the view for comparing models.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+SOURCE = "anyprec.flows.quantize_eval"
+
+
 def setup_mlflow(layout: Layout) -> str:
     """Point MLflow at the layout's tracking URI; create the experiment if needed; return its id."""
     import mlflow
+    from mlflow import MlflowClient
 
     mlflow.set_tracking_uri(layout.tracking_uri)
     name = layout.params.pipeline.mlflow_experiment
     experiment = mlflow.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    layout.mlflow_artifacts_dir.mkdir(parents=True, exist_ok=True)
-    return mlflow.create_experiment(name, artifact_location=layout.mlflow_artifacts_dir.as_uri())
+    if experiment is None:
+        layout.mlflow_artifacts_dir.mkdir(parents=True, exist_ok=True)
+        return mlflow.create_experiment(name, artifact_location=layout.mlflow_artifacts_dir.as_uri(),
+                                        tags=EXPERIMENT_KIND)
+    for key, value in EXPERIMENT_KIND.items():
+        if experiment.tags.get(key) != value:
+            MlflowClient().set_experiment_tag(experiment.experiment_id, key, value)
+    return experiment.experiment_id
+
+
+def git_commit(root: Path) -> str | None:
+    """HEAD of the git checkout holding `root` (None outside git)."""
+    import subprocess
+
+    done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        return None
+    return done.stdout.strip() or None
+
+
+def params_record(layout: Layout) -> dict[str, str]:
+    """Which params file this run used: path, sha256 of its bytes, and whether it is a copy."""
+    from anyprec.fileio import sha256_file
+
+    path = layout.params_file
+    if path is None:
+        return {"params_file": "(in memory)", "params_file_sha256": "", "params_copy": "true"}
+    return {"params_file": str(path), "params_file_sha256": sha256_file(path),
+            "params_copy": str(path.name != "params.yaml").lower()}
+
+
+def run_key(packed: StageOutput, reports: dict[str, dict[str, Any]], params: dict[str, str]) -> str:
+    """Identity of what a parent run records: the artifact, the reports and the params file."""
+    import hashlib
+
+    payload = json.dumps({"artifact": packed.digest, "reports": reports, "params": params["params_file_sha256"]},
+                         sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def find_run(experiment_id: str, key: str) -> str | None:
+    """The parent run already logged for this run key (a fully cached re-run), if any."""
+    import mlflow
+
+    query = f"tags.run_key = '{key}' and tags.kind = '{PARENT_KIND}'"
+    runs = mlflow.search_runs([experiment_id], filter_string=query, max_results=1, output_format="list")
+    return runs[0].info.run_id if runs else None
 
 
 def child_metrics(reports: dict[str, dict[str, Any]], sizes: dict[str, Any], bits: int) -> dict[str, float]:
@@ -85,6 +135,39 @@ def _bits_measured(reports: dict[str, dict[str, Any]], sizes: dict[str, Any]) ->
     return sorted(found) or sorted(int(b) for b in sizes.get("per_bits", {}))
 
 
+def compare_link(tracking_uri: str, experiment_id: str, run_ids: list[str]) -> str:
+    """MLflow UI link comparing these runs (the local UI of scripts/services.sh for a sqlite store)."""
+    from urllib.parse import quote
+
+    ui = tracking_uri.rstrip("/") if tracking_uri.startswith("http") else "http://127.0.0.1:5000"
+    runs = quote(json.dumps(run_ids, separators=(",", ":")))
+    return f"{ui}/#/compare-runs?runs={runs}&experiments={quote(json.dumps([experiment_id]))}"
+
+
+def _run_tags(layout: Layout, base: BaseModelInfo, packed: StageOutput, artifact_md5: str) -> dict[str, str]:
+    tags = {
+        "model": base.name,
+        "base_model_sha256": base.sha256,
+        "artifact_digest": packed.digest,
+        "dvc_md5": artifact_md5,
+        "artifact_path": packed.path,
+        "mlflow.source.name": SOURCE,
+        "mlflow.source.type": "JOB",
+        **params_record(layout),
+    }
+    commit = git_commit(layout.root)
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    return tags
+
+
+def publishable(reports: dict[str, dict[str, Any]], publish_under_load: bool) -> dict[str, dict[str, Any]]:
+    """The reports whose figures go to MLflow: a benchmark taken under load is left out unless allowed."""
+    if reports.get("bench", {}).get("machine", {}).get("under_load") and not publish_under_load:
+        return {name: report for name, report in reports.items() if name != "bench"}
+    return reports
+
+
 @task(name="log-mlflow")
 def log_pipeline_run(
     layout: Layout,
@@ -93,33 +176,55 @@ def log_pipeline_run(
     reports: dict[str, dict[str, Any]],
     artifact_md5: str,
     run_name: str,
-) -> str:
-    """Log the parent run and one child run per bit-width; return the parent run id."""
+) -> dict[str, Any]:
+    """Log the parent run and one child run per bit-width, unless the same artifact, reports and
+    params file were logged before (a fully cached re-run): then reuse that run.
+
+    Returns {"parent_run_id", "child_run_ids", "reused", "compare_url"}.
+    """
     import mlflow
 
     from anyprec.packed import artifact_sizes
 
+    log = get_run_logger()
     experiment_id = setup_mlflow(layout)
     params = layout.params
+    tags = _run_tags(layout, base, packed, artifact_md5)
+    key = run_key(packed, reports, params_record(layout))
+    found = find_run(experiment_id, key)
+    if found is not None:
+        children = mlflow.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{found}'",
+                                      output_format="list")
+        ids = [run.info.run_id for run in children]
+        log.info("MLflow: nothing new to record (same artifact, reports and params file): reusing run %s", found)
+        return {"parent_run_id": found, "child_run_ids": ids, "reused": True,
+                "compare_url": compare_link(layout.tracking_uri, experiment_id, ids)}
     sizes = artifact_sizes(packed.path)
-    tags = {
-        "model": base.name,
-        "base_model_sha256": base.sha256,
-        "artifact_digest": packed.digest,
-        "dvc_md5": artifact_md5,
-        "artifact_path": packed.path,
-    }
+    under_load = bool(reports.get("bench", {}).get("machine", {}).get("under_load"))
+    tags["bench_under_load"] = str(under_load).lower()
+    figures = publishable(reports, params.benchmark.publish_under_load)
+    if figures is not reports:
+        before = reports["bench"]["machine"]["before"]
+        log.warning("benchmark ran under load (load %.1f on %d CPUs): its figures are in bench.json but not "
+                    "in MLflow; re-run on a quiet machine or set benchmark.publish_under_load", before["load1"],
+                    before["cpus"])
     shared = {"model": base.name, **flatten("calibration", params.calibration),
               **flatten("quantization", params.quantization)}
-    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name,
-                          tags={**tags, "kind": PARENT_KIND}) as parent:
+    q = params.quantization
+    ids = []
+    parent_name = f"{base.name} {q.seed_bits}..{q.parent_bits}-bit {run_name}"
+    with mlflow.start_run(experiment_id=experiment_id, run_name=parent_name,
+                          tags={**tags, "kind": PARENT_KIND, "run_key": key}) as parent:
         mlflow.log_params({**shared, **flatten("evaluation", params.evaluation),
-                           **flatten("benchmark", params.benchmark)})
-        mlflow.log_metrics(parent_metrics(reports, sizes))
+                           **flatten("benchmark", params.benchmark), **params_record(layout)})
+        mlflow.log_metrics(parent_metrics(figures, sizes))
         _log_reports(reports)
-        for bits in _bits_measured(reports, sizes):
-            with mlflow.start_run(experiment_id=experiment_id, run_name=f"{base.name}-{bits}bit",
-                                  nested=True, tags={**tags, "kind": CHILD_KIND}):
+        for bits in _bits_measured(figures, sizes):
+            with mlflow.start_run(experiment_id=experiment_id, run_name=f"{base.name} {bits}-bit",
+                                  nested=True, tags={**tags, "kind": CHILD_KIND}) as child:
                 mlflow.log_params({**shared, "bits": bits})
-                mlflow.log_metrics(child_metrics(reports, sizes, bits))
-        return parent.info.run_id
+                mlflow.log_metrics(child_metrics(figures, sizes, bits))
+                ids.append(child.info.run_id)
+    url = compare_link(layout.tracking_uri, experiment_id, ids)
+    log.info("MLflow: parent run %s, %d child runs; compare the bit-widths: %s", parent.info.run_id, len(ids), url)
+    return {"parent_run_id": parent.info.run_id, "child_run_ids": ids, "reused": False, "compare_url": url}

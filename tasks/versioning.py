@@ -12,7 +12,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-from anyprec.env import apply_offline_env
 
 
 def dvc_md5(path: str | Path) -> str:
@@ -32,7 +31,9 @@ def dvc_md5(path: str | Path) -> str:
 
 def dvc_stage_names(model: str) -> list[str]:
     """The dvc.yaml stages (foreach over pipeline.dvc_models) that produce one model's outputs."""
-    return [f"{stage}@{model}" for stage in ("calibrate", "sensitivity", "seed", "upscale", "pack", "ppl", "lm_eval", "bench")]
+    from anyprec.tasks.pipeline import stage_names
+
+    return [f"{stage}@{model}" for stage in stage_names()]
 
 
 def dvc_commit(root: Path, model: str) -> str:
@@ -41,7 +42,6 @@ def dvc_commit(root: Path, model: str) -> str:
     Runs in `root` (it must hold .dvc/ and dvc.yaml). Commits store the outputs in the DVC
     cache, so `dvc push` can upload them and `dvc status` is clean afterwards.
     """
-    apply_offline_env()
     if not (root / ".dvc").is_dir() or not (root / "dvc.yaml").is_file():
         raise FileNotFoundError(f"{root} has no .dvc/ or dvc.yaml: run `dvc init` there or set pipeline.dvc_commit: false")
     cmd = [sys.executable, "-m", "dvc", "commit", "--force", *dvc_stage_names(model)]

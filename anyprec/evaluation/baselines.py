@@ -18,7 +18,6 @@ and restoring the originals afterwards.
 
 from __future__ import annotations
 
-import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import Enum
@@ -31,6 +30,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from anyprec import archs
+from anyprec.fileio import apply_umask, atomic_path
 
 QuantizedWeights = dict[str, tuple[np.ndarray, np.ndarray]]
 
@@ -173,16 +173,12 @@ def _save_cached(path: Path, stored: dict[int, tuple[np.ndarray, np.ndarray, flo
     """One module's {bits: (codes, lut, objective)} as safetensors, written atomically."""
     from safetensors.numpy import save_file
 
-    from anyprec.fileio import apply_umask
-
     tensors = {}
     for b, (codes, lut, objective) in stored.items():
         tensors |= {f"codes{b}": codes, f"lut{b}": lut, f"objective{b}": np.array([objective])}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    save_file(tensors, str(tmp), metadata={"key": key})
-    apply_umask(tmp)  # safetensors writes 0600; every file of ours follows the umask
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"key": key})
+        apply_umask(tmp)  # safetensors writes 0600; every file of ours follows the umask
 
 
 def _load_cached(path: Path, bits: list[int], key: str) -> dict[int, tuple[np.ndarray, np.ndarray, float]] | None:

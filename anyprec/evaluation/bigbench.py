@@ -33,6 +33,7 @@ import numpy as np
 import yaml
 
 from anyprec.env import cache_dir
+from anyprec.fileio import atomic_path, write_text_atomic
 
 SDIST_SPEC = "bigbench==1.0.0"
 SDIST_NAME = "bigbench-1.0.0.tar.gz"
@@ -238,16 +239,10 @@ def write_task(key: TaskKey, task_jsons: dict[str, dict], out_dir: Path,
     out_dir.mkdir(parents=True, exist_ok=True)
     records = [rec for rel in key.rel_paths for rec in task_to_records(task_jsons[rel], style)]
     data_file = out_dir / f"{key.name}.jsonl"
-    _atomic_write(data_file, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    write_text_atomic(data_file, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     yaml_file = out_dir / f"{key.name}.yaml"
-    _atomic_write(yaml_file, yaml.safe_dump(task_yaml(key, data_file), sort_keys=False))
+    write_text_atomic(yaml_file, yaml.safe_dump(task_yaml(key, data_file), sort_keys=False))
     return yaml_file
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def is_converted(key: TaskKey, task_dir: Path) -> bool:
@@ -286,14 +281,11 @@ def save_subset(tree: Path, tasks: list[str], out: Path) -> Path:
     root = next(iter(sorted(tree.glob("**/benchmark_tasks"))), None)
     if root is None:
         raise FileNotFoundError(f"no benchmark_tasks folder under {tree}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    with tarfile.open(tmp, "w:gz") as archive:
+    with atomic_path(out) as tmp, tarfile.open(tmp, "w:gz") as archive:
         for task in sorted(set(tasks)):
             for path in sorted((root / task).glob("**/task.json")):
                 rel = path.relative_to(root).as_posix()
                 archive.add(path, arcname=f"bigbench-1.0.0/bigbench/benchmark_tasks/{rel}")
-    os.replace(tmp, out)
     return out
 
 

@@ -27,6 +27,7 @@ import torch
 from anyprec.evaluation.baselines import DEFAULT_METHODS, Method, quantize_method, quantized_weights
 from anyprec.evaluation.bigbench import DEFAULT_SUITE, PromptStyle
 from anyprec.evaluation.lm_eval_runner import ZeroShotSuite, build_suite, evaluate_suite, make_lm
+from anyprec.perplexity import heldout_streams
 
 log = logging.getLogger(__name__)
 
@@ -62,18 +63,6 @@ class EvalSettings:
             raise ValueError(f"bits {bad} outside 1..8")
 
 
-def heldout_streams(tokenizer: Any, settings: EvalSettings) -> dict[str, torch.Tensor]:
-    """Token streams int64[T] of the held-out corpora (disjoint from calibration), capped."""
-    from anyprec.calibration import heldout_text
-    from anyprec.perplexity import tokenize_text
-
-    streams = {}
-    for corpus in settings.corpora:
-        ids = tokenize_text(tokenizer, heldout_text(corpus, settings.eval_fraction, settings.split_seed))
-        streams[corpus] = ids[: settings.ppl_max_tokens] if settings.ppl_max_tokens else ids
-    return streams
-
-
 def score_model(model: torch.nn.Module, lm: Any, streams: dict[str, torch.Tensor],
                 suite: ZeroShotSuite | None, settings: EvalSettings, label: str) -> dict[str, float]:
     """Perplexity per stream and zero-shot accuracy per task of the model as it is now."""
@@ -104,7 +93,8 @@ def run_evaluation(model: torch.nn.Module, tokenizer: Any, fisher: dict[str, tor
     fisher: {module: f32[N, K]} sensitivity from the same calibration as the artifact;
     artifact: an AnyPrecisionModel for "ours" (its bit-widths must include settings.bits).
     """
-    streams = heldout_streams(tokenizer, settings)
+    streams = heldout_streams(tokenizer, settings.corpora, settings.eval_fraction, settings.split_seed,
+                              settings.ppl_max_tokens)
     source = Path(settings.bigbench_source) if settings.bigbench_source else None
     style = PromptStyle(settings.prompt_style)
     suite = build_suite(settings.tasks, source, style=style) if settings.tasks else None

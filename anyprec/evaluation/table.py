@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
+
+from anyprec.fileio import write_text_atomic
 
 COMPARED = ("dedicated", "dedicated-optimal", "reference")
 
@@ -138,10 +139,7 @@ def mlflow_metrics(report: dict[str, Any]) -> list[tuple[str, float, int]]:
 def write_json(report: dict[str, Any], path: str | Path) -> Path:
     """The report plus its deltas as indented JSON, written atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({**report, "deltas": deltas(report)}, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps({**report, "deltas": deltas(report)}, indent=2, sort_keys=False) + "\n")
     return path
 
 

@@ -34,7 +34,7 @@ def test_nested_identity_and_dequantization_match_memory(tiny_quantized):
     manifest, modules, _ = load_packed_tensors(artifact)
     parent = manifest["parent_bits"]
     nested = {}
-    for path in sorted((work / "quantized" / "nested").glob("layer_*.safetensors")):
+    for path in sorted((work / "nested").glob("layer_*.safetensors")):
         nested.update(load_file(str(path)))
     assert set(modules) and all(f"{name}.codes" in nested for name in modules)
     for name, qm in modules.items():
@@ -119,7 +119,7 @@ def test_interrupted_write_leaves_nothing_loadable(tiny_quantized, tmp_path, mon
     monkeypatch.setattr(packed, "save_tensors", crash)
     out = tmp_path / "packed"
     with pytest.raises(KeyboardInterrupt):
-        run_packing(manifest["inputs"]["base_model_ref"], work / "quantized" / "nested",
+        run_packing(manifest["inputs"]["base_model_ref"], work / "nested",
                     QuantizationConfig(), out, manifest["inputs"])
     assert not out.exists()
     assert list(tmp_path.iterdir()) == []
@@ -127,5 +127,5 @@ def test_interrupted_write_leaves_nothing_loadable(tiny_quantized, tmp_path, mon
 
 def test_layer_files_are_named_per_decoder_layer(tiny_quantized):
     _, work = tiny_quantized
-    names = sorted(p.name for p in (work / "quantized" / "nested").glob("*.safetensors"))
+    names = sorted(p.name for p in (work / "nested").glob("*.safetensors"))
     assert names == [LAYER_FILE.format(0), LAYER_FILE.format(1)]

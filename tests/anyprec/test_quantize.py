@@ -34,7 +34,7 @@ def test_killed_upscaling_resumes_where_it_stopped(tiny_model_dir, work_copy, mo
 
     monkeypatch.setattr(clustering, "upscale", dying_upscale)
     with pytest.raises(KeyboardInterrupt):
-        run_upscaling(str(tiny_model_dir), work_copy / "sensitivity", work_copy / "quantized" / "seed",
+        run_upscaling(str(tiny_model_dir), work_copy / "sensitivity", work_copy / "seed",
                       quant, nested, progress=False)
     first = nested / LAYER_FILE.format(0)
     assert first.is_file() and not (nested / LAYER_FILE.format(1)).exists()
@@ -43,17 +43,17 @@ def test_killed_upscaling_resumes_where_it_stopped(tiny_model_dir, work_copy, mo
 
     monkeypatch.setattr(clustering, "upscale", real_upscale)
     calls["n"] = 0
-    run_upscaling(str(tiny_model_dir), work_copy / "sensitivity", work_copy / "quantized" / "seed",
+    run_upscaling(str(tiny_model_dir), work_copy / "sensitivity", work_copy / "seed",
                   quant, nested, progress=False)
     assert first.stat().st_mtime_ns == stamp, "a finished layer was recomputed"
-    reference = load_file(str(work_copy / "quantized" / "nested" / LAYER_FILE.format(1)))
+    reference = load_file(str(work_copy / "nested" / LAYER_FILE.format(1)))
     resumed = load_file(str(nested / LAYER_FILE.format(1)))
     assert reference.keys() == resumed.keys()
     assert all((reference[k] == resumed[k]).all() for k in reference)
 
 
 def test_changed_method_recomputes_layers(tiny_model_dir, work_copy):
-    seed_dir = work_copy / "quantized" / "seed"
+    seed_dir = work_copy / "seed"
     before = (seed_dir / LAYER_FILE.format(0)).stat().st_mtime_ns
     run_seed_quantization(str(tiny_model_dir), work_copy / "sensitivity", QuantizationConfig(), seed_dir, progress=False)
     assert (seed_dir / LAYER_FILE.format(0)).stat().st_mtime_ns == before
@@ -63,7 +63,7 @@ def test_changed_method_recomputes_layers(tiny_model_dir, work_copy):
 
 
 def test_torn_layer_file_is_redone(tiny_model_dir, work_copy):
-    seed_dir = work_copy / "quantized" / "seed"
+    seed_dir = work_copy / "seed"
     target = seed_dir / LAYER_FILE.format(1)
     target.write_bytes(target.read_bytes()[:100])
     run_seed_quantization(str(tiny_model_dir), work_copy / "sensitivity", QuantizationConfig(), seed_dir, progress=False)

@@ -88,3 +88,15 @@ def test_dashboard_html_shows_every_plot_in_chromium(runs_frame, tmp_path):
 def test_empty_frame_says_what_to_do(tmp_path):
     with pytest.raises(ValueError, match="quantize-eval"):
         render_dashboard(pd.DataFrame(columns=["model", "bits"]), tmp_path)
+
+
+def test_every_corpus_gets_a_plot_and_the_title_names_what_is_shown(runs_frame, tmp_path):
+    frame = runs_frame.assign(ppl_news=runs_frame["ppl_wiki"] * 1.2)
+    page = render_dashboard(frame, tmp_path / "dash")
+    pngs = {p.name for p in page.parent.glob("*.png")}
+    assert {"ppl_wiki_vs_bits.png", "ppl_news_vs_bits.png"} <= pngs
+    text = page.read_text()
+    assert "<h1>anyprec: 2 base models (a, b), perplexity on news and wiki, speed and memory per bit-width</h1>" in text
+    one = render_dashboard(frame[frame["model"] == "a"], tmp_path / "one")
+    assert "<h1>anyprec: a, perplexity on news and wiki" in one.read_text()
+    assert "other base models" not in one.read_text()

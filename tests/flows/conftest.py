@@ -34,7 +34,8 @@ def tiny_params(model_dir: Path) -> dict:
         "evaluation": {"bits": [3, 4], "ppl_corpora": ["news"], "ppl_window": 32, "ppl_max_tokens": 128,
                        "tasks": [], "limit": 4},
         "benchmark": {"gemv_shape": [64, 128], "bits": [3, 4], "decode_tokens": 4, "threads": 1, "repeats": 3,
-                      "rotate_mib": 1, "bandwidth_mib": 4, "decode_repeats": 1},
+                      "rotate_mib": 1, "bandwidth_mib": 4, "decode_repeats": 1,
+                      "publish_under_load": True},  # the tests check the plumbing, on a busy machine
         "pipeline": {"dvc_models": [], "dvc_commit": False, "inbox_dir": "inbox"},
     }
 
@@ -52,3 +53,11 @@ def pipeline_root(tmp_path_factory, tiny_model_dir) -> Path:
     model_dir = shutil.copytree(tiny_model_dir, root / "models" / "tiny")
     write_params(root, tiny_params(model_dir))
     return root
+
+
+@pytest.fixture()
+def own_pipeline_root(tmp_path, tiny_model_dir) -> Path:
+    """Like pipeline_root, for one test alone (its outputs do not reach the shared one)."""
+    model_dir = shutil.copytree(tiny_model_dir, tmp_path / "models" / "tiny")
+    write_params(tmp_path, tiny_params(model_dir))
+    return tmp_path

@@ -7,14 +7,17 @@ hit for every stage; changing only evaluation settings re-runs only evaluation.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 import yaml
 
-from anyprec.tasks.layout import Layout, ModelMissingError, Stage
+from anyprec import stages
+from anyprec.tasks.layout import Layout, ModelMissingError
+from anyprec.tasks.pipeline import REPORT_NAMES
 
-STAGES = ["prepare-calibration", "sensitivity", "seed-quantization", "upscaling", "packing"]
-EVALS = ["perplexity", "lm-eval", "bench"]
+STAGES = [spec.name for spec in stages.STAGES]
+EVALS = list(REPORT_NAMES)
 
 
 def task_states(flow_run_id) -> dict[str, str]:
@@ -48,7 +51,7 @@ def test_first_run_computes_and_tracks(first_run, pipeline_root):
     summary, states, _ = first_run
     assert all(states[name] == "Completed" for name in STAGES + EVALS), states
     layout = Layout.from_file(pipeline_root / "params.yaml")
-    assert (layout.stage_path("tiny", Stage.PACKED) / "manifest.json").is_file()
+    assert (layout.stage_path("tiny", "packed") / "manifest.json").is_file()
     mlflow.set_tracking_uri(layout.tracking_uri)
     children = mlflow.search_runs(experiment_names=["anyprec"],
                                   filter_string=f"tags.mlflow.parentRunId = '{summary.mlflow_parent_run_id}'")
@@ -66,6 +69,39 @@ def test_first_run_computes_and_tracks(first_run, pipeline_root):
     assert summary.dashboard and "data-plots-expected" in open(summary.dashboard).read()
 
 
+def test_mlflow_opens_on_runs_and_names_source_params_and_alias(first_run, pipeline_root):
+    import mlflow
+    from mlflow import MlflowClient
+
+    summary, _, _ = first_run
+    layout = Layout.from_file(pipeline_root / "params.yaml")
+    mlflow.set_tracking_uri(layout.tracking_uri)
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("anyprec")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    parent = client.get_run(summary.mlflow_parent_run_id)
+    assert parent.info.run_name.startswith("tiny 3..4-bit")
+    assert parent.data.tags["mlflow.source.name"] == "anyprec.flows.quantize_eval"
+    assert parent.data.tags["params_file"] == str(pipeline_root / "params.yaml")
+    assert parent.data.params["params_copy"] == "false" and len(parent.data.params["params_file_sha256"]) == 64
+    children = mlflow.search_runs(experiment_names=["anyprec"], output_format="list",
+                                  filter_string=f"tags.mlflow.parentRunId = '{summary.mlflow_parent_run_id}'")
+    assert sorted(run.info.run_name for run in children) == ["tiny 3-bit", "tiny 4-bit"]
+    assert str(client.get_model_version_by_alias("anyprec-tiny", "latest-nested").version) == summary.registered_version
+
+
+def test_flow_run_has_a_markdown_summary(first_run):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    summary, _, _ = first_run
+    with get_client(sync_client=True) as client:
+        by_key = ArtifactFilter(key=ArtifactFilterKey(any_=["quantize-eval-tiny"]))
+        found = client.read_artifacts(artifact_filter=by_key)
+    assert found and found[0].type == "markdown"
+    assert "| bits |" in found[0].data and summary.mlflow_parent_run_id in found[0].data
+
+
 def test_second_run_hits_cache_for_every_stage(first_run, pipeline_root):
     summary1, _, first_seconds = first_run
     start = time.perf_counter()
@@ -75,7 +111,22 @@ def test_second_run_hits_cache_for_every_stage(first_run, pipeline_root):
     assert summary2.reports == summary1.reports
     assert summary2.artifact_digest == summary1.artifact_digest
     assert summary2.registered_version == summary1.registered_version  # same bytes: no new version
+    assert summary2.mlflow_parent_run_id == summary1.mlflow_parent_run_id  # nothing new: the run is reused
     assert seconds < first_seconds
+
+
+def test_runs_write_only_git_ignored_paths(first_run, pipeline_root):
+    # As in a clone: the repository's .gitignore, the inputs committed, then two flow runs.
+    import shutil
+    import subprocess
+
+    run_flow(pipeline_root)
+    shutil.copy(Path(__file__).resolve().parents[2] / ".gitignore", pipeline_root / ".gitignore")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(pipeline_root)]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", ".gitignore", "params.yaml", "models"], check=True)
+    status = subprocess.run([*git, "status", "--porcelain"], capture_output=True, text=True, check=True).stdout
+    assert all(line.startswith("A ") for line in status.splitlines()), status
 
 
 def test_changing_evaluation_reruns_only_evaluation(first_run, pipeline_root):
@@ -84,8 +135,8 @@ def test_changing_evaluation_reruns_only_evaluation(first_run, pipeline_root):
     params["evaluation"]["ppl_max_tokens"] = 96
     params_file.write_text(yaml.safe_dump(params, sort_keys=False))
     summary, states = run_flow(pipeline_root)
-    assert all(states[name] == "Cached" for name in STAGES + ["lm-eval", "bench"]), states
-    assert states["perplexity"] == "Completed"
+    assert all(states[name] == "Cached" for name in STAGES + ["eval", "bench"]), states
+    assert states["ppl"] == "Completed"
     assert summary.reports["ppl"]["tokens"] == {"news": 96}
 
 
@@ -98,14 +149,39 @@ def test_missing_model_fails_fast_naming_the_key(prefect_harness, pipeline_root)
     assert time.perf_counter() - start < 30
 
 
+def test_failed_run_state_carries_the_one_line_cause(prefect_harness, pipeline_root):
+    from anyprec.flows.quantize_eval import quantize_eval
+
+    params_file = str(pipeline_root / "params.yaml")
+    state = quantize_eval(model="llama2-7b", params_file=params_file, return_state=True)
+    assert state.is_failed()
+    assert "models.llama2-7b.path" in state.message and params_file in state.message
+    assert "Traceback" not in state.message
+
+
+def test_artifact_names_a_loadable_base_model_and_the_cli_runs_on_it(first_run, tmp_path):
+    # The tiny model is registered under the key "tiny": the manifest must still name a folder
+    # that `anyprec bench decode` / `anyprec eval` can load, plus the key it came from.
+    from anyprec.cli import main
+    from anyprec.packed import read_manifest
+
+    summary, _, _ = first_run
+    inputs = read_manifest(summary.artifact)["inputs"]
+    assert inputs["base_model_name"] == "tiny"
+    assert (Path(inputs["base_model_ref"]) / "config.json").is_file()
+    out = tmp_path / "decode.json"
+    main(["bench", "decode", summary.artifact, "--bits", "3", "--tokens", "2", "--repeats", "1", "--json", str(out)])
+    assert out.is_file()
+
+
 def test_interrupted_layer_stage_resumes_from_its_files(first_run, pipeline_root):
     layout = Layout.from_file(pipeline_root / "params.yaml")
-    layers = sorted(layout.stage_path("tiny", Stage.SEED).glob("layer_*.safetensors"))
+    layers = sorted(layout.stage_path("tiny", "seed").glob("layer_*.safetensors"))
     assert len(layers) == 2
     kept_mtime = layers[0].stat().st_mtime_ns
     layers[1].unlink()  # as if the run had been killed before the last layer was written
     _, states = run_flow(pipeline_root)
-    assert states["seed-quantization"] == "Completed"
+    assert states["seed"] == "Completed"
     assert layers[0].stat().st_mtime_ns == kept_mtime  # finished layer neither deleted nor redone
     assert layers[1].is_file()
-    assert states["packing"] == "Cached"  # same seed content -> same downstream keys
+    assert states["packed"] == "Cached"  # same seed content -> same downstream keys

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 
 from anyprec.flows.watch import Dispatch, watch_base_models
-from anyprec.tasks.layout import Layout, Stage
+from anyprec.tasks.layout import Layout
 
 
 def by_name(candidates):
@@ -24,7 +24,7 @@ def test_inbox_model_is_quantized_once(prefect_harness, pipeline_root, tiny_mode
     shutil.copytree(tiny_model_dir, layout.inbox_dir / "dropped")
     seen = by_name(watch_base_models(params_file=params_file, dispatch=Dispatch.SUBFLOW))
     assert seen["dropped"].due and seen["dropped"].from_inbox
-    assert (layout.stage_path("dropped", Stage.PACKED) / "manifest.json").is_file()
+    assert (layout.stage_path("dropped", "packed") / "manifest.json").is_file()
     mlflow.set_tracking_uri(layout.tracking_uri)
     runs = mlflow.search_runs(experiment_names=["anyprec"], filter_string="tags.model = 'dropped'")
     assert len(runs) == 1 + len(layout.params.evaluation.bits)  # parent + one child per bit-width

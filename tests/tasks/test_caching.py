@@ -14,14 +14,14 @@ BASE = BaseModelInfo(name="m", location="/somewhere/m", sha256="ab" * 32)
 
 def test_key_ignores_locations_and_names_but_not_content():
     calib = CalibrationConfig(n_samples=4, seq_len=32)
-    key = stage_key("prepare-calibration", "1", {"base": BASE, "calibration": calib, "out": "/a"})
+    key = stage_key("calib", "1", {"base": BASE, "calibration": calib, "out": "/a"})
     moved = BASE.model_copy(update={"location": "/elsewhere", "name": "renamed"})
-    assert key == stage_key("prepare-calibration", "1", {"base": moved, "calibration": calib, "out": "/b"})
+    assert key == stage_key("calib", "1", {"base": moved, "calibration": calib, "out": "/b"})
     changed = BASE.model_copy(update={"sha256": "cd" * 32})
-    assert key != stage_key("prepare-calibration", "1", {"base": changed, "calibration": calib, "out": "/a"})
-    assert key != stage_key("prepare-calibration", "1", {"base": BASE, "calibration": calib.model_copy(
+    assert key != stage_key("calib", "1", {"base": changed, "calibration": calib, "out": "/a"})
+    assert key != stage_key("calib", "1", {"base": BASE, "calibration": calib.model_copy(
         update={"seed": 1}), "out": "/a"})
-    assert key != stage_key("prepare-calibration", "2", {"base": BASE, "calibration": calib, "out": "/a"})
+    assert key != stage_key("calib", "2", {"base": BASE, "calibration": calib, "out": "/a"})
 
 
 def test_stage_outputs_are_identified_by_digest_only():

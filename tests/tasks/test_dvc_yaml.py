@@ -1,4 +1,4 @@
-"""dvc.yaml reads only keys of the typed params model and mirrors the flow's layout."""
+"""dvc.yaml is the rendering of the stage lists, reads only typed params keys, mirrors the flow's layout."""
 
 from __future__ import annotations
 
@@ -9,7 +9,10 @@ import yaml
 from pydantic import BaseModel
 
 from anyprec.config import Params, load_params
-from anyprec.tasks.layout import Layout, Stage
+from anyprec import stages
+from anyprec.tasks.dvc_yaml import render
+from anyprec.tasks.layout import Layout
+from anyprec.tasks.pipeline import stage_names
 from anyprec.tasks.versioning import dvc_stage_names
 
 REPO = Path(__file__).resolve().parents[2]
@@ -93,7 +96,7 @@ def test_stage_outputs_match_the_flow_layout():
                 outs.add(path.replace("${item}", model)
                          .replace("${pipeline.artifacts_dir}", layout.params.pipeline.artifacts_dir)
                          .replace("${pipeline.reports_dir}", layout.params.pipeline.reports_dir))
-        expected = {str(layout.stage_path(model, s).relative_to(layout.root)) for s in Stage}
+        expected = {str(layout.stage_path(model, s).relative_to(layout.root)) for s in stage_names()}
         assert outs == expected
 
 
@@ -102,4 +105,58 @@ def test_packed_artifact_is_a_dvc_model_artifact():
     artifacts = dvc_yaml()["artifacts"]
     for model in layout.params.pipeline.dvc_models:
         assert artifacts[model]["type"] == "model"
-        assert artifacts[model]["path"] == str(layout.stage_path(model, Stage.PACKED).relative_to(layout.root))
+        assert artifacts[model]["path"] == str(layout.stage_path(model, stages.PACKED).relative_to(layout.root))
+
+
+def test_committed_dvc_yaml_is_the_rendering_of_the_stage_lists():
+    assert (REPO / "dvc.yaml").read_text() == render(REPO / "params.yaml"), (
+        "dvc.yaml is stale: run `python -m anyprec.tasks.dvc_yaml`")
+
+
+def test_only_the_model_artifact_and_reports_are_pushed():
+    for name, stage in dvc_yaml()["stages"].items():
+        for entry in stage["do"].get("outs", []):
+            pushed = not isinstance(entry, dict) or next(iter(entry.values())).get("push", True)
+            assert pushed == (name == stages.PACKED), name
+
+
+def _tracked(path: str) -> bool:
+    import subprocess
+
+    done = subprocess.run(["git", "ls-files", "--error-unmatch", path], cwd=REPO, capture_output=True, check=False)
+    return done.returncode == 0
+
+
+def test_a_tracked_dvc_lock_matches_the_code_it_describes():
+    # dvc.lock is local by default (.gitignore); one committed to publish a run must describe this code.
+    if not _tracked("dvc.lock"):
+        return
+    import hashlib
+
+    lock = yaml.safe_load((REPO / "dvc.lock").read_text())
+    for name, entry in lock["stages"].items():
+        stage = dvc_yaml()["stages"][name.split("@")[0]]
+        assert entry["cmd"] == stage["do"]["cmd"].replace("${item}", name.split("@")[1]), name
+        for dep in entry["deps"]:
+            path = REPO / dep["path"]
+            if path.is_file():
+                stale = f"dvc.lock is stale for {dep['path']}: re-run dvc repro"
+                assert dep["md5"] == hashlib.md5(path.read_bytes()).hexdigest(), stale
+
+
+def test_dry_run_on_a_fresh_clone_lists_every_stage(tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    for name in ("dvc.yaml", "params.yaml", ".dvcignore"):
+        shutil.copy(REPO / name, tmp_path / name)
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    dvc = [sys.executable, "-m", "dvc"]
+    subprocess.run([*dvc, "init", "-q"], cwd=tmp_path, check=True)
+    # --force: DVC's run-cache check hashes the deps of each stage, which a fresh clone lacks.
+    done = subprocess.run([*dvc, "repro", "--dry", "--force"], cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    for name in stage_names():
+        assert f"stage_cli {name} --model smollm2-135m" in done.stdout, name
+    assert not (tmp_path / "artifacts").exists()

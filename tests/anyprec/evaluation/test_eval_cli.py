@@ -74,14 +74,9 @@ def test_ours_in_process_matches_artifact(tiny_quantized, tiny_llama):
             in_process["methods"]["ours"][b]["ppl_news"], rel=2e-3)
 
 
-def test_settings_from_params_config(tiny_artifact):
+def test_cli_defaults_are_the_typed_params_defaults():
     from anyprec.config import EvaluationConfig
-    from anyprec.eval_cli import settings_from_config
-    from anyprec.packed import read_manifest
 
-    manifest = read_manifest(tiny_artifact)
-    cfg = EvaluationConfig(bits=[4, 5], limit=7, ppl_max_tokens=99)
-    settings = settings_from_config(cfg, manifest, progress=False)
-    assert (settings.bits, settings.limit, settings.ppl_max_tokens) == ([4, 5], 7, 99)
-    assert settings.tasks == list(cfg.tasks) and settings.methods == list(cfg.methods)
-    assert (settings.seed_bits, settings.parent_bits) == (manifest["seed_bits"], manifest["parent_bits"])
+    args, cfg = _parse(["eval", "some/dir"]), EvaluationConfig()
+    assert (args.bits, args.tasks, args.limit) == (cfg.bits, cfg.tasks, cfg.limit)
+    assert (args.corpus, args.window, args.ppl_max_tokens) == (cfg.ppl_corpora, cfg.ppl_window, cfg.ppl_max_tokens)
