@@ -1,4 +1,4 @@
-"""Helpers of the reliability battery: real CLI runs, in-process and as a subprocess."""
+"""Shared pieces of the reliability battery: real CLI runs, in-process and as a subprocess."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def assert_short_error(stderr: str, *must_contain: str) -> None:
 
 
 def tiny_quantize_args(work_dir: Path) -> list[str]:
-    """Flags that make `anyprec quantize` of the tiny model reuse the session's finished work."""
+    """Flags that make `anyprec quantize` of the tiny model reuse the tiny_quantized fixture's finished work."""
     return ["--samples", str(TINY_CALIB["n_samples"]), "--seq-len", str(TINY_CALIB["seq_len"]),
             "--work-dir", str(work_dir)]
 

@@ -118,8 +118,7 @@ def test_a_really_full_disk_is_reported_and_leaves_nothing(tiny_model_dir, tiny_
         pytest.skip("cannot mount a small tmpfs here (needs unshare -m)")
     _, work = tiny_quantized
     out = tmp_path / "small" / "out"
-    argv = [*_quantize(tiny_model_dir, out, *tiny_quantize_args(work))]
-    done = _run_in_mount([*prefix[:-1], prefix[-1]], *argv)
+    done = _run_in_mount(prefix, *_quantize(tiny_model_dir, out, *tiny_quantize_args(work)))
     assert done.returncode == EXIT_SYSTEM, done.stderr
     assert_short_error(done.stderr, "No space left on device", "free space there")
 

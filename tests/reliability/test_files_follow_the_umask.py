@@ -27,7 +27,7 @@ def umask():
 
 
 def test_every_artifact_and_work_file_has_the_same_umask_mode(tiny_quantized, umask):
-    # the session's artifact was written under the process umask (read without changing it)
+    # the tiny_quantized fixture's artifact was written under the process umask (read without changing it)
     mask = os.umask(0o022)
     os.umask(mask)
     artifact, work = tiny_quantized
