@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "ap_kernels.h"
+#include "ap_engine.h"
 
 enum { ISA_PORTABLE = 0, ISA_AVX2 = 1, ISA_AVX512 = 2 };
 static int g_vbmi = -1;
@@ -157,6 +158,12 @@ static void run_half_gemv(const ap_half_gemv_args *a, int nthreads) {
     }
 }
 
+int ap_run_gemv(ap_gemv_args *a, const float *x, int64_t xstride, int nthreads) {
+    return run_gemv(a, x, xstride, nthreads);
+}
+
+void ap_run_half_gemv(const ap_half_gemv_args *a, int nthreads) { run_half_gemv(a, nthreads); }
+
 static int parse_ints(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t want, int64_t *out, const char *name) {
     if (nargs != want) {
         PyErr_Format(PyExc_TypeError, "%s takes %zd integer arguments, got %zd", name, want, nargs);
@@ -233,6 +240,24 @@ static PyObject *py_half_gemv(PyObject *self, PyObject *const *args, Py_ssize_t 
     Py_RETURN_NONE;
 }
 
+/* engine_step(model, rows, n_rows, logits, nthreads, timings): one native decode engine
+ * step (ap_engine.h); the Python side (anyprec/engine/native.py) owns every pointer. */
+static PyObject *py_engine_step(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    int64_t v[6];
+    if (parse_ints(args, nargs, 6, v, "engine_step") || check_common(1, v[4])) return NULL;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = ap_engine_step((const ap_eng_model *)(intptr_t)v[0], (const ap_eng_row *)(intptr_t)v[1], v[2],
+                        (float *)(intptr_t)v[3], (int)v[4], (double *)(intptr_t)v[5]);
+    Py_END_ALLOW_THREADS
+    if (rc == -1) return PyErr_NoMemory();
+    if (rc == -2) {
+        PyErr_SetString(PyExc_ValueError, "engine_step: a row asks for a bit-width whose LUT is not loaded");
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
 /* read_bytes(ptr, nbytes, nthreads) -> checksum: stream-read a buffer (bandwidth probe). */
 static PyObject *py_read_bytes(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     int64_t v[3];
@@ -277,6 +302,7 @@ static PyMethodDef METHODS[] = {
     {"gemv", (PyCFunction)(void (*)(void))py_gemv, METH_FASTCALL, "bitplane-LUT mat-vec for 1..8 tokens"},
     {"half_gemv", (PyCFunction)(void (*)(void))py_half_gemv, METH_FASTCALL, "fp16-stored dense mat-vec, fp32 math"},
     {"dequant", (PyCFunction)(void (*)(void))py_dequant, METH_FASTCALL, "dense rows from bitplanes + LUT"},
+    {"engine_step", (PyCFunction)(void (*)(void))py_engine_step, METH_FASTCALL, "one native decode engine step"},
     {"read_bytes", (PyCFunction)(void (*)(void))py_read_bytes, METH_FASTCALL, "stream-read a buffer"},
     {"isa", py_isa, METH_NOARGS, "kernel family in use"},
     {"best_isa", py_best_isa, METH_NOARGS, "best kernel family this CPU supports"},

@@ -1,0 +1,28 @@
+"""`open_engine`: the native engine where the architecture allows it, else transformers."""
+
+from __future__ import annotations
+
+import logging
+
+from anyprec.engine.base import DecodeEngine, EngineError, TransformersEngine
+from anyprec.engine.native import NativeEngine, unsupported_reason
+from anyprec.runtime import AnyPrecisionModel
+
+KINDS = ("auto", "native", "transformers")
+log = logging.getLogger(__name__)
+
+
+def open_engine(apm: AnyPrecisionModel, kind: str = "auto", max_batch: int = 16) -> DecodeEngine:
+    """An engine over `apm`: kind 'native' (error if unsupported), 'transformers', or 'auto'
+    (native for llama / mistral / qwen2 artifacts it supports, transformers otherwise)."""
+    if kind not in KINDS:
+        raise EngineError(f"engine kind {kind!r} is not one of {', '.join(KINDS)}")
+    if kind == "transformers":
+        return TransformersEngine(apm, max_batch=max_batch)
+    reason = unsupported_reason(apm)
+    if reason is None:
+        return NativeEngine(apm, max_batch=max_batch)
+    if kind == "native":
+        raise EngineError(f"the native engine cannot run this model: {reason}; use kind='transformers' or 'auto'")
+    log.info("native engine unavailable (%s); using the transformers engine", reason)
+    return TransformersEngine(apm, max_batch=max_batch)
