@@ -13,7 +13,7 @@ forward per sequence; it is the fallback and the oracle for the native engine.
 """
 
 from anyprec.engine.base import DecodeEngine, EngineError, TransformersEngine
-from anyprec.engine.factory import open_engine
+from anyprec.engine.factory import greedy, open_engine
 from anyprec.engine.native import NativeEngine
 
-__all__ = ["DecodeEngine", "EngineError", "NativeEngine", "TransformersEngine", "open_engine"]
+__all__ = ["DecodeEngine", "EngineError", "NativeEngine", "TransformersEngine", "greedy", "open_engine"]

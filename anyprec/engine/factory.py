@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+
+import torch
 
 from anyprec.engine.base import DecodeEngine, EngineError, TransformersEngine
 from anyprec.engine.native import NativeEngine, unsupported_reason
@@ -26,3 +29,15 @@ def open_engine(apm: AnyPrecisionModel, kind: str = "auto", max_batch: int = 16)
         raise EngineError(f"the native engine cannot run this model: {reason}; use kind='transformers' or 'auto'")
     log.info("native engine unavailable (%s); using the transformers engine", reason)
     return TransformersEngine(apm, max_batch=max_batch)
+
+
+def greedy(engine: DecodeEngine, prompt_ids: Sequence[int], bits: int, new_tokens: int) -> list[int]:
+    """Greedy decoding of `new_tokens` tokens on any engine (its slot is released after)."""
+    slot, logits = engine.add(prompt_ids, bits)
+    try:
+        out = [int(torch.argmax(logits))]
+        while len(out) < new_tokens:
+            out.append(int(torch.argmax(engine.step([slot], [out[-1]], [bits])[0])))
+        return out
+    finally:
+        engine.release(slot)
