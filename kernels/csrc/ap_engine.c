@@ -28,21 +28,30 @@ static void rmsnorm(const float *x, const float *w, float *out, int64_t n, doubl
 }
 
 /* y[r, :] = x[r, :] @ W_{bits_r}.T + bias for rows r in [0, R); rows of equal bits are
- * contiguous, so each run of equal bits is one mat-vec of up to AP_MAX_TOKENS rows per call. */
+ * contiguous. Each run of equal bits makes groups of up to AP_MAX_TOKENS rows, and all
+ * groups share one pass over the planes (read once, for the widest bit-width). */
 static int linear(const ap_eng_linear *L, const ap_eng_row *rows, int64_t R, const float *x, float *y,
                   int nthreads) {
     const int64_t K = L->in_features, N = L->n_rows;
-    for (int64_t r0 = 0; r0 < R;) {
-        const int bits = (int)rows[r0].bits;
-        int64_t r1 = r0;
-        while (r1 < R && rows[r1].bits == bits && r1 - r0 < AP_MAX_TOKENS) r1++;
-        if (bits < 1 || bits > AP_MAX_BITS || !L->lut[bits]) return -2;
-        ap_gemv_args a = {(const uint32_t *)(intptr_t)L->planes, L->plane_stride, N, L->words, K,
-                          (const void *)(intptr_t)L->lut[bits], (int)L->lut_f16, bits,
-                          NULL, 0, (int)(r1 - r0), y + r0 * N, N};
-        const int64_t plane_bytes = (int64_t)bits * N * L->words * 4;
-        if (ap_run_gemv(&a, x + r0 * K, K, plane_bytes < SMALL_LAYER_BYTES ? 1 : nthreads)) return -1;
-        r0 = r1;
+    for (int64_t c0 = 0; c0 < R;) {  /* calls of up to AP_ENGINE_MAX_GROUPS groups */
+        ap_gemv_args groups[AP_ENGINE_MAX_GROUPS];
+        int n_groups = 0, widest = 0;
+        int64_t r0 = c0;
+        while (r0 < R && n_groups < AP_ENGINE_MAX_GROUPS) {
+            const int bits = (int)rows[r0].bits;
+            int64_t r1 = r0;
+            while (r1 < R && rows[r1].bits == bits && r1 - r0 < AP_MAX_TOKENS) r1++;
+            if (bits < 1 || bits > AP_MAX_BITS || !L->lut[bits]) return -2;
+            groups[n_groups++] = (ap_gemv_args){(const uint32_t *)(intptr_t)L->planes, L->plane_stride, N, L->words,
+                                                K, (const void *)(intptr_t)L->lut[bits], (int)L->lut_f16, bits,
+                                                x + r0 * K, K, (int)(r1 - r0), y + r0 * N, N};
+            widest = bits > widest ? bits : widest;
+            r0 = r1;
+        }
+        const int64_t plane_bytes = (int64_t)widest * N * L->words * 4;
+        const int rc = ap_run_gemv_groups(groups, n_groups, plane_bytes < SMALL_LAYER_BYTES ? 1 : nthreads);
+        if (rc) return rc == -2 ? -1 : rc;
+        c0 = r0;
     }
     if (L->bias) {
         const float *b = (const float *)(intptr_t)L->bias;

@@ -52,8 +52,13 @@ enum { AP_T_NORM, AP_T_QKV, AP_T_ATTN, AP_T_O, AP_T_MLP_UP, AP_T_MLP_DOWN, AP_T_
 int ap_engine_step(const ap_eng_model *m, const ap_eng_row *rows, int64_t n_rows, float *logits,
                    int nthreads, double *timings);
 
-/* Defined in ap_module.c: one bitplane-LUT / fp16 mat-vec call with its OpenMP row split. */
-int ap_run_gemv(ap_gemv_args *a, const float *x, int64_t xstride, int nthreads);
+#define AP_ENGINE_MAX_GROUPS 32 /* mat-vec groups (<= AP_MAX_TOKENS rows at one bit-width) per layer call */
+
+/* Defined in ap_module.c: bitplane-LUT / fp16 mat-vec calls with their OpenMP row split.
+ * ap_run_gemv_groups runs several groups over one layer reading its planes once (x and
+ * xstride of each group are its rows of the input; they are replaced by padded copies).
+ * Returns 0, -1 (out of memory) or -2 (n_groups outside 1..AP_ENGINE_MAX_GROUPS). */
+int ap_run_gemv_groups(ap_gemv_args *groups, int n_groups, int nthreads);
 void ap_run_half_gemv(const ap_half_gemv_args *a, int nthreads);
 
 #endif

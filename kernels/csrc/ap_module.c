@@ -134,6 +134,52 @@ static int run_gemv(ap_gemv_args *a, const float *x, int64_t xstride, int nthrea
     return 0;
 }
 
+#define GROUP_ROW_BLOCK 16 /* rows per pass over all groups: their planes stay in L1/L2 */
+
+/* Several gemv calls over the same layer (groups: up to AP_MAX_TOKENS tokens at one
+ * bit-width each) in one pass over its rows: each block of rows is run for every group
+ * before the next, so the planes come from DRAM once, for the widest group (the narrower
+ * groups read the first planes of the same rows, now in cache). */
+static int run_gemv_groups(ap_gemv_args *groups, int n_groups, int nthreads) {
+    int kernels[AP_ENGINE_MAX_GROUPS];
+    float *bufs[AP_ENGINE_MAX_GROUPS] = {0};
+    int failed = 0;
+    for (int g = 0; g < n_groups; g++) {
+        ap_gemv_args *a = &groups[g];
+        kernels[g] = pick_gemv_kernel(a);
+        const int order = kernels[g] == K_VBMI                          ? AP_X_PERM16
+                          : (kernels[g] == K_AVX512 && a->bits <= 5) ? AP_X_PERM4
+                          : kernels[g] == K_AVX2                     ? AP_X_PERM4_32
+                                                                     : AP_X_NATURAL;
+        int64_t kpad = 0;
+        bufs[g] = prepare_x(a->x, a->tokens, a->xstride, a->in_features, a->words, order, &kpad);
+        failed |= !bufs[g];
+        a->x = bufs[g];
+        a->xstride = kpad;
+    }
+    if (!failed) {
+        const int64_t n_rows = groups[0].n_rows;
+#pragma omp parallel num_threads(nthreads) if (nthreads > 1)
+        {
+            int64_t r0, r1;
+            split_rows(n_rows, omp_get_num_threads(), omp_get_thread_num(), &r0, &r1);
+            if (omp_get_thread_num() > 0) r0 -= r0 & 1;
+            if (omp_get_thread_num() < omp_get_num_threads() - 1) r1 -= r1 & 1;
+            for (int64_t b0 = r0; b0 < r1; b0 += GROUP_ROW_BLOCK) {
+                const int64_t b1 = b0 + GROUP_ROW_BLOCK < r1 ? b0 + GROUP_ROW_BLOCK : r1;
+                for (int g = 0; g < n_groups; g++) {
+                    if (kernels[g] == K_VBMI) ap_gemv_rows_avx512_vbmi(&groups[g], b0, b1);
+                    else if (kernels[g] == K_AVX512) ap_gemv_rows_avx512(&groups[g], b0, b1);
+                    else if (kernels[g] == K_AVX2) ap_gemv_rows_avx2(&groups[g], b0, b1);
+                    else ap_gemv_rows_portable(&groups[g], b0, b1);
+                }
+            }
+        }
+    }
+    for (int g = 0; g < n_groups; g++) free(bufs[g]);
+    return failed ? -1 : 0;
+}
+
 static void run_dequant(const ap_dequant_args *a, int64_t row0, int64_t row1, int nthreads) {
     const int isa = current_isa();
     const int64_t blocks = (row1 - row0 + ROW_BLOCK - 1) / ROW_BLOCK;
@@ -158,8 +204,10 @@ static void run_half_gemv(const ap_half_gemv_args *a, int nthreads) {
     }
 }
 
-int ap_run_gemv(ap_gemv_args *a, const float *x, int64_t xstride, int nthreads) {
-    return run_gemv(a, x, xstride, nthreads);
+int ap_run_gemv_groups(ap_gemv_args *groups, int n_groups, int nthreads) {
+    if (n_groups < 1 || n_groups > AP_ENGINE_MAX_GROUPS) return -2;
+    if (n_groups == 1) return run_gemv(groups, groups->x, groups->xstride, nthreads);
+    return run_gemv_groups(groups, n_groups, nthreads);
 }
 
 void ap_run_half_gemv(const ap_half_gemv_args *a, int nthreads) { run_half_gemv(a, nthreads); }

@@ -127,3 +127,14 @@ def test_open_engine_picks_native_and_falls_back():
         open_engine(other, kind="native")
     with pytest.raises(EngineError, match="kind"):
         open_engine(apm, kind="fast")
+
+
+def test_mixed_batch_on_layers_split_over_threads():
+    """Layers above the one-thread size: the grouped pass is shared by OpenMP threads."""
+    apm = build_apm(tiny_config("llama", hidden_size=320, intermediate_size=544, num_hidden_layers=1))
+    bits = [3, 8, 5, 3, 4, 4, 4, 4, 4, 4, 4, 4, 4, 6]  # 4 bits: more than one group of 8 rows
+    engine = NativeEngine(apm, max_batch=len(bits), threads=2)
+    slots = [engine.add([i + 1, 2 * i + 3], b)[0] for i, b in enumerate(bits)]
+    out = engine.step(slots, list(range(len(bits))), bits)
+    for i, b in enumerate(bits):
+        torch.testing.assert_close(out[i], full_logits(apm, [i + 1, 2 * i + 3, i], b), **TOL)
