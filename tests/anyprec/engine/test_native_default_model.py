@@ -33,4 +33,4 @@ def test_default_model_logits_and_greedy_tokens_match_transformers():
         engine.release(slot)
         torch.testing.assert_close(logits, full_logits(apm, ids, bits), rtol=1e-4, atol=2e-3)
         ours = greedy(engine, ids, bits, 32)
-        assert_same_greedy(apm, ids, bits, ours, greedy_reference(apm, ids, bits, 32))
+        assert_same_greedy(apm, ids, bits, ours, greedy_reference(apm, ids, bits, 32), tie=2e-3)
