@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from anyprec.engine import EngineError, NativeEngine, TransformersEngine, greedy, native, open_engine
+from anyprec.kernels import cpu
 from tests.anyprec.engine.engine_testlib import (
     BITS, assert_same_greedy, build_apm, full_logits, greedy_reference, tiny_config,
 )
@@ -138,3 +139,25 @@ def test_mixed_batch_on_layers_split_over_threads():
     out = engine.step(slots, list(range(len(bits))), bits)
     for i, b in enumerate(bits):
         torch.testing.assert_close(out[i], full_logits(apm, [i + 1, 2 * i + 3, i], b), **TOL)
+
+
+def _isas() -> list[str]:
+    order = ["portable", "avx2", "avx512"]
+    return order[: order.index(cpu.best_isa()) + 1] if cpu.is_available() else []
+
+
+@pytest.mark.parametrize("isa", _isas())
+def test_every_kernel_family_gives_the_same_step(isa):
+    """The engine on each ISA this CPU has (AVX-512 on machines with it), mixed precisions."""
+    apm = build_apm(tiny_config("llama", hidden_size=320, intermediate_size=544, num_hidden_layers=1))
+    before = cpu.isa()
+    cpu.set_isa(isa)
+    try:
+        engine = NativeEngine(apm, threads=2)
+        bits = [6, 3, 8, 5]
+        slots = [engine.add([i + 4, 9], b)[0] for i, b in enumerate(bits)]
+        out = engine.step(slots, [1, 2, 3, 4], bits)
+    finally:
+        cpu.set_isa(before)
+    for i, b in enumerate(bits):
+        torch.testing.assert_close(out[i], full_logits(apm, [i + 4, 9, i + 1], b), **TOL)
