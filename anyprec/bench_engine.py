@@ -16,9 +16,6 @@ import torch
 
 from anyprec.engine import DecodeEngine
 
-PARTS_NOTE = "seconds per part of one native step, summed over the profiled steps"
-
-
 def _spread(times: Sequence[float]) -> dict:
     """Median and 10th/90th percentile of `times` (seconds), as milliseconds."""
     if not times:

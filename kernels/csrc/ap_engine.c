@@ -192,7 +192,8 @@ static int run_layer(const ap_eng_model *m, int64_t l, const ap_eng_row *rows, i
     TIMED(AP_T_NORM, for (int64_t i = 0; i < R * E; i++) s.x[i] += s.h[i];
           for (int64_t r = 0; r < R; r++)
               rmsnorm(s.x + r * E, (const float *)(intptr_t)L->post_norm, s.h + r * E, E, m->eps));
-    TIMED(AP_T_MLP_UP, rc = linear(&L->gate, rows, R, s.h, s.g, nt); if (!rc) rc = linear(&L->up, rows, R, s.h, s.u, nt);
+    TIMED(AP_T_MLP_UP, rc = linear(&L->gate, rows, R, s.h, s.g, nt);
+          if (!rc) rc = linear(&L->up, rows, R, s.h, s.u, nt);
           for (int64_t i = 0; i < R * I; i++) s.g[i] = s.g[i] / (1.0f + expf(-s.g[i])) * s.u[i]);
     if (rc) return rc;
     TIMED(AP_T_MLP_DOWN, rc = linear(&L->down, rows, R, s.g, s.h, nt));
