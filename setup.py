@@ -16,6 +16,7 @@ SOURCES = [
     "kernels/csrc/ap_portable.c",
     "kernels/csrc/ap_half.c",
     "kernels/csrc/ap_avx2.c",
+    "kernels/csrc/ap_engine.c",
 ]
 
 setup(
@@ -23,7 +24,7 @@ setup(
         Extension(
             "anyprec.kernels._cpu",
             sources=SOURCES,
-            depends=["kernels/csrc/ap_kernels.h", "kernels/csrc/ap_avx512_common.h"],
+            depends=["kernels/csrc/ap_kernels.h", "kernels/csrc/ap_avx512_common.h", "kernels/csrc/ap_engine.h"],
             extra_compile_args=["-O3", "-fopenmp", "-fno-strict-aliasing", "-std=c11", "-Wall", "-Wno-unused-function"],
             extra_link_args=["-fopenmp"],
             # without a C compiler the install still succeeds; the reference backend is used

@@ -1,8 +1,10 @@
-"""`anyprec bench gemv|decode`: kernel and end-to-end speed figures, printed and as JSON.
+"""`anyprec bench gemv|decode|prefill|batch`: kernel and end-to-end speed, printed and as JSON.
 
-gemv:   our bitplane-LUT kernel per bit-width vs torch dense fp32/bf16 on one shape,
-        from DRAM (weights rotated over buffers larger than the caches) and hot.
-decode: generate tokens/s per bit-width on a packed artifact vs the unquantized model.
+gemv:    our bitplane-LUT kernel per bit-width vs torch dense fp32/bf16 on one shape,
+         from DRAM (weights rotated over buffers larger than the caches) and hot.
+decode:  generate tokens/s per bit-width on a packed artifact vs the unquantized model;
+         `--engine native` times the native engine's steps (`--vs llamacpp`: and llama.cpp's).
+prefill, batch: prompt tok/s and mixed-precision batch throughput (anyprec.bench_engine).
 
 Wire into the CLI with `add_bench_parser(subparsers)`; `main(argv)` runs standalone.
 """
@@ -172,9 +174,18 @@ def measure_decode(
 
 
 def run_decode(args: argparse.Namespace) -> int:
-    """End-to-end greedy decode tokens/s per bit-width and for the unquantized model."""
+    """End-to-end greedy decode tokens/s per bit-width and for the unquantized model
+    (`--engine native`: the native engine's steps, see anyprec.bench_engine)."""
     import torch
 
+    if args.engine == "native" or args.vs:
+        from anyprec.bench_engine import run_engine_decode
+
+        if args.engine != "native":
+            raise SystemExit("error: --vs llamacpp compares the native engine; add --engine native")
+        result = run_engine_decode(args)
+        _write_json(args.json, {"dir": str(args.dir), "threads": torch.get_num_threads(), **result})
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     from anyprec.packed import read_manifest
@@ -215,15 +226,28 @@ def _add_decode(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--repeats", type=int, default=5, help="interleaved rounds (median)")
     p.add_argument("--prompt", default=DEFAULT_PROMPT)
+    p.add_argument("--engine", choices=["transformers", "native"], default="transformers",
+                   help="transformers: generate() vs the fp32 base model; native: the native engine's steps")
+    p.add_argument("--with-transformers", action="store_true",
+                   help="with --engine native: also time the transformers engine, interleaved")
+    p.add_argument("--prompt-tokens", type=int, default=16, help="with --engine native: prompt length")
+    p.add_argument("--vs", choices=["llamacpp"], help="also run llama.cpp on the same base model (needs .[compare])")
+    p.add_argument("--llamacpp-types", nargs="+", default=["Q4_0", "Q4_K_M", "Q6_K", "Q8_0"],
+                   choices=["Q3_K_M", "Q4_0", "Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0"])
+    p.add_argument("--prefill-tokens", type=int, default=128, help="prompt length of the --vs prompt figures")
+    p.add_argument("--gguf-dir", help="where the llama.cpp GGUFs are made (default: the anyprec cache)")
     p.set_defaults(func=run_decode)
 
 
 def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add `bench gemv|decode` to a CLI's subparsers; the chosen handler is args.func(args)."""
-    bench = subparsers.add_parser("bench", help="kernel (gemv) and end-to-end (decode) speed")
+    bench = subparsers.add_parser("bench", help="kernel (gemv), end-to-end (decode, prefill, batch) speed")
     sub = bench.add_subparsers(dest="bench_command", required=True)
     _add_gemv(sub)
     _add_decode(sub)
+    from anyprec.bench_engine import add_engine_benches
+
+    add_engine_benches(sub)
     return bench
 
 

@@ -6,10 +6,14 @@ any subset of live slots by one token each (every slot at its own precision), `r
 frees a slot. Sampling, stop checks and scheduling stay with the caller (Python, once
 per token); the serving layer builds continuous batching on exactly these three calls.
 
-`TransformersEngine` runs any architecture the runtime loads, one transformers forward
-per sequence; it is the fallback and the oracle for the native engine.
+`NativeEngine` runs a whole step of the Llama family (llama, mistral, qwen2) in one C
+call. `TransformersEngine` runs any architecture the runtime loads, one transformers
+forward per sequence; it is the fallback and the oracle for the native engine.
+`open_engine(apm, kind="auto")` picks the native engine where it is supported.
 """
 
 from anyprec.engine.base import DecodeEngine, EngineError, TransformersEngine
+from anyprec.engine.factory import greedy, open_engine
+from anyprec.engine.native import NativeEngine
 
-__all__ = ["DecodeEngine", "EngineError", "TransformersEngine"]
+__all__ = ["DecodeEngine", "EngineError", "NativeEngine", "TransformersEngine", "greedy", "open_engine"]

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "ap_kernels.h"
+#include "ap_engine.h"
 
 enum { ISA_PORTABLE = 0, ISA_AVX2 = 1, ISA_AVX512 = 2 };
 static int g_vbmi = -1;
@@ -133,6 +134,52 @@ static int run_gemv(ap_gemv_args *a, const float *x, int64_t xstride, int nthrea
     return 0;
 }
 
+#define GROUP_ROW_BLOCK 16 /* rows per pass over all groups: their planes stay in L1/L2 */
+
+/* Several gemv calls over the same layer (groups: up to AP_MAX_TOKENS tokens at one
+ * bit-width each) in one pass over its rows: each block of rows is run for every group
+ * before the next, so the planes come from DRAM once, for the widest group (the narrower
+ * groups read the first planes of the same rows, now in cache). */
+static int run_gemv_groups(ap_gemv_args *groups, int n_groups, int nthreads) {
+    int kernels[AP_ENGINE_MAX_GROUPS];
+    float *bufs[AP_ENGINE_MAX_GROUPS] = {0};
+    int failed = 0;
+    for (int g = 0; g < n_groups; g++) {
+        ap_gemv_args *a = &groups[g];
+        kernels[g] = pick_gemv_kernel(a);
+        const int order = kernels[g] == K_VBMI                          ? AP_X_PERM16
+                          : (kernels[g] == K_AVX512 && a->bits <= 5) ? AP_X_PERM4
+                          : kernels[g] == K_AVX2                     ? AP_X_PERM4_32
+                                                                     : AP_X_NATURAL;
+        int64_t kpad = 0;
+        bufs[g] = prepare_x(a->x, a->tokens, a->xstride, a->in_features, a->words, order, &kpad);
+        failed |= !bufs[g];
+        a->x = bufs[g];
+        a->xstride = kpad;
+    }
+    if (!failed) {
+        const int64_t n_rows = groups[0].n_rows;
+#pragma omp parallel num_threads(nthreads) if (nthreads > 1)
+        {
+            int64_t r0, r1;
+            split_rows(n_rows, omp_get_num_threads(), omp_get_thread_num(), &r0, &r1);
+            if (omp_get_thread_num() > 0) r0 -= r0 & 1;
+            if (omp_get_thread_num() < omp_get_num_threads() - 1) r1 -= r1 & 1;
+            for (int64_t b0 = r0; b0 < r1; b0 += GROUP_ROW_BLOCK) {
+                const int64_t b1 = b0 + GROUP_ROW_BLOCK < r1 ? b0 + GROUP_ROW_BLOCK : r1;
+                for (int g = 0; g < n_groups; g++) {
+                    if (kernels[g] == K_VBMI) ap_gemv_rows_avx512_vbmi(&groups[g], b0, b1);
+                    else if (kernels[g] == K_AVX512) ap_gemv_rows_avx512(&groups[g], b0, b1);
+                    else if (kernels[g] == K_AVX2) ap_gemv_rows_avx2(&groups[g], b0, b1);
+                    else ap_gemv_rows_portable(&groups[g], b0, b1);
+                }
+            }
+        }
+    }
+    for (int g = 0; g < n_groups; g++) free(bufs[g]);
+    return failed ? -1 : 0;
+}
+
 static void run_dequant(const ap_dequant_args *a, int64_t row0, int64_t row1, int nthreads) {
     const int isa = current_isa();
     const int64_t blocks = (row1 - row0 + ROW_BLOCK - 1) / ROW_BLOCK;
@@ -156,6 +203,14 @@ static void run_half_gemv(const ap_half_gemv_args *a, int nthreads) {
         else ap_half_gemv_rows_portable(a, r0, r1);
     }
 }
+
+int ap_run_gemv_groups(ap_gemv_args *groups, int n_groups, int nthreads) {
+    if (n_groups < 1 || n_groups > AP_ENGINE_MAX_GROUPS) return -2;
+    if (n_groups == 1) return run_gemv(groups, groups->x, groups->xstride, nthreads);
+    return run_gemv_groups(groups, n_groups, nthreads);
+}
+
+void ap_run_half_gemv(const ap_half_gemv_args *a, int nthreads) { run_half_gemv(a, nthreads); }
 
 static int parse_ints(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t want, int64_t *out, const char *name) {
     if (nargs != want) {
@@ -233,6 +288,24 @@ static PyObject *py_half_gemv(PyObject *self, PyObject *const *args, Py_ssize_t 
     Py_RETURN_NONE;
 }
 
+/* engine_step(model, rows, n_rows, logits, nthreads, timings): one native decode engine
+ * step (ap_engine.h); the Python side (anyprec/engine/native.py) owns every pointer. */
+static PyObject *py_engine_step(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    int64_t v[6];
+    if (parse_ints(args, nargs, 6, v, "engine_step") || check_common(1, v[4])) return NULL;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = ap_engine_step((const ap_eng_model *)(intptr_t)v[0], (const ap_eng_row *)(intptr_t)v[1], v[2],
+                        (float *)(intptr_t)v[3], (int)v[4], (double *)(intptr_t)v[5]);
+    Py_END_ALLOW_THREADS
+    if (rc == -1) return PyErr_NoMemory();
+    if (rc == -2) {
+        PyErr_SetString(PyExc_ValueError, "engine_step: a row asks for a bit-width whose LUT is not loaded");
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
 /* read_bytes(ptr, nbytes, nthreads) -> checksum: stream-read a buffer (bandwidth probe). */
 static PyObject *py_read_bytes(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     int64_t v[3];
@@ -277,6 +350,7 @@ static PyMethodDef METHODS[] = {
     {"gemv", (PyCFunction)(void (*)(void))py_gemv, METH_FASTCALL, "bitplane-LUT mat-vec for 1..8 tokens"},
     {"half_gemv", (PyCFunction)(void (*)(void))py_half_gemv, METH_FASTCALL, "fp16-stored dense mat-vec, fp32 math"},
     {"dequant", (PyCFunction)(void (*)(void))py_dequant, METH_FASTCALL, "dense rows from bitplanes + LUT"},
+    {"engine_step", (PyCFunction)(void (*)(void))py_engine_step, METH_FASTCALL, "one native decode engine step"},
     {"read_bytes", (PyCFunction)(void (*)(void))py_read_bytes, METH_FASTCALL, "stream-read a buffer"},
     {"isa", py_isa, METH_NOARGS, "kernel family in use"},
     {"best_isa", py_best_isa, METH_NOARGS, "best kernel family this CPU supports"},

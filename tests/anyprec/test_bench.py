@@ -69,3 +69,45 @@ def test_rotating_decode_times_every_bit_width_and_restores_precision(tiny_artif
     assert {b: len(t) for b, t in steps.items()} == {3: 4, 5: 4, 8: 4}
     assert all(t > 0 for times in steps.values() for t in times)
     assert model.current_precision == 8
+
+
+def test_native_engine_benches_write_rows(tmp_path: Path) -> None:
+    """decode --engine native, prefill and batch on an in-memory-built tiny artifact."""
+    from anyprec import bench_engine
+    from anyprec.engine import NativeEngine, TransformersEngine
+    from tests.anyprec.engine.engine_testlib import build_apm, tiny_config
+
+    apm = build_apm(tiny_config("llama"))
+    engines = {"native": NativeEngine(apm), "transformers": TransformersEngine(apm)}
+    ids = list(range(3, 20))
+    rows = bench_engine.measure_engine_decode(engines, [3, 8], ids, tokens=4, rounds=2,
+                                              others={"peer": lambda: [0.5, 0.25]})
+    assert {(r["engine"], r["bits"]) for r in rows} == {("native", 3), ("native", 8), ("transformers", 3),
+                                                         ("transformers", 8), ("peer", 0)}
+    peer = next(r for r in rows if r["engine"] == "peer")
+    assert peer["steps_timed"] == 4 and peer["tokens_per_s"] == pytest.approx(1 / 0.375)
+    assert all(r["ms_per_token_p10"] <= r["ms_per_token"] <= r["ms_per_token_p90"] for r in rows)
+    prefill = bench_engine.measure_prefill(engines, [4], ids, rounds=2)
+    assert [r["engine"] for r in prefill] == ["native", "transformers"] and prefill[0]["prompt_tokens"] == len(ids)
+    batch = bench_engine.measure_batch(engines["native"], [3, 8, 3], ids, steps=3, rounds=1)
+    assert set(batch["single_tokens_per_s"]) == {3, 8} and batch["ratio"] > 0
+    parts = bench_engine.step_breakdown(engines["native"], 3, ids, steps=3)
+    assert parts["qkv"] > 0 and parts["head"] > 0 and parts["step"] >= parts["qkv"] + parts["head"]
+
+
+def test_llamacpp_path_without_the_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from anyprec import bench_llamacpp
+
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # as if not installed
+    with pytest.raises(RuntimeError, match=r"pip install -e \.\[compare\]"):
+        bench_llamacpp.make_ggufs(tmp_path / "src.gguf", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    ours = [{"bits": 3, "tokens_per_s": 100.0}, {"bits": 8, "tokens_per_s": 50.0}, {"bits": 5, "tokens_per_s": 80.0}]
+    ratios = bench_llamacpp.ratio_rows(ours, {"Q4_0": {"tokens_per_s": 200.0}, "Q8_0": {"tokens_per_s": 40.0}})
+    assert [(r["bits"], r["peer"], r["ratio"]) for r in ratios] == [(3, "Q4_0", 0.5), (8, "Q8_0", 1.25)]
+    (tmp_path / "m.gguf").write_bytes(b"x" * 1000)
+    assert bench_llamacpp.bits_per_weight(tmp_path / "m.gguf", 2000) == 4.0
+    with pytest.raises(SystemExit, match="llama-cpp-python"):
+        main(["decode", str(tmp_path), "--engine", "native", "--vs", "llamacpp"])

@@ -1,0 +1,331 @@
+"""Engine speed figures: decode steps per bit-width, mixed-precision batches, prefill.
+
+Every figure is a median over individually timed calls, with the 10th-90th percentile,
+and competing configurations are interleaved (A B A B) so the slow phases of a shared
+machine fall on all of them alike.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+from anyprec.engine import DecodeEngine
+
+def _spread(times: Sequence[float]) -> dict:
+    """Median and 10th/90th percentile of `times` (seconds), as milliseconds."""
+    if not times:
+        raise ValueError("nothing was timed; ask for more tokens or rounds")
+    deciles = statistics.quantiles(times, n=10, method="inclusive") if len(times) > 1 else list(times) * 9
+    return {"ms": statistics.median(times) * 1e3, "ms_p10": deciles[0] * 1e3, "ms_p90": deciles[-1] * 1e3,
+            "timed": len(times)}
+
+
+def rotating_engine_steps(engine: DecodeEngine, bits: Sequence[int], prompt_ids: Sequence[int],
+                          tokens_per_bits: int, block: int = 4) -> dict[int, list[float]]:
+    """Seconds of single-sequence decode steps per bit-width, from one sequence whose
+    precision switches every `block` steps (the first step of each block is dropped: it
+    starts with the previous bit-width's planes in cache). Greedy tokens."""
+    block = max(2, min(block, tokens_per_bits))
+    schedule = [b for _ in range(-(-tokens_per_bits // block)) for b in bits for _ in range(block)]
+    slot, logits = engine.add(prompt_ids, schedule[0])
+    steps: dict[int, list[float]] = {b: [] for b in bits}
+    try:
+        token = int(torch.argmax(logits))
+        for i, b in enumerate(schedule):
+            if engine.length(slot) >= engine.context_length:
+                break
+            start = time.perf_counter()
+            logits = engine.step([slot], [token], [b])
+            seconds = time.perf_counter() - start
+            token = int(torch.argmax(logits[0]))
+            if i > 0 and schedule[i - 1] == b:
+                steps[b].append(seconds)
+    finally:
+        engine.release(slot)
+    return steps
+
+
+def batch_steps(engine: DecodeEngine, bits: Sequence[int], prompt_ids: Sequence[int], steps: int) -> list[float]:
+    """Seconds of each decode step of len(bits) sequences at once (sequence i at bits[i])."""
+    slots = []
+    try:
+        tokens = []
+        for b in bits:
+            slot, logits = engine.add(prompt_ids, b)
+            slots.append(slot)
+            tokens.append(int(torch.argmax(logits)))
+        times = []
+        for _ in range(steps):
+            start = time.perf_counter()
+            logits = engine.step(slots, tokens, list(bits))
+            times.append(time.perf_counter() - start)
+            tokens = logits.argmax(dim=-1).tolist()
+        return times[1:]  # the first step allocates the batch's caches
+    finally:
+        for slot in slots:
+            engine.release(slot)
+
+
+def prefill_seconds(engine: DecodeEngine, prompt_ids: Sequence[int], bits: int) -> float:
+    """Seconds of one `add` (prefill) of `prompt_ids`."""
+    start = time.perf_counter()
+    slot, _ = engine.add(prompt_ids, bits)
+    seconds = time.perf_counter() - start
+    engine.release(slot)
+    return seconds
+
+
+def interleave(runs: dict[str, Callable[[], None]], rounds: int) -> None:
+    """Run every callable once per round, in alternating order (A B, B A, ...)."""
+    names = list(runs)
+    for r in range(rounds):
+        for name in names if r % 2 == 0 else names[::-1]:
+            runs[name]()
+
+
+def measure_engine_decode(engines: dict[str, DecodeEngine], bits: Sequence[int], prompt_ids: Sequence[int],
+                          tokens: int, rounds: int,
+                          others: dict[str, Callable[[], list[float]]] | None = None) -> list[dict]:
+    """Rows {engine, bits, tokens_per_s, ms_per_token, ...} per engine and bit-width; `others`
+    (name -> a run returning its step seconds, e.g. llama.cpp) join the interleaved rounds
+    as rows with bits 0."""
+    others = others or {}
+    steps = {(name, b): [] for name in engines for b in bits}
+    steps.update({(name, 0): [] for name in others})
+
+    def run(name: str) -> Callable[[], None]:
+        def go() -> None:
+            for b, t in rotating_engine_steps(engines[name], bits, prompt_ids, tokens).items():
+                steps[(name, b)].extend(t)
+        return go
+
+    for name, engine in engines.items():  # warm-up: first-call allocations
+        rotating_engine_steps(engine, bits, prompt_ids, 2, block=2)
+    runs = {name: run(name) for name in engines}
+    runs.update({name: (lambda name=name: steps[(name, 0)].extend(other())) for name, other in others.items()})
+    interleave(runs, rounds)
+    rows = []
+    for (name, b), times in steps.items():
+        s = _spread(times)
+        rows.append({"engine": name, "bits": b, "tokens_per_s": 1e3 / s["ms"], "ms_per_token": s["ms"],
+                     "ms_per_token_p10": s["ms_p10"], "ms_per_token_p90": s["ms_p90"], "steps_timed": s["timed"]})
+    return rows
+
+
+def measure_batch(engine: DecodeEngine, batch_bits: Sequence[int], prompt_ids: Sequence[int], steps: int,
+                  rounds: int) -> dict:
+    """Total tok/s of a mixed-precision batch against single sequences at the same bit-widths
+    (interleaved rounds); `ratio` = batch total tok/s / mean single-sequence tok/s."""
+    batch: list[float] = []
+    single: dict[int, list[float]] = {b: [] for b in sorted(set(batch_bits))}
+    interleave({
+        "batch": lambda: batch.extend(batch_steps(engine, batch_bits, prompt_ids, steps)),
+        "single": lambda: [single[b].extend(batch_steps(engine, [b], prompt_ids, steps)) for b in single],
+    }, rounds)
+    b_row = _spread(batch)
+    single_tps = {b: 1e3 / _spread(t)["ms"] for b, t in single.items()}
+    mean_single = statistics.mean(single_tps[b] for b in batch_bits)
+    total = len(batch_bits) * 1e3 / b_row["ms"]
+    return {"batch_bits": list(batch_bits), "ms_per_step": b_row["ms"], "ms_per_step_p10": b_row["ms_p10"],
+            "ms_per_step_p90": b_row["ms_p90"], "total_tokens_per_s": total, "single_tokens_per_s": single_tps,
+            "mean_single_tokens_per_s": mean_single, "ratio": total / mean_single}
+
+
+def measure_prefill(engines: dict[str, DecodeEngine], bits: Sequence[int], prompt_ids: Sequence[int],
+                    rounds: int) -> list[dict]:
+    """Prompt tok/s of `add` per engine and bit-width (interleaved rounds, medians)."""
+    times = {(name, b): [] for name in engines for b in bits}
+
+    def run(name: str) -> Callable[[], None]:
+        return lambda: [times[(name, b)].append(prefill_seconds(engines[name], prompt_ids, b)) for b in bits]
+
+    for name in engines:
+        prefill_seconds(engines[name], prompt_ids[:8], bits[0])  # warm-up
+    interleave({name: run(name) for name in engines}, rounds)
+    rows = []
+    for (name, b), t in times.items():
+        s = _spread(t)
+        rows.append({"engine": name, "bits": b, "prompt_tokens": len(prompt_ids), "ms": s["ms"],
+                     "ms_p10": s["ms_p10"], "ms_p90": s["ms_p90"], "tokens_per_s": len(prompt_ids) * 1e3 / s["ms"]})
+    return rows
+
+
+def step_breakdown(engine, bits: int, prompt_ids: Sequence[int], steps: int) -> dict[str, float]:
+    """Milliseconds per part of one native decode step at `bits` (mean over `steps` steps;
+    the prefill is not profiled)."""
+    from anyprec.engine.native import PARTS
+
+    slot, logits = engine.add(prompt_ids, bits)
+    engine.timings.zero_()
+    engine.profile = True
+    try:
+        token = int(torch.argmax(logits))
+        start = time.perf_counter()
+        for _ in range(steps):
+            token = int(torch.argmax(engine.step([slot], [token], [bits])[0]))
+        wall = time.perf_counter() - start
+    finally:
+        engine.profile = False
+        engine.release(slot)
+    parts = {name: float(t) * 1e3 / steps for name, t in zip(PARTS, engine.timings)}
+    parts["python_and_other"] = wall * 1e3 / steps - sum(parts.values())
+    parts["step"] = wall * 1e3 / steps
+    return parts
+
+
+# -- CLI ---------------------------------------------------------------------------------
+
+PROMPT_TEXT = ("The history of the city begins with a small settlement on the river, where traders "
+               "met to exchange grain, salt and cloth. ")
+
+
+def prompt_ids(tokenizer, n_tokens: int) -> list[int]:
+    """The first `n_tokens` ids of PROMPT_TEXT repeated (a real text, any length)."""
+    ids: list[int] = []
+    while len(ids) < n_tokens:
+        ids += tokenizer(PROMPT_TEXT).input_ids
+    return ids[:n_tokens]
+
+
+def _load(args, kinds: Sequence[str]):
+    """(apm, {kind: engine}) for the artifact in args.dir, threads set."""
+    from anyprec.engine import open_engine
+    from anyprec.runtime import load_anyprec
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    apm = load_anyprec(args.dir, sorted(set(args.bits)))
+    return apm, {k: open_engine(apm, kind=k, max_batch=16) for k in kinds}
+
+
+def _print_rows(title: str, rows: list[dict], unit: str) -> None:
+    print(title)
+    print(f"{'engine':<14}{'bits':>5}{unit:>10}{'ms':>10}{'[p10, p90]':>20}")
+    for r in rows:
+        ms, lo, hi = (r["ms_per_token"], r["ms_per_token_p10"], r["ms_per_token_p90"]) if "ms_per_token" in r \
+            else (r["ms"], r["ms_p10"], r["ms_p90"])
+        print(f"{r['engine']:<14}{r['bits']:>5}{r['tokens_per_s']:>10.1f}{ms:>10.2f}{f'[{lo:.2f}, {hi:.2f}]':>20}")
+
+
+def run_engine_decode(args) -> dict:
+    """`bench decode --engine native`: per bit-width decode steps of the native engine (and the
+    transformers engine with --with-transformers, llama.cpp with --vs llamacpp), plus a
+    per-part breakdown of one step."""
+    if args.vs == "llamacpp":  # before minutes of loading, say what is missing
+        from anyprec.bench_llamacpp import require_llama_cpp
+
+        try:
+            require_llama_cpp()
+        except RuntimeError as err:
+            raise SystemExit(f"error: {err}") from None
+    kinds = ["native"] + (["transformers"] if args.with_transformers else [])
+    apm, engines = _load(args, kinds)
+    ids = prompt_ids(apm.tokenizer, args.prompt_tokens)
+    peers = _llamacpp_runners(args, apm) if args.vs == "llamacpp" else {}
+    others = {f"llamacpp:{q}": (lambda r=r: r.decode_steps(ids, args.tokens)) for q, r in peers.items()}
+    rows = measure_engine_decode(engines, args.bits, ids, args.tokens, args.repeats, others)
+    _print_rows(f"median decode step, batch 1, {args.repeats} rounds x {args.tokens} steps per bit-width "
+                "(bit-widths rotated every 4 steps)", rows, "tok/s")
+    breakdown = {b: step_breakdown(engines["native"], b, ids, args.tokens) for b in (min(args.bits), max(args.bits))}
+    for b, parts in breakdown.items():
+        print(f"one native step at {b} bits (ms): " + ", ".join(f"{k} {v:.2f}" for k, v in parts.items()))
+    result = {"rows": rows, "breakdown_ms": breakdown, "prompt_tokens": len(ids)}
+    if peers:
+        result.update(_llamacpp_summary(args, apm, engines["native"], ids, rows, peers))
+    return result
+
+
+def _llamacpp_runners(args, apm) -> dict:
+    from anyprec.bench_llamacpp import LlamaCppRunner, make_ggufs
+    from anyprec.env import cache_dir
+    from anyprec.models import find_embedded_gguf
+
+    folder = Path(args.gguf_dir) if args.gguf_dir else cache_dir() / "llamacpp"
+    paths = make_ggufs(find_embedded_gguf(), folder, args.llamacpp_types)
+    return {q: LlamaCppRunner(p, torch.get_num_threads()) for q, p in paths.items()}
+
+
+def _llamacpp_summary(args, apm, native, ids, rows, peers) -> dict:
+    """Prompt tok/s of both (interleaved), bits per weight, and our/their decode ratios."""
+    from anyprec.bench_llamacpp import bits_per_weight, ratio_rows
+
+    long_ids = prompt_ids(apm.tokenizer, args.prefill_tokens)
+    prefill = {(n, b): [] for n in ["native"] for b in args.bits}
+    prefill.update({(f"llamacpp:{q}", 0): [] for q in peers})
+    runs = {"native": lambda: [prefill[("native", b)].append(prefill_seconds(native, long_ids, b)) for b in args.bits]}
+    runs.update({f"llamacpp:{q}": (lambda q=q, r=r: prefill[(f"llamacpp:{q}", 0)].append(r.prefill_seconds(long_ids)))
+                 for q, r in peers.items()})
+    interleave(runs, args.repeats)
+    prompt_rows = [{"engine": n, "bits": b, "prompt_tokens": len(long_ids),
+                    "tokens_per_s": len(long_ids) * 1e3 / _spread(t)["ms"]} for (n, b), t in prefill.items()]
+    n_params = sum(p.numel() for p in apm.model.parameters())
+    peer_rows = {q: next(r for r in rows if r["engine"] == f"llamacpp:{q}") for q in peers}
+    for q, r in peer_rows.items():
+        r["bits_per_weight"] = bits_per_weight(peers[q].path, n_params)
+    ratios = ratio_rows([r for r in rows if r["engine"] == "native"], peer_rows)
+    print("prompt tok/s: " + ", ".join(f"{r['engine']}{'@' + str(r['bits']) if r['bits'] else ''} "
+                                       f"{r['tokens_per_s']:.0f}" for r in prompt_rows))
+    print("decode ratio ours/llama.cpp: " + ", ".join(f"{r['bits']} bits vs {r['peer']} {r['ratio']:.2f}x"
+                                                     for r in ratios))
+    return {"prompt_rows": prompt_rows, "llamacpp_ratios": ratios}
+
+
+def run_prefill(args) -> int:
+    """`bench prefill`: prompt tok/s of the native and transformers engines."""
+    from anyprec.bench import _write_json
+
+    apm, engines = _load(args, args.engines)
+    ids = prompt_ids(apm.tokenizer, args.prompt_tokens)
+    rows = measure_prefill(engines, args.bits, ids, args.repeats)
+    _print_rows(f"median prefill of a {len(ids)}-token prompt over {args.repeats} interleaved rounds", rows,
+                "tok/s")
+    _write_json(args.json, {"dir": str(args.dir), "threads": torch.get_num_threads(), "rows": rows})
+    return 0
+
+
+def run_batch(args) -> int:
+    """`bench batch`: total tok/s of a mixed-precision batch vs single sequences."""
+    from anyprec.bench import _write_json
+
+    args.bits = args.batch_bits
+    apm, engines = _load(args, [args.engine])
+    ids = prompt_ids(apm.tokenizer, args.prompt_tokens)
+    result = measure_batch(engines[args.engine], args.batch_bits, ids, args.steps, args.repeats)
+    print(f"batch of {len(args.batch_bits)} at bits {args.batch_bits}: {result['total_tokens_per_s']:.1f} tok/s "
+          f"total ({result['ms_per_step']:.2f} ms/step, p10-p90 {result['ms_per_step_p10']:.2f}-"
+          f"{result['ms_per_step_p90']:.2f}); one sequence {result['mean_single_tokens_per_s']:.1f} tok/s "
+          f"(mean over the batch's bit-widths); ratio {result['ratio']:.2f}x")
+    _write_json(args.json, {"dir": str(args.dir), "threads": torch.get_num_threads(), "engine": args.engine,
+                            **result})
+    return 0
+
+
+def add_engine_benches(sub) -> None:
+    """Add `bench prefill` and `bench batch` to the bench subparsers."""
+    from anyprec.bench import DEFAULT_BITS
+
+    p = sub.add_parser("prefill", help="prompt tok/s: native engine vs transformers")
+    p.add_argument("dir", help="packed artifact directory")
+    p.add_argument("--bits", type=int, nargs="+", default=[3, 4, 8], choices=range(1, 9))
+    p.add_argument("--engines", nargs="+", default=["native", "transformers"], choices=["native", "transformers"])
+    p.add_argument("--prompt-tokens", type=int, default=128)
+    p.add_argument("--repeats", type=int, default=5, help="interleaved rounds (median)")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--json", help="write the rows to this JSON file")
+    p.set_defaults(func=run_prefill)
+    p = sub.add_parser("batch", help="total tok/s of a mixed-precision batch vs one sequence")
+    p.add_argument("dir", help="packed artifact directory")
+    p.add_argument("--batch-bits", type=int, nargs="+", default=[*DEFAULT_BITS, 3, 4], choices=range(1, 9),
+                   help="one bit-width per sequence (default: 8 sequences, 3..8 bits plus 3 and 4)")
+    p.add_argument("--engine", choices=["native", "transformers"], default="native")
+    p.add_argument("--steps", type=int, default=16, help="decode steps per round")
+    p.add_argument("--prompt-tokens", type=int, default=16)
+    p.add_argument("--repeats", type=int, default=3, help="interleaved rounds (median)")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--json", help="write the result to this JSON file")
+    p.set_defaults(func=run_batch)

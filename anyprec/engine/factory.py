@@ -1,0 +1,43 @@
+"""`open_engine`: the native engine where the architecture allows it, else transformers."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import torch
+
+from anyprec.engine.base import DecodeEngine, EngineError, TransformersEngine
+from anyprec.engine.native import NativeEngine, unsupported_reason
+from anyprec.runtime import AnyPrecisionModel
+
+KINDS = ("auto", "native", "transformers")
+log = logging.getLogger(__name__)
+
+
+def open_engine(apm: AnyPrecisionModel, kind: str = "auto", max_batch: int = 16) -> DecodeEngine:
+    """An engine over `apm`: kind 'native' (error if unsupported), 'transformers', or 'auto'
+    (native for llama / mistral / qwen2 artifacts it supports, transformers otherwise)."""
+    if kind not in KINDS:
+        raise EngineError(f"engine kind {kind!r} is not one of {', '.join(KINDS)}")
+    if kind == "transformers":
+        return TransformersEngine(apm, max_batch=max_batch)
+    reason = unsupported_reason(apm)
+    if reason is None:
+        return NativeEngine(apm, max_batch=max_batch)
+    if kind == "native":
+        raise EngineError(f"the native engine cannot run this model: {reason}; use kind='transformers' or 'auto'")
+    log.info("native engine unavailable (%s); using the transformers engine", reason)
+    return TransformersEngine(apm, max_batch=max_batch)
+
+
+def greedy(engine: DecodeEngine, prompt_ids: Sequence[int], bits: int, new_tokens: int) -> list[int]:
+    """Greedy decoding of `new_tokens` tokens on any engine (its slot is released after)."""
+    slot, logits = engine.add(prompt_ids, bits)
+    try:
+        out = [int(torch.argmax(logits))]
+        while len(out) < new_tokens:
+            out.append(int(torch.argmax(engine.step([slot], [out[-1]], [bits])[0])))
+        return out
+    finally:
+        engine.release(slot)

@@ -1,0 +1,248 @@
+"""The native decode engine: a whole Llama-family step (all layers, the head) in one C call.
+
+`NativeEngine` implements the `DecodeEngine` contract over the same loaded artifact as the
+transformers path: it reads the runtime's tensors in place (bitplanes, fp16 LUTs, fp32
+norms and embedding, the fp16 head copy) and keeps a float32 KV cache per slot. Each row
+of a step runs at its own bit-width; Python runs once per step, never per layer.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+
+import torch
+
+from anyprec.engine.base import EngineError
+from anyprec.kernels import cpu
+from anyprec.runtime import AnyPrecisionLinear, AnyPrecisionModel, HalfStoredHead
+
+SUPPORTED_TYPES = ("llama", "mistral", "qwen2")
+STATIC_ROPE_TYPES = ("default", "linear", "llama3")  # inv_freq fixed at load: a cos/sin table is exact
+PREFILL_CHUNK = 128  # prompt rows per native call (bounds the scratch memory, not the speed)
+FIRST_CAPACITY = 64  # cache positions a new slot gets; doubled as it grows
+PARTS = ("norm_embed_residual", "qkv", "rope_attention", "o_proj", "mlp_gate_up", "mlp_down", "head")
+_PROJECTIONS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+_ROW = struct.Struct("<7q")
+
+
+def unsupported_reason(apm: AnyPrecisionModel) -> str | None:
+    """Why the native engine cannot run this model (None: it can)."""
+    if not cpu.is_available():
+        return f"the native CPU kernels are not built ({cpu.IMPORT_ERROR})"
+    model, config = apm.model, apm.model.config
+    if config.model_type not in SUPPORTED_TYPES:
+        return f"model_type {config.model_type!r} is not one of {', '.join(SUPPORTED_TYPES)}"
+    if getattr(config, "hidden_act", "silu") != "silu":
+        return f"hidden_act {config.hidden_act!r} is not silu"
+    rope_type = getattr(model.model.rotary_emb, "rope_type", "default")
+    if rope_type not in STATIC_ROPE_TYPES:
+        return f"rope type {rope_type!r} changes with the sequence length"
+    if set(getattr(config, "layer_types", None) or ["full_attention"]) != {"full_attention"}:
+        return "the model has sliding-window layers"
+    if model.model.embed_tokens.weight.dtype != torch.float32 or not isinstance(model.lm_head, HalfStoredHead):
+        return "the engine needs an fp32 model whose output head is stored in fp16"
+    if model.lm_head.bias is not None:
+        return "the output head has a bias"
+    for i, layer in enumerate(model.model.layers):
+        for name in _PROJECTIONS:
+            mod = layer.get_submodule(name)
+            if not isinstance(mod, AnyPrecisionLinear) or mod.planes.device.type != "cpu":
+                return f"layer {i} {name} is not a quantized layer on the cpu"
+    return None
+
+
+def _context_length(config) -> int:
+    """Positions the engine serves: Mistral's sliding window caps it, so attention is full."""
+    length = int(config.max_position_embeddings)
+    window = getattr(config, "sliding_window", None)
+    if window and (config.model_type == "mistral" or getattr(config, "use_sliding_window", False)):
+        length = min(length, int(window))
+    return length
+
+
+def _linear_record(mod: AnyPrecisionLinear, keep: list) -> bytes:
+    planes = mod.planes
+    luts = {b: mod.get_buffer(f"lut{b}") for b in mod.state.available}
+    dtypes = {lut.dtype for lut in luts.values()}
+    if len(dtypes) != 1 or not dtypes <= {torch.float16, torch.float32}:
+        raise EngineError(f"LUT dtypes {dtypes} are not one of float16/float32")
+    luts = {b: lut.contiguous() for b, lut in luts.items()}
+    bias = None if mod.bias is None else mod.bias.detach().float().contiguous()
+    keep.extend([planes, bias, *luts.values()])
+    lut_ptrs = [luts[b].data_ptr() if b in luts else 0 for b in range(9)]
+    return struct.pack("<16q", planes.data_ptr(), planes.stride(0), planes.shape[1], planes.shape[2],
+                       mod.in_features, 0 if bias is None else bias.data_ptr(),
+                       int(dtypes == {torch.float16}), *lut_ptrs)
+
+
+def _rope_tables(rotary, positions: int, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin float32 [positions, head_dim], computed as transformers' rotary forward does."""
+    pos = torch.arange(positions, dtype=torch.float32)
+    freqs = pos[:, None] * rotary.inv_freq.float()[None, :]
+    emb = torch.cat((freqs, freqs), dim=-1)
+    if emb.shape[-1] != head_dim:
+        raise EngineError(f"rotary dim {emb.shape[-1]} != head_dim {head_dim}: partial rotary is not supported")
+    scale = float(getattr(rotary, "attention_scaling", 1.0))
+    return (emb.cos() * scale).contiguous(), (emb.sin() * scale).contiguous()
+
+
+class NativeEngine:
+    """`DecodeEngine` on the native C step (llama / mistral / qwen2 artifacts).
+
+    Attributes: max_batch, context_length, vocab_size (the contract), threads (OpenMP
+    threads per call; 0: torch's), timings (float64[len(PARTS)] seconds per part, summed
+    over calls while `profile` is True). Not thread-safe: one caller drives it.
+    """
+
+    def __init__(self, apm: AnyPrecisionModel, max_batch: int = 16, threads: int = 0) -> None:
+        reason = unsupported_reason(apm)
+        if reason:
+            raise EngineError(f"the native engine cannot run this model: {reason}; use kind='transformers'")
+        model, config = apm.model, apm.model.config
+        self.apm = apm
+        self.max_batch = int(max_batch)
+        self.context_length = _context_length(config)
+        self.vocab_size = int(config.vocab_size)
+        self.threads = int(threads)
+        self.profile = False
+        self.timings = torch.zeros(len(PARTS), dtype=torch.float64)
+        self._bits = set(apm.bits_available)
+        self._slots: dict[int, list] = {}  # slot -> [cache f32[2, L, Hkv, cap, D], length]
+        self._build(model, config)
+
+    def _build(self, model, config) -> None:
+        layers = model.model.layers
+        attn = layers[0].self_attn
+        self._n_layers = len(layers)
+        self._n_heads = int(config.num_attention_heads)
+        self._n_kv = int(config.num_key_value_heads)
+        self._head_dim = attn.q_proj.out_features // self._n_heads
+        keep: list = []
+        layer_bytes = b""
+        for layer in layers:
+            norms = [layer.input_layernorm.weight.detach().float().contiguous(),
+                     layer.post_attention_layernorm.weight.detach().float().contiguous()]
+            keep.extend(norms)
+            layer_bytes += struct.pack("<2q", *(n.data_ptr() for n in norms))
+            layer_bytes += b"".join(_linear_record(layer.get_submodule(p), keep) for p in _PROJECTIONS)
+        self._layers = torch.frombuffer(bytearray(layer_bytes), dtype=torch.uint8)
+        cos, sin = _rope_tables(model.model.rotary_emb, self.context_length, self._head_dim)
+        embed = model.model.embed_tokens.weight.detach()
+        final = model.model.norm.weight.detach().float().contiguous()
+        head = model.lm_head.weight_f16
+        keep.extend([cos, sin, embed, final, head])
+        self._keep = keep  # every pointer in the records stays valid while the engine lives
+        eps = float(layers[0].input_layernorm.variance_epsilon)
+        header = struct.pack(
+            "<14q2d", self._n_layers, config.hidden_size, self._n_heads, self._n_kv, self._head_dim,
+            layers[0].mlp.gate_proj.out_features, self.vocab_size, embed.data_ptr(), final.data_ptr(),
+            head.data_ptr(), cos.data_ptr(), sin.data_ptr(), self.context_length, self._layers.data_ptr(),
+            eps, float(attn.scaling))
+        self._model = torch.frombuffer(bytearray(header), dtype=torch.uint8)
+
+    # -- the contract -------------------------------------------------------------------
+
+    def add(self, prompt_ids: Sequence[int], bits: int) -> tuple[int, torch.Tensor]:
+        ids = [int(t) for t in prompt_ids]
+        if not ids:
+            raise EngineError("the prompt is empty: give at least one token")
+        if len(ids) >= self.context_length:
+            raise EngineError(f"the prompt has {len(ids)} tokens; this model's context is {self.context_length}")
+        self._check_bits(bits)
+        self._check_tokens(ids)
+        slot = self._free_slot()
+        state: list = [None, 0]
+        self._reserve(state, len(ids))
+        logits = torch.empty(1, self.vocab_size, dtype=torch.float32)
+        for start in range(0, len(ids), PREFILL_CHUNK):
+            chunk = ids[start:start + PREFILL_CHUNK]
+            last = start + len(chunk) == len(ids)
+            rows = [(tok, bits, start + i, state, 0 if last and i == len(chunk) - 1 else -1)
+                    for i, tok in enumerate(chunk)]
+            self._run(rows, logits)
+        state[1] = len(ids)
+        self._slots[slot] = state  # only once the prefill succeeded
+        return slot, logits[0]
+
+    def step(self, slots: Sequence[int], tokens: Sequence[int], bits: Sequence[int]) -> torch.Tensor:
+        if not (len(slots) == len(tokens) == len(bits)):
+            raise EngineError(f"step got {len(slots)} slots, {len(tokens)} tokens, {len(bits)} bit-widths")
+        if len(set(slots)) != len(slots):
+            raise EngineError(f"step got a slot twice: {list(slots)}")
+        states = [self._get(s) for s in slots]
+        for s, state in zip(slots, states):
+            if state[1] >= self.context_length:
+                raise EngineError(f"slot {s} is full: the context is {self.context_length} tokens")
+        for b in bits:
+            self._check_bits(b)
+        self._check_tokens(tokens)
+        logits = torch.empty(len(slots), self.vocab_size, dtype=torch.float32)
+        if not slots:
+            return logits
+        rows = []
+        for i, (state, tok, b) in enumerate(zip(states, tokens, bits)):
+            self._reserve(state, state[1] + 1)
+            rows.append((int(tok), int(b), state[1], state, i))
+        self._run(rows, logits)
+        for state in states:
+            state[1] += 1
+        return logits
+
+    def length(self, slot: int) -> int:
+        return self._get(slot)[1]
+
+    def release(self, slot: int) -> None:
+        self._slots.pop(slot, None)
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _run(self, rows: list[tuple], logits: torch.Tensor) -> None:
+        """One native call; rows (token, bits, position, slot state, logits row or -1)."""
+        rows = sorted(rows, key=lambda r: r[1])  # the C step wants equal bit-widths contiguous
+        packed = bytearray()
+        for tok, b, pos, state, out in rows:
+            cache = state[0]
+            packed += _ROW.pack(tok, b, pos, cache[0].data_ptr(), cache[1].data_ptr(), cache.shape[3], out)
+        buf = torch.frombuffer(packed, dtype=torch.uint8)
+        times = self.timings.data_ptr() if self.profile else 0
+        threads = self.threads or torch.get_num_threads()
+        cpu._lib().engine_step(self._model.data_ptr(), buf.data_ptr(), len(rows), logits.data_ptr(), threads,
+                               times)
+
+    def _reserve(self, state: list, positions: int) -> None:
+        """Grow the slot's cache (doubling, capped at the context) to hold `positions`."""
+        cache = state[0]
+        cap = 0 if cache is None else cache.shape[3]
+        if positions <= cap:
+            return
+        new_cap = max(FIRST_CAPACITY, cap)
+        while new_cap < positions:
+            new_cap *= 2
+        new_cap = min(new_cap, self.context_length)
+        fresh = torch.empty(2, self._n_layers, self._n_kv, new_cap, self._head_dim, dtype=torch.float32)
+        if cache is not None:
+            fresh[:, :, :, :state[1]] = cache[:, :, :, :state[1]]
+        state[0] = fresh
+
+    def _check_bits(self, bits: int) -> None:
+        if bits not in self._bits:
+            raise EngineError(f"precision {bits} is not loaded; this engine serves bit-widths {sorted(self._bits)}")
+
+    def _check_tokens(self, tokens: Sequence[int]) -> None:
+        bad = [t for t in tokens if not 0 <= int(t) < self.vocab_size]
+        if bad:
+            raise EngineError(f"token ids {bad[:5]} are outside the vocabulary [0, {self.vocab_size})")
+
+    def _get(self, slot: int) -> list:
+        try:
+            return self._slots[slot]
+        except KeyError:
+            raise EngineError(f"slot {slot} is not in use") from None
+
+    def _free_slot(self) -> int:
+        for slot in range(self.max_batch):
+            if slot not in self._slots:
+                return slot
+        raise EngineError(f"all {self.max_batch} slots are in use; release one first")

@@ -1,0 +1,247 @@
+/* Native decode engine: a whole Llama-family forward step for R rows in one call.
+ *
+ * Per layer: RMSNorm, q/k/v through the bitplane-LUT mat-vec at each row's bit-width,
+ * rotary embedding from the caller's cos/sin tables (computed by torch exactly as
+ * transformers does), keys/values appended to each row's slot cache, grouped-query
+ * attention over the slot's cache up to the row's position, o_proj, residual, SiLU-gated
+ * MLP, residual; then the final norm and the fp16 output head for the rows that want
+ * logits. All math is fp32, so results equal the transformers fp32 forward to rounding.
+ *
+ * Rows of one slot may share a call (prefill chunks): every row's key/value is written
+ * before any row attends, and row i attends to positions 0..pos_i only (causal).
+ */
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+#include "ap_engine.h"
+
+#define SMALL_LAYER_BYTES (1 << 14) /* layers under this many plane bytes run on one thread */
+
+static double now(void) { return omp_get_wtime(); }
+
+static void rmsnorm(const float *x, const float *w, float *out, int64_t n, double eps) {
+    float ss = 0.0f;
+    for (int64_t i = 0; i < n; i++) ss += x[i] * x[i];
+    const float inv = 1.0f / sqrtf(ss / (float)n + (float)eps);
+    for (int64_t i = 0; i < n; i++) out[i] = w[i] * (x[i] * inv);
+}
+
+/* y[r, :] = x[r, :] @ W_{bits_r}.T + bias for rows r in [0, R); rows of equal bits are
+ * contiguous. Each run of equal bits makes groups of up to AP_MAX_TOKENS rows, and all
+ * groups share one pass over the planes (read once, for the widest bit-width). */
+static int linear(const ap_eng_linear *L, const ap_eng_row *rows, int64_t R, const float *x, float *y,
+                  int nthreads) {
+    const int64_t K = L->in_features, N = L->n_rows;
+    for (int64_t c0 = 0; c0 < R;) {  /* calls of up to AP_ENGINE_MAX_GROUPS groups */
+        ap_gemv_args groups[AP_ENGINE_MAX_GROUPS];
+        int n_groups = 0, widest = 0;
+        int64_t r0 = c0;
+        while (r0 < R && n_groups < AP_ENGINE_MAX_GROUPS) {
+            const int bits = (int)rows[r0].bits;
+            int64_t r1 = r0;
+            while (r1 < R && rows[r1].bits == bits && r1 - r0 < AP_MAX_TOKENS) r1++;
+            if (bits < 1 || bits > AP_MAX_BITS || !L->lut[bits]) return -2;
+            groups[n_groups++] = (ap_gemv_args){(const uint32_t *)(intptr_t)L->planes, L->plane_stride, N, L->words,
+                                                K, (const void *)(intptr_t)L->lut[bits], (int)L->lut_f16, bits,
+                                                x + r0 * K, K, (int)(r1 - r0), y + r0 * N, N};
+            widest = bits > widest ? bits : widest;
+            r0 = r1;
+        }
+        const int64_t plane_bytes = (int64_t)widest * N * L->words * 4;
+        const int rc = ap_run_gemv_groups(groups, n_groups, plane_bytes < SMALL_LAYER_BYTES ? 1 : nthreads);
+        if (rc) return rc == -2 ? -1 : rc;
+        c0 = r0;
+    }
+    if (L->bias) {
+        const float *b = (const float *)(intptr_t)L->bias;
+        for (int64_t r = 0; r < R; r++)
+            for (int64_t n = 0; n < N; n++) y[r * N + n] += b[n];
+    }
+    return 0;
+}
+
+/* v[i] = v[i] * cos[i] + rotate_half(v)[i] * sin[i] for each head of `heads`. */
+static void rope(float *v, int64_t heads, int64_t D, const float *cos, const float *sin) {
+    const int64_t half = D / 2;
+    for (int64_t h = 0; h < heads; h++) {
+        float *x = v + h * D;
+        for (int64_t i = 0; i < half; i++) {
+            const float a = x[i], b = x[i + half];
+            x[i] = a * cos[i] - b * sin[i];
+            x[i + half] = b * cos[i + half] + a * sin[i + half];
+        }
+    }
+}
+
+/* out[r, h*D:(h+1)*D] = softmax(q . K[0..pos] * scale) @ V[0..pos] for every row and head. */
+static int attention(const ap_eng_model *m, int64_t layer, const ap_eng_row *rows, int64_t R, const float *q,
+                     float *out, int nthreads) {
+    const int64_t H = m->n_heads, G = m->n_heads / m->n_kv_heads, D = m->head_dim, Hkv = m->n_kv_heads;
+    int64_t longest = 0;
+    for (int64_t r = 0; r < R; r++) longest = rows[r].pos + 1 > longest ? rows[r].pos + 1 : longest;
+    const float scale = (float)m->attn_scale;
+    int failed = 0;
+    const int threads = R * H * longest * D < (1 << 16) ? 1 : nthreads;
+#pragma omp parallel num_threads(threads) if (threads > 1)
+    {
+        float *scores = malloc((size_t)longest * sizeof(float));
+        if (!scores) {
+#pragma omp atomic write
+            failed = 1;
+        }
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t job = 0; job < R * H; job++) {
+            if (!scores) continue;
+            const int64_t r = job / H, h = job % H, kvh = h / G, n = rows[r].pos + 1;
+            const int64_t base = ((layer * Hkv + kvh) * rows[r].cap) * D;
+            const float *K = (const float *)(intptr_t)rows[r].k_cache + base;
+            const float *V = (const float *)(intptr_t)rows[r].v_cache + base;
+            const float *qh = q + (r * H + h) * D;
+            float top = -INFINITY;
+            for (int64_t t = 0; t < n; t++) {
+                float s = 0.0f;
+                for (int64_t d = 0; d < D; d++) s += qh[d] * K[t * D + d];
+                scores[t] = s * scale;
+                top = scores[t] > top ? scores[t] : top;
+            }
+            float total = 0.0f;
+            for (int64_t t = 0; t < n; t++) total += scores[t] = expf(scores[t] - top);
+            float *o = out + (r * H + h) * D;
+            for (int64_t d = 0; d < D; d++) o[d] = 0.0f;
+            for (int64_t t = 0; t < n; t++) {
+                const float p = scores[t] / total;
+                for (int64_t d = 0; d < D; d++) o[d] += p * V[t * D + d];
+            }
+        }
+        free(scores);
+    }
+    return failed ? -1 : 0;
+}
+
+static void store_kv(const ap_eng_model *m, int64_t layer, const ap_eng_row *rows, int64_t R, const float *k,
+                     const float *v) {
+    const int64_t Hkv = m->n_kv_heads, D = m->head_dim;
+    for (int64_t r = 0; r < R; r++)
+        for (int64_t h = 0; h < Hkv; h++) {
+            const int64_t at = ((layer * Hkv + h) * rows[r].cap + rows[r].pos) * D;
+            memcpy((float *)(intptr_t)rows[r].k_cache + at, k + (r * Hkv + h) * D, (size_t)D * sizeof(float));
+            memcpy((float *)(intptr_t)rows[r].v_cache + at, v + (r * Hkv + h) * D, (size_t)D * sizeof(float));
+        }
+}
+
+typedef struct {
+    float *x, *h, *q, *k, *v, *att, *g, *u;
+} scratch;
+
+static int alloc_scratch(scratch *s, const ap_eng_model *m, int64_t R) {
+    const int64_t E = m->hidden, QD = m->n_heads * m->head_dim, KD = m->n_kv_heads * m->head_dim;
+    const int64_t I = m->intermediate, big = E > QD ? E : QD;
+    float *all = calloc((size_t)(R * (2 * E + QD + 2 * KD + big + 2 * I)), sizeof(float));
+    if (!all) return -1;
+    s->x = all;
+    s->h = s->x + R * E;
+    s->q = s->h + R * E;
+    s->k = s->q + R * QD;
+    s->v = s->k + R * KD;
+    s->att = s->v + R * KD;
+    s->g = s->att + R * big;
+    s->u = s->g + R * I;
+    return 0;
+}
+
+#define TIMED(slot, expr)                           \
+    do {                                            \
+        const double t0_ = timings ? now() : 0.0;   \
+        expr;                                       \
+        if (timings) timings[slot] += now() - t0_;  \
+    } while (0)
+#define CHECK(expr)             \
+    do {                        \
+        const int rc_ = (expr); \
+        if (rc_) {              \
+            free(s.x);          \
+            return rc_;         \
+        }                       \
+    } while (0)
+
+static int run_layer(const ap_eng_model *m, int64_t l, const ap_eng_row *rows, int64_t R, scratch s, int nt,
+                     double *timings) {
+    const ap_eng_layer *L = (const ap_eng_layer *)(intptr_t)m->layers + l;
+    const int64_t E = m->hidden, QD = m->n_heads * m->head_dim, KD = m->n_kv_heads * m->head_dim;
+    const int64_t I = m->intermediate, D = m->head_dim;
+    int rc = 0;
+    TIMED(AP_T_NORM, for (int64_t r = 0; r < R; r++)
+                         rmsnorm(s.x + r * E, (const float *)(intptr_t)L->in_norm, s.h + r * E, E, m->eps));
+    TIMED(AP_T_QKV, rc = linear(&L->q, rows, R, s.h, s.q, nt); if (!rc) rc = linear(&L->k, rows, R, s.h, s.k, nt);
+          if (!rc) rc = linear(&L->v, rows, R, s.h, s.v, nt));
+    if (rc) return rc;
+    TIMED(AP_T_ATTN, {
+        for (int64_t r = 0; r < R; r++) {
+            const float *cos = (const float *)(intptr_t)m->rope_cos + rows[r].pos * D;
+            const float *sin = (const float *)(intptr_t)m->rope_sin + rows[r].pos * D;
+            rope(s.q + r * QD, m->n_heads, D, cos, sin);
+            rope(s.k + r * KD, m->n_kv_heads, D, cos, sin);
+        }
+        store_kv(m, l, rows, R, s.k, s.v);
+        rc = attention(m, l, rows, R, s.q, s.att, nt);
+    });
+    if (rc) return rc;
+    TIMED(AP_T_O, rc = linear(&L->o, rows, R, s.att, s.h, nt));
+    if (rc) return rc;
+    TIMED(AP_T_NORM, for (int64_t i = 0; i < R * E; i++) s.x[i] += s.h[i];
+          for (int64_t r = 0; r < R; r++)
+              rmsnorm(s.x + r * E, (const float *)(intptr_t)L->post_norm, s.h + r * E, E, m->eps));
+    TIMED(AP_T_MLP_UP, rc = linear(&L->gate, rows, R, s.h, s.g, nt);
+          if (!rc) rc = linear(&L->up, rows, R, s.h, s.u, nt);
+          for (int64_t i = 0; i < R * I; i++) s.g[i] = s.g[i] / (1.0f + expf(-s.g[i])) * s.u[i]);
+    if (rc) return rc;
+    TIMED(AP_T_MLP_DOWN, rc = linear(&L->down, rows, R, s.g, s.h, nt));
+    if (rc) return rc;
+    TIMED(AP_T_NORM, for (int64_t i = 0; i < R * E; i++) s.x[i] += s.h[i]);
+    return 0;
+}
+
+/* Final norm + fp16 head for the rows that want logits: AP_MAX_TOKENS rows per call (the
+ * head is read once per call), into a contiguous buffer, then copied to their output rows. */
+static int head(const ap_eng_model *m, const ap_eng_row *rows, int64_t R, scratch s, float *logits, int nt) {
+    const int64_t E = m->hidden, V = m->vocab;
+    int64_t n_out = 0;
+    for (int64_t r = 0; r < R; r++) n_out += rows[r].logits_row >= 0;
+    if (!n_out) return 0;
+    float *out = malloc((size_t)(n_out * V) * sizeof(float));
+    if (!out) return -1;
+    int64_t o = 0;
+    for (int64_t r = 0; r < R; r++)
+        if (rows[r].logits_row >= 0)
+            rmsnorm(s.x + r * E, (const float *)(intptr_t)m->final_norm, s.h + o++ * E, E, m->eps);
+    for (int64_t o0 = 0; o0 < n_out; o0 += AP_MAX_TOKENS) {
+        const int64_t t = n_out - o0 < AP_MAX_TOKENS ? n_out - o0 : AP_MAX_TOKENS;
+        ap_half_gemv_args a = {(const uint16_t *)(intptr_t)m->head_f16, V, E, s.h + o0 * E, E, (int)t,
+                               out + o0 * V, V};
+        ap_run_half_gemv(&a, nt);
+    }
+    o = 0;
+    for (int64_t r = 0; r < R; r++)
+        if (rows[r].logits_row >= 0)
+            memcpy(logits + rows[r].logits_row * V, out + o++ * V, (size_t)V * sizeof(float));
+    free(out);
+    return 0;
+}
+
+int ap_engine_step(const ap_eng_model *m, const ap_eng_row *rows, int64_t R, float *logits, int nthreads,
+                   double *timings) {
+    scratch s;
+    if (R < 1) return 0;
+    if (alloc_scratch(&s, m, R)) return -1;
+    const int64_t E = m->hidden;
+    const float *embed = (const float *)(intptr_t)m->embed;
+    TIMED(AP_T_NORM, for (int64_t r = 0; r < R; r++)
+                         memcpy(s.x + r * E, embed + rows[r].token * E, (size_t)E * sizeof(float)));
+    for (int64_t l = 0; l < m->n_layers; l++) CHECK(run_layer(m, l, rows, R, s, nthreads, timings));
+    const double t_head = timings ? now() : 0.0;
+    CHECK(head(m, rows, R, s, logits, nthreads));
+    if (timings) timings[AP_T_HEAD] += now() - t_head;
+    free(s.x);
+    return 0;
+}

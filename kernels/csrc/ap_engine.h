@@ -1,0 +1,64 @@
+/* Native decode engine for the Llama family (Llama, Mistral, Qwen2): one call runs a whole
+ * forward step of R rows (tokens), each row from its own sequence (slot) at its own
+ * position and bit-width, over per-slot float32 KV caches.
+ *
+ * All descriptors are flat int64 records (pointers as integers) so the Python side builds
+ * them as plain byte buffers; the field order below is the contract with anyprec/engine.
+ */
+#ifndef AP_ENGINE_H
+#define AP_ENGINE_H
+
+#include <stdint.h>
+#include "ap_kernels.h"
+
+typedef struct {
+    int64_t planes;          /* int32 [P, N, words] (uint32 view) */
+    int64_t plane_stride, n_rows, words, in_features;
+    int64_t bias;            /* float32 [N] or 0 */
+    int64_t lut_f16;         /* 1: every lut below is float16, 0: float32 */
+    int64_t lut[AP_MAX_BITS + 1];  /* by bit-width: [N, 2**b]; 0 where not loaded */
+} ap_eng_linear;
+
+typedef struct {
+    int64_t in_norm, post_norm;  /* float32 [hidden] */
+    ap_eng_linear q, k, v, o, gate, up, down;
+} ap_eng_layer;
+
+typedef struct {
+    int64_t n_layers, hidden, n_heads, n_kv_heads, head_dim, intermediate, vocab;
+    int64_t embed;           /* float32 [vocab, hidden] */
+    int64_t final_norm;      /* float32 [hidden] */
+    int64_t head_f16;        /* float16 [vocab, hidden] */
+    int64_t rope_cos, rope_sin;  /* float32 [rope_positions, head_dim] */
+    int64_t rope_positions;
+    int64_t layers;          /* ap_eng_layer [n_layers] */
+    double eps;              /* RMSNorm epsilon */
+    double attn_scale;       /* softmax scale of q.k */
+} ap_eng_model;
+
+typedef struct {
+    int64_t token, bits;
+    int64_t pos;             /* cache position this row's key/value is written to */
+    int64_t k_cache, v_cache;  /* float32 [n_layers, n_kv_heads, cap, head_dim] */
+    int64_t cap;
+    int64_t logits_row;      /* row of the logits output to fill, -1: none */
+} ap_eng_row;
+
+/* Seconds spent per part of a step (added to, when a timings array is given). */
+enum { AP_T_NORM, AP_T_QKV, AP_T_ATTN, AP_T_O, AP_T_MLP_UP, AP_T_MLP_DOWN, AP_T_HEAD, AP_T_COUNT };
+
+/* Rows must be sorted by bits (rows of equal bits are contiguous). logits: float32
+ * [n_logits, vocab]. Returns 0, -1 (out of memory) or -2 (a row's bit-width has no LUT). */
+int ap_engine_step(const ap_eng_model *m, const ap_eng_row *rows, int64_t n_rows, float *logits,
+                   int nthreads, double *timings);
+
+#define AP_ENGINE_MAX_GROUPS 32 /* mat-vec groups (<= AP_MAX_TOKENS rows at one bit-width) per layer call */
+
+/* Defined in ap_module.c: bitplane-LUT / fp16 mat-vec calls with their OpenMP row split.
+ * ap_run_gemv_groups runs several groups over one layer reading its planes once (x and
+ * xstride of each group are its rows of the input; they are replaced by padded copies).
+ * Returns 0, -1 (out of memory) or -2 (n_groups outside 1..AP_ENGINE_MAX_GROUPS). */
+int ap_run_gemv_groups(ap_gemv_args *groups, int n_groups, int nthreads);
+void ap_run_half_gemv(const ap_half_gemv_args *a, int nthreads);
+
+#endif
