@@ -223,6 +223,8 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     sub = bench.add_subparsers(dest="bench_command", required=True)
     _add_gemv(sub)
     _add_decode(sub)
+    from anyprec.serving.cli import add_serving_benches  # bench serve | route: the server's load test
+    add_serving_benches(sub)
     return bench
 
 

@@ -58,3 +58,54 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     p.add_argument("--max-batch", type=int, default=None, help="sequences decoded together (default serving.max_batch)")
     p.set_defaults(func=cmd_serve)
     return p
+
+
+MAX_CLIENTS, MAX_SECONDS = 64, 3600
+
+
+def _bench_serve(args: argparse.Namespace) -> int:
+    from anyprec.serving.loadtest import run_bench_serve
+
+    return run_bench_serve(args)
+
+
+def _bench_route(args: argparse.Namespace) -> int:
+    from anyprec.serving.route_eval import run_bench_route
+
+    return run_bench_route(args)
+
+
+def _add_bench_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="load test of `anyprec serve` on 127.0.0.1: req/s, tok/s, latency, TTFT, RSS")
+    p.add_argument("dir", help="packed artifact directory (the server is started in this process)")
+    p.add_argument("--url", default=None, help="use a running server on 127.0.0.1 instead, e.g. http://127.0.0.1:8000")
+    p.add_argument("--clients", type=int, default=8, help=f"concurrent clients (1..{MAX_CLIENTS}, default 8)")
+    p.add_argument("--seconds", type=float, default=60.0, help=f"length of the run (max {MAX_SECONDS}; default 60)")
+    p.add_argument("--max-tokens", type=int, default=32, help="completion tokens per request (default 32)")
+    p.add_argument("--models", nargs="+", default=["auto"],
+                   help="precisions the clients cycle through: auto, 3bit..8bit (default: auto)")
+    p.add_argument("--engine", choices=["auto", "native", "transformers"], default="auto")
+    p.add_argument("--params", default=None, help="params.yaml with a serving: section (default ./params.yaml)")
+    p.add_argument("--json", default=None, help="write the summary to this JSON file")
+    p.set_defaults(func=_bench_serve)
+
+
+def _add_bench_route(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("route", help=":auto vs fixed precisions on held-out task prompts: accuracy, tok/s, CPU-s")
+    p.add_argument("dir", help="packed artifact directory")
+    p.add_argument("--tasks", nargs="+", default=None, help="BIG-bench task specs (default: evaluation.tasks)")
+    p.add_argument("--prompts", default=None, help="JSONL of {query, choices, gold[, task]} instead of --tasks")
+    p.add_argument("--limit", type=int, default=10, help="prompts per task (default 10)")
+    p.add_argument("--max-tokens", type=int, default=16, help="tokens generated per request (default 16)")
+    p.add_argument("--policies", nargs="+", default=["auto", "8", "3"], help="auto and/or bit-widths (default auto 8 3)")
+    p.add_argument("--engine", choices=["auto", "native", "transformers"], default="auto")
+    p.add_argument("--params", default=None, help="params.yaml (serving.auto policy; default ./params.yaml)")
+    p.add_argument("--json", default=None, help="write per-policy summaries and per-prompt rows here")
+    p.add_argument("--markdown", default=None, help="write the markdown table here")
+    p.set_defaults(func=_bench_route)
+
+
+def add_serving_benches(sub: argparse._SubParsersAction) -> None:
+    """Register `bench serve` (load test) and `bench route` (:auto evaluation) under `bench`."""
+    _add_bench_serve(sub)
+    _add_bench_route(sub)
