@@ -110,10 +110,15 @@ class Scheduler:
                     self._cv.wait()
                 if self._stopping:
                     break
-            self._admit()
-            self._drop_cancelled()
-            if self._active:
-                self._step()
+            try:
+                self._admit()
+                self._drop_cancelled()
+                if self._active:
+                    self._step()
+            except Exception:  # noqa: BLE001 - a bug here must fail its requests, not the server
+                log.exception("scheduler iteration failed; failing the %d active requests", len(self._active))
+                for req in list(self._active):
+                    self._fail(req, "internal error in the scheduler")
         for req in [*self._active, *self._waiting]:
             self._fail(req, "the server is shutting down")
 
@@ -131,6 +136,11 @@ class Scheduler:
                 req.slot, logits = self.engine.add(req.prompt_ids, req.bits)
             except EngineError as err:
                 self._fail(req, str(err))
+                continue
+            except Exception as err:  # noqa: BLE001 - one bad prefill must not take the server down
+                log.error("prefill failed (%d tokens, %d bits): %s: %s", len(req.prompt_ids), req.bits,
+                          type(err).__name__, err)
+                self._fail(req, f"prefill failed: {err}")
                 continue
             req.generator = torch.Generator().manual_seed(req.seed) if req.seed is not None else None
             req.matcher = StopMatcher(req.stop)
