@@ -179,3 +179,10 @@ def test_auto_reports_its_choice_and_metrics_parse(client, server):
     assert _metric(url, "anyprec_auto_choices_total", bits=str(bits)) >= 1
     assert _metric(url, "anyprec_request_latency_seconds_count", bits="3") >= 1
     assert _metric(url, "anyprec_rejected_requests_total", code="model_not_found") >= 1
+
+
+def test_generation_stops_at_the_context(client, server):
+    ctx = server[1].engine.context_length
+    resp = client.completions.create(model=f"{MODEL}:3bit", prompt=[5] * (ctx - 3), max_tokens=50, temperature=0)
+    # The prompt leaves room for 3 appended tokens; the 4th is sampled from the last full-context logits.
+    assert resp.usage.completion_tokens == 4 and resp.choices[0].finish_reason == "length"
