@@ -28,12 +28,15 @@ def chat_artifact(tiny_artifact, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(chat_artifact):
-    """(base url, app state): the app under uvicorn on 127.0.0.1, 4 slots, 2 waiting requests max."""
+    """(base url, app state): the app under uvicorn on 127.0.0.1 with 4 slots.
+
+    The transformers engine: its outputs are compared token for token with `generate`."""
     from anyprec.config import ServingConfig
     from anyprec.serving import create_app
     from anyprec.serving.threaded import ThreadedServer
 
-    app = create_app(chat_artifact, serving=ServingConfig(max_batch=4, max_tokens_limit=64), name=MODEL)
+    app = create_app(chat_artifact, serving=ServingConfig(max_batch=4, max_tokens_limit=64), name=MODEL,
+                     engine="transformers")
     with ThreadedServer(app) as srv:
         yield srv.url, app.state.anyprec
 
