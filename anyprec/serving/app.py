@@ -137,7 +137,7 @@ class _Call:
         self.queue: asyncio.Queue[Event] = asyncio.Queue()
         loop = asyncio.get_running_loop()
         self.gen = GenRequest(ids, self.bits, max_tokens, lambda ev: loop.call_soon_threadsafe(self.queue.put_nowait, ev),
-                              body.temperature, body.top_p, body.seed, stops)
+                              body.temperature, body.top_p, body.seed, stops, body.ignore_eos)
         try:
             state.scheduler.submit(self.gen)
         except QueueFull as err:

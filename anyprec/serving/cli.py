@@ -84,6 +84,9 @@ def _add_bench_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-tokens", type=int, default=32, help="completion tokens per request (default 32)")
     p.add_argument("--models", nargs="+", default=["auto"],
                    help="precisions the clients cycle through: auto, 3bit..8bit (default: auto)")
+    p.add_argument("--chat", action="store_true", help="send chat completions (the prompt as a user message)")
+    p.add_argument("--stop-at-eos", action="store_true",
+                   help="let requests end at end-of-sequence (default: ignore_eos, exactly --max-tokens each)")
     p.add_argument("--engine", choices=["auto", "native", "transformers"], default="auto")
     p.add_argument("--params", default=None, help="params.yaml with a serving: section (default ./params.yaml)")
     p.add_argument("--json", default=None, help="write the summary to this JSON file")

@@ -55,13 +55,16 @@ def loopback_url(url: str) -> str:
     return url.rstrip("/")
 
 
-def one_request(client: httpx.Client, model: str, prompt: str, max_tokens: int) -> Result:
-    """One streamed completion; time to first text chunk and to [DONE], tokens from `usage`."""
-    body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.7, "top_p": 0.95,
-            "stream": True, "stream_options": {"include_usage": True}}
+def one_request(client: httpx.Client, model: str, prompt: str, max_tokens: int, chat: bool = False,
+                ignore_eos: bool = True) -> Result:
+    """One streamed (chat) completion; time to first text chunk and to [DONE], tokens from `usage`."""
+    body = {"model": model, "max_tokens": max_tokens, "temperature": 0.7, "top_p": 0.95, "stream": True,
+            "stream_options": {"include_usage": True}, "ignore_eos": ignore_eos,
+            **({"messages": [{"role": "user", "content": prompt}]} if chat else {"prompt": prompt})}
+    path = "/v1/chat/completions" if chat else "/v1/completions"
     start, ttft, tokens, done = time.perf_counter(), None, 0, False
     try:
-        with client.stream("POST", "/v1/completions", json=body) as r:
+        with client.stream("POST", path, json=body) as r:
             bits = r.headers.get("x-anyprec-bits", "?")
             if r.status_code != 200:
                 r.read()
@@ -75,7 +78,8 @@ def one_request(client: httpx.Client, model: str, prompt: str, max_tokens: int) 
                 chunk = json.loads(line[6:])
                 if "error" in chunk:
                     break
-                if chunk.get("choices") and chunk["choices"][0].get("text") and ttft is None:
+                choice = chunk["choices"][0] if chunk.get("choices") else {}
+                if ttft is None and (choice.get("text") or choice.get("delta", {}).get("content")):
                     ttft = time.perf_counter() - start
                 if chunk.get("usage"):
                     tokens = chunk["usage"]["completion_tokens"]
@@ -126,13 +130,16 @@ def memory_report(samples: list[tuple[float, float]], seconds: float) -> dict:
             "rss_growth_mib": growth, "flat": growth <= max(FLAT_SLACK_MIB, FLAT_SLACK_FRACTION * warm[0])}
 
 
-def run_load(url: str, models: list[str], clients: int, seconds: float, max_tokens: int) -> dict:
-    """Drive `clients` threads for `seconds`; returns the summary dict (see module docstring)."""
+def run_load(url: str, models: list[str], clients: int, seconds: float, max_tokens: int, chat: bool = False,
+             ignore_eos: bool = True) -> dict:
+    """Drive `clients` threads for `seconds`; returns the summary dict (see module docstring).
+
+    ignore_eos: every request generates exactly `max_tokens` (comparable runs, as vLLM's benchmark)."""
     results: list[Result] = []
     lock = threading.Lock()
     with httpx.Client(base_url=url, timeout=120) as warm:
         for model in models:  # first-call costs (plans, allocations) are not load
-            one_request(warm, model, PROMPTS[0], 2)
+            one_request(warm, model, PROMPTS[0], 2, chat, ignore_eos)
     sampler = RssSampler(url)
     sampler.start()
     t0 = time.perf_counter()
@@ -142,7 +149,8 @@ def run_load(url: str, models: list[str], clients: int, seconds: float, max_toke
         n = i
         with httpx.Client(base_url=url, timeout=600) as client:
             while time.perf_counter() < deadline:
-                res = one_request(client, models[n % len(models)], PROMPTS[n % len(PROMPTS)], max_tokens)
+                res = one_request(client, models[n % len(models)], PROMPTS[n % len(PROMPTS)], max_tokens, chat,
+                                  ignore_eos)
                 with lock:
                     results.append(res)
                 n += clients
@@ -155,7 +163,8 @@ def run_load(url: str, models: list[str], clients: int, seconds: float, max_toke
     wall = time.perf_counter() - t0
     sampler.stop_event.set()
     sampler.join()
-    return summarize(results, wall, clients, models, max_tokens, memory_report(sampler.samples, seconds))
+    summary = summarize(results, wall, clients, models, max_tokens, memory_report(sampler.samples, seconds))
+    return {**summary, "endpoint": "chat" if chat else "completions", "ignore_eos": ignore_eos}
 
 
 def summarize(results: list[Result], wall: float, clients: int, models: list[str], max_tokens: int,
@@ -178,7 +187,8 @@ def format_summary(s: dict) -> str:
     f = lambda v: "-" if v is None else f"{v:,.0f}"  # noqa: E731
     mem = s["memory"]
     lines = [
-        f"{s['clients']} clients, {s['seconds']:.1f} s, models {', '.join(s['models'])}, max_tokens {s['max_tokens']}",
+        f"{s['clients']} clients, {s['seconds']:.1f} s, {s['endpoint']}, models {', '.join(s['models'])}, "
+        f"max_tokens {s['max_tokens']}{' (ignore_eos)' if s['ignore_eos'] else ''}",
         f"requests {s['requests']}  errors {s['errors']}  req/s {s['requests_per_s']:.2f}  "
         f"tokens {s['completion_tokens']}  tok/s {s['tokens_per_s']:.1f}",
         "latency ms  p50 {p50}  p95 {p95}  p99 {p99}".format(**{k: f(v) for k, v in s["latency_ms"].items()}),
@@ -210,7 +220,8 @@ def run_bench_serve(args: argparse.Namespace) -> int:
         url = server.url
     with server:
         name = httpx.get(url + "/health", timeout=30).json()["model"]
-        summary = run_load(url, model_ids(name, args.models), args.clients, args.seconds, args.max_tokens)
+        summary = run_load(url, model_ids(name, args.models), args.clients, args.seconds, args.max_tokens,
+                           args.chat, not args.stop_at_eos)
     summary["server"] = "in-process" if not args.url else url
     print(format_summary(summary))
     if args.json:

@@ -39,6 +39,7 @@ class _Body(BaseModel):
     min_bits: int | None = Field(None, ge=1, le=8, description="anyprec: lowest precision :auto may pick")
     max_bits: int | None = Field(None, ge=1, le=8, description="anyprec: highest precision :auto may pick")
     latency_ms: float | None = Field(None, gt=0, description="anyprec: this request's latency target for :auto")
+    ignore_eos: bool = Field(False, description="keep generating past end-of-sequence (as vLLM; for benchmarks)")
 
     @field_validator("n")
     @classmethod

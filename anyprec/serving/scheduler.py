@@ -51,6 +51,7 @@ class GenRequest:
     top_p: float = 1.0
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
+    ignore_eos: bool = False
     cancelled: threading.Event = field(default_factory=threading.Event)
     arrival: float = field(default_factory=time.perf_counter)
     slot: int | None = None
@@ -170,7 +171,7 @@ class Scheduler:
         token = sample_token(logits, req.temperature, req.top_p, req.generator)
         if req.first_token_at is None:
             req.first_token_at = time.perf_counter()
-        if token in self.eos_ids:
+        if token in self.eos_ids and not req.ignore_eos:
             self._send(req, req.matcher.flush())
             self._finish(req, "stop", counted=len(req.generated) + 1)
             return

@@ -10,10 +10,12 @@ from anyprec.cli import main
 from anyprec.serving.loadtest import loopback_url, run_load
 
 
-def test_load_test_reports_zero_errors_latency_and_memory(server):
-    summary = run_load(server[0], ["tiny:auto", "tiny:3bit", "tiny:8bit"], clients=3, seconds=3, max_tokens=4)
+@pytest.mark.parametrize("chat", [False, True])
+def test_load_test_reports_zero_errors_latency_and_memory(server, chat):
+    summary = run_load(server[0], ["tiny:auto", "tiny:3bit", "tiny:8bit"], clients=3, seconds=3, max_tokens=4,
+                       chat=chat)
     assert summary["errors"] == 0 and summary["requests"] >= 3
-    assert summary["completion_tokens"] > 0 and summary["tokens_per_s"] > 0
+    assert summary["completion_tokens"] == 4 * summary["requests"] and summary["tokens_per_s"] > 0
     assert summary["latency_ms"]["p50"] <= summary["latency_ms"]["p99"]
     assert summary["ttft_ms"]["p50"] <= summary["latency_ms"]["p99"]
     assert {"3", "8"} <= set(summary["requests_per_bits"])
