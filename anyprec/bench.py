@@ -246,8 +246,10 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     _add_gemv(sub)
     _add_decode(sub)
     from anyprec.bench_engine import add_engine_benches
+    from anyprec.serving.cli import add_serving_benches  # bench serve | route: the server's load test
 
     add_engine_benches(sub)
+    add_serving_benches(sub)
     return bench
 
 

@@ -126,6 +126,43 @@ class PipelineConfig(_Strict):
     dvc_commit: bool = Field(False, description="record flow outputs in dvc.lock (dvc commit) when DVC is set up")
 
 
+class RouterConfig(_Strict):
+    """How `:auto` picks a bit-width: prompt difficulty, then load, then the client's limits."""
+
+    min_bits: int = Field(3, ge=1, le=8, description="the easiest prompt gets this many bits")
+    max_bits: int = Field(8, ge=1, le=8, description="the hardest prompt gets this many bits")
+    long_prompt_tokens: int = Field(256, ge=1, description="prompt length at which the length score saturates")
+    length_weight: float = Field(0.4, ge=0.0, le=1.0, description="share of the score from prompt length")
+    cue_weight: float = Field(0.6, ge=0.0, le=1.0, description="share of the score from task cues")
+    cues: dict[str, list[str]] = Field(
+        default_factory=lambda: {
+            "reasoning": ["why", "explain", "reason", "because", "step by step", "prove", "therefore", "cause"],
+            "code": ["def ", "class ", "function", "code", "python", "```", "return ", "import "],
+            "math": ["calculate", "solve", "equation", "sum", "integral", "how many", "+", "="],
+        },
+        description="cue words per task family (matched lower-case); each family found adds 1/len(cues)",
+    )
+    queue_per_bit: int = Field(4, ge=1, description="drop one bit per this many requests waiting for a slot")
+    p95_ms: float = Field(20_000.0, gt=0, description="latency target: drop one bit while the recent p95 is above it")
+    latency_window: int = Field(32, ge=1, description="finished requests the recent p95 is taken over")
+
+    @model_validator(mode="after")
+    def _min_le_max(self) -> "RouterConfig":
+        if self.min_bits > self.max_bits:
+            raise ValueError(f"serving.auto.min_bits={self.min_bits} > max_bits={self.max_bits}")
+        return self
+
+
+class ServingConfig(_Strict):
+    """`anyprec serve`: batch size, request limits and the `:auto` routing policy."""
+
+    max_batch: int = Field(8, ge=1, le=256, description="sequences decoded together (engine slots)")
+    max_queue: int = Field(256, ge=1, description="requests waiting for a slot before new ones get 429")
+    default_max_tokens: int = Field(128, ge=1, description="max_tokens when the request gives none")
+    max_tokens_limit: int = Field(2048, ge=1, description="largest max_tokens a request may ask for")
+    auto: RouterConfig = RouterConfig()
+
+
 class Params(_Strict):
     """The whole of params.yaml."""
 
@@ -135,6 +172,7 @@ class Params(_Strict):
     evaluation: EvaluationConfig = EvaluationConfig()
     benchmark: BenchmarkConfig = BenchmarkConfig()
     pipeline: PipelineConfig = PipelineConfig()
+    serving: ServingConfig = ServingConfig()
 
     def model(self, name: str) -> ModelEntry:
         if name not in self.models:

@@ -1,0 +1,48 @@
+"""A real server on a free loopback port over a copy of the tiny artifact that has a chat template."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<s>assistant:{% endif %}"
+)
+MODEL = "tiny"
+
+
+@pytest.fixture(scope="module")
+def chat_artifact(tiny_artifact, tmp_path_factory):
+    """The tiny artifact with a chat template added to its tokenizer config (a copy)."""
+    from transformers import AutoTokenizer
+
+    out = tmp_path_factory.mktemp("chat_artifact") / "packed"
+    shutil.copytree(tiny_artifact, out)
+    tok = AutoTokenizer.from_pretrained(out, local_files_only=True)
+    tok.chat_template = CHAT_TEMPLATE
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def server(chat_artifact):
+    """(base url, app state): the app under uvicorn on 127.0.0.1 with 4 slots.
+
+    The transformers engine: its outputs are compared token for token with `generate`."""
+    from anyprec.config import ServingConfig
+    from anyprec.serving import create_app
+    from anyprec.serving.threaded import ThreadedServer
+
+    app = create_app(chat_artifact, serving=ServingConfig(max_batch=4, max_tokens_limit=64), name=MODEL,
+                     engine="transformers")
+    with ThreadedServer(app) as srv:
+        yield srv.url, app.state.anyprec
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    from openai import OpenAI
+
+    return OpenAI(base_url=server[0] + "/v1", api_key="unused", max_retries=0, timeout=60)
