@@ -148,7 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ppl", help="perplexity per bit-width (and of the base model) on held-out text")
     p.add_argument("dir")
-    p.add_argument("--bits", type=float, nargs="+", default=None, help=BITS_HELP + "; 4.5 runs a precision plan")
+    p.add_argument("--bits", nargs="+", default=None,
+                   help=BITS_HELP + "; 4.5 or a plan JSON file (`anyprec plan --out`) runs a precision plan")
     p.add_argument("--text", nargs="+", default=None, help="UTF-8 text file(s) (default: held-out corpora)")
     p.add_argument("--corpus", nargs="+", choices=["wiki", "news"], default=["wiki"],
                    help="held-out corpora when no --text is given (default: wiki)")

@@ -246,9 +246,9 @@ def add_json_file(artifact_dir: str | Path, name: str, value: Any, merge: dict[s
 class PlanResolver:
     """Resolves a precision that is not a loaded integer width to a Plan, for one loaded model.
 
-    Accepts a Plan, a {module: bits} mapping, or a fractional number (the artifact's stored
-    plan for that average if its widths are loaded, else one computed from the artifact's
-    objective table; either is cached)."""
+    Accepts a Plan, a {module: bits} mapping, the path of a plan JSON file, or a fractional
+    number (the artifact's stored plan for that average if its widths are loaded, else one
+    computed from the artifact's objective table; either is cached)."""
 
     def __init__(self, artifact_dir: Path, manifest: dict[str, Any], available: list[int]) -> None:
         self.artifact_dir, self.manifest, self.available = artifact_dir, manifest, available
@@ -262,8 +262,11 @@ class PlanResolver:
         if isinstance(precision, Mapping):
             bits = check_plan(precision, self.manifest["modules"], self.available)
             return describe(self.manifest, bits, plan_avg_bits(self.manifest, bits))
+        if isinstance(precision, (str, Path)) and Path(precision).is_file():
+            return load_plan_file(precision, self.manifest, self.available)
         if isinstance(precision, bool) or not isinstance(precision, (int, float)):
-            raise ValueError(f"precision {precision!r}: give a number of bits (e.g. 4 or 4.5), a Plan or {{module: bits}}")
+            raise ValueError(f"precision {precision!r}: give a number of bits (e.g. 4 or 4.5), a plan JSON file, "
+                             "a Plan or {module: bits}")
         key = float(precision)
         plan = self._cache.get(key)
         if plan is None:
@@ -291,17 +294,23 @@ class PlanResolver:
         return plan_for(self.manifest, self._objectives, self.available, avg_bits=avg_bits)
 
 
-def as_precision(value: float) -> int | float:
-    """4.0 -> 4 (an integer width runs as today); 4.5 stays a fractional precision."""
-    return int(value) if float(value).is_integer() else float(value)
+def as_precision(value: str) -> int | float | str:
+    """A command-line precision: "4" -> 4 (an integer width runs as today), "4.5" -> 4.5 (a
+    plan), anything else stays a string (the path of a plan JSON file)."""
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    return int(number) if number.is_integer() else number
 
 
-def loadable_bits(values: list[float] | None) -> list[int] | None:
+def loadable_bits(values: list[str] | None) -> list[int] | None:
     """What `load_anyprec(bits=...)` needs for these precisions: the integers, or every width
-    (None) when one is fractional, since a plan may use any of them."""
-    if values is None or any(not float(v).is_integer() for v in values):
+    (None) when one is a plan, since a plan may use any of them."""
+    precisions = [as_precision(v) for v in values or []]
+    if not precisions or not all(isinstance(p, int) for p in precisions):
         return None
-    return [int(v) for v in values]
+    return precisions
 
 
 def cmd_plan(args: Any) -> int:

@@ -191,9 +191,10 @@ class AnyPrecisionModel:
         value = self._state.current
         return None if isinstance(value, int) else value
 
-    def set_precision(self, bits: int | float | Plan | dict[str, int]) -> None:
+    def set_precision(self, bits: int | float | str | Plan | dict[str, int]) -> None:
         """Make `bits` the default for every later call (no reload): an integer width, a fractional
-        one (4.5: the artifact's plan for it, or one computed and cached), a Plan or {module: bits}."""
+        one (4.5: the artifact's plan for it, or one computed and cached), a plan JSON file's path,
+        a Plan or {module: bits}."""
         self._state.default = self._state.check(bits)
 
     @contextlib.contextmanager

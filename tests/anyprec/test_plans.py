@@ -234,8 +234,15 @@ def test_cli_plan_stores_a_hashed_plan_and_ppl_uses_it(tiny_artifact, tmp_path, 
     capsys.readouterr()
     text = tmp_path / "text.txt"
     text.write_text("The quick brown fox jumps over the lazy dog while the cat sleeps. " * 8)
-    assert main(["ppl", str(tiny_artifact), "--bits", "4", "4.5", "--no-base", "--max-tokens", "64",
+    assert main(["ppl", str(tiny_artifact), "--bits", "4", "4.5", str(out), "--no-base", "--max-tokens", "64",
                  "--text", str(text), "--json", str(tmp_path / "ppl.json")]) == 0
-    assert set(json.loads((tmp_path / "ppl.json").read_text())["bits"]) == {"4", "4.5"}
+    measured = json.loads((tmp_path / "ppl.json").read_text())["bits"]
+    assert set(measured) == {"4", "4.5", str(out)}
+    apm = load_anyprec(tiny_artifact)
+    apm.set_precision(str(out))
+    assert apm.current_plan.bits == plan["modules"]
+    (tmp_path / "bad.json").write_text('{"modules": {}}')
+    with pytest.raises(ValueError, match="is not an anyprec plan"):
+        apm.set_precision(str(tmp_path / "bad.json"))
     assert main(["plan", str(art), "--max-bytes", "10"]) == 2
     assert "does not even hold the dense tensors" in capsys.readouterr().err
