@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import numbers
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -47,8 +48,8 @@ class PrecisionState:
         return self.default if value is None else value
 
     def check(self, bits: Any) -> int | Plan:
-        if isinstance(bits, float) and bits.is_integer():
-            bits = int(bits)
+        if isinstance(bits, numbers.Real) and not isinstance(bits, bool) and float(bits).is_integer():
+            bits = int(bits)  # 4.0 and numpy integers are the integer width
         if not isinstance(bits, int) or isinstance(bits, bool):
             if self.resolve is None:
                 raise ValueError(f"precision {bits!r} needs a plan, and this model has no plan resolver")
