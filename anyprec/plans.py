@@ -181,6 +181,41 @@ def plan_for(manifest: Mapping[str, Any], objectives: Mapping[str, Mapping[int, 
     return describe(manifest, bits, avg_bits if avg_bits is not None else plan_avg_bits(manifest, bits), objectives)
 
 
+def ppl_slope(report: Mapping[str, Any], totals: Mapping[int, float]) -> float:
+    """k of ln(ppl_b / ppl_base) ~= k * O_b (least squares through 0), from an `anyprec ppl --json`
+    report holding the base model and integer widths; totals: {bits: summed objective}."""
+    base = report.get("base") or {}
+    pairs = [(totals[int(b)], math.log(row[c] / base[c]))
+             for b, row in report.get("bits", {}).items() if b.isdigit() and int(b) in totals
+             for c in row if c in base]
+    if not pairs or not base:
+        raise ValueError("--calibration needs an `anyprec ppl --json` report with the base model and integer bit-widths "
+                         "(run `anyprec ppl DIR --json FILE` without --no-base)")
+    return sum(o * y for o, y in pairs) / sum(o * o for o, _ in pairs)
+
+
+def plan_for_ppl(manifest: Mapping[str, Any], objectives: Mapping[str, Mapping[int, float]], widths: list[int],
+                 max_increase_pct: float, slope: float, resolution: float = 0.01) -> Plan:
+    """The smallest-average plan whose predicted perplexity increase, exp(slope * objective) - 1,
+    is at most max_increase_pct %: bisection over the average (the optimal objective falls as
+    the budget grows), to `resolution` bits."""
+    limit = math.log1p(max_increase_pct / 100) / slope
+    best = plan_for(manifest, objectives, widths, avg_bits=float(widths[-1]))
+    if best.objective > limit:
+        raise ValueError(f"--max-ppl-increase {max_increase_pct}% is below the predicted "
+                         f"{math.expm1(slope * best.objective) * 100:.2f}% of {widths[-1]} bits: allow more")
+    lo, hi = float(widths[0]), float(widths[-1])
+    if plan_for(manifest, objectives, widths, avg_bits=lo).objective <= limit:
+        hi = lo
+    while hi - lo > resolution:
+        mid = (lo + hi) / 2
+        if plan_for(manifest, objectives, widths, avg_bits=mid).objective <= limit:
+            hi = mid
+        else:
+            lo = mid
+    return plan_for(manifest, objectives, widths, avg_bits=hi)
+
+
 def plan_avg_bits(manifest: Mapping[str, Any], bits: Mapping[str, int]) -> float:
     params = module_params(manifest)
     return sum(params[n] * b for n, b in bits.items()) / sum(params.values())
@@ -324,11 +359,21 @@ def cmd_plan(args: Any) -> int:
         add_json_file(args.dir, OBJECTIVE_FILE, {n: {str(b): v for b, v in r.items()} for n, r in objectives.items()})
         print(f"added {OBJECTIVE_FILE} to {args.dir}: later fractional precisions plan from the artifact alone")
     dense = artifact_sizes(args.dir)["per_bits"][widths[0]]["dense"]
-    if args.max_bytes is not None:
+    if args.max_ppl_increase is not None:
+        if args.calibration is None:
+            raise ValueError("--max-ppl-increase needs --calibration PPL_JSON (an `anyprec ppl DIR --json FILE` report)")
+        report = json.loads(Path(args.calibration).read_text(encoding="utf-8"))
+        totals = {b: sum(row[b] for row in objectives.values()) for b in widths}
+        slope = ppl_slope(report, totals)
+        plan = plan_for_ppl(manifest, objectives, widths, args.max_ppl_increase, slope)
+        target: dict[str, Any] = {"max_ppl_increase": args.max_ppl_increase}
+        print(f"calibration {args.calibration}: ln(ppl / base ppl) ~= {slope:.6g} x objective; this plan's "
+              f"predicted increase {math.expm1(slope * plan.objective) * 100:.2f}%")
+    elif args.max_bytes is not None:
         if args.max_bytes <= dense:
             raise ValueError(f"--max-bytes {args.max_bytes:,} does not even hold the dense tensors ({dense:,} bytes)")
         plan = plan_for(manifest, objectives, widths, max_bytes=args.max_bytes - dense)
-        target: dict[str, Any] = {"max_bytes": args.max_bytes}
+        target = {"max_bytes": args.max_bytes}
     else:
         plan = plan_for(manifest, objectives, widths, avg_bits=args.avg_bits)
         target = {"avg_bits": args.avg_bits}
@@ -364,6 +409,10 @@ def add_plan_parser(sub: Any) -> None:
     budget = p.add_mutually_exclusive_group(required=True)
     budget.add_argument("--avg-bits", type=float, help="mean bits per quantized weight, e.g. 4.5")
     budget.add_argument("--max-bytes", type=int, help="bytes in memory (codes + LUTs + dense, as `anyprec info`)")
+    budget.add_argument("--max-ppl-increase", type=float, metavar="PCT",
+                        help="the fewest bits whose predicted perplexity increase over the base is <= PCT %%")
+    p.add_argument("--calibration", default=None,
+                   help="`anyprec ppl DIR --json` report (base + integer widths) that calibrates --max-ppl-increase")
     p.add_argument("--work-dir", default=None,
                    help="quantization work directory, for artifacts without the per-module objective table")
     p.add_argument("--out", default=None, help="write the plan to this JSON file instead of into the artifact")

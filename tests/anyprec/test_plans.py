@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import shutil
 
 import numpy as np
@@ -18,6 +19,8 @@ from anyprec.plans import (
     module_bytes,
     module_params,
     plan_for,
+    plan_for_ppl,
+    ppl_slope,
     read_objectives,
     solve_choice,
 )
@@ -246,3 +249,30 @@ def test_cli_plan_stores_a_hashed_plan_and_ppl_uses_it(tiny_artifact, tmp_path, 
         apm.set_precision(str(tmp_path / "bad.json"))
     assert main(["plan", str(art), "--max-bytes", "10"]) == 2
     assert "does not even hold the dense tensors" in capsys.readouterr().err
+
+
+def test_max_ppl_increase_picks_the_fewest_bits_within_the_prediction(tiny_artifact, tmp_path, capsys):
+    manifest = read_manifest(tiny_artifact)
+    table = read_objectives(tiny_artifact, manifest)
+    widths = list(range(3, 9))
+    totals = {b: sum(row[b] for row in table.values()) for b in widths}
+    slope = 0.05 / totals[4]  # a report where 4 bits costs exp(0.05) - 1 = 5.1%
+    report = {"base": {"wiki": 20.0, "news": 25.0},
+              "bits": {str(b): {c: v * math.exp(slope * totals[b]) for c, v in (("wiki", 20.0), ("news", 25.0))}
+                       for b in widths}}
+    assert ppl_slope(report, totals) == pytest.approx(slope, rel=1e-9)
+    plan = plan_for_ppl(manifest, table, widths, 3.0, slope)
+    assert math.expm1(slope * plan.objective) <= 0.03
+    fewer = plan_for(manifest, table, widths, avg_bits=plan.avg_bits - 0.01)
+    assert math.expm1(slope * fewer.objective) > 0.03
+    assert 3.0 < plan.avg_bits < 8.0
+    path = tmp_path / "ppl.json"
+    path.write_text(json.dumps(report))
+    assert main(["plan", str(tiny_artifact), "--max-ppl-increase", "3", "--calibration", str(path),
+                 "--out", str(tmp_path / "p.json")]) == 0
+    assert json.loads((tmp_path / "p.json").read_text())["modules"] == plan.bits
+    capsys.readouterr()
+    assert main(["plan", str(tiny_artifact), "--max-ppl-increase", "3", "--out", str(tmp_path / "q.json")]) == 2
+    assert "needs --calibration" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="below the predicted"):
+        plan_for_ppl(manifest, table, widths, 1e-9, slope)
