@@ -108,13 +108,15 @@ def make_plan(
     if (avg_bits is None) == (max_bytes is None):
         raise ValueError("give exactly one budget: avg_bits or max_bytes")
     names = list(objectives)
-    widths = sorted({int(b) for b in next(iter(bytes_per_module_per_bit.values()))} & {int(b) for b in objectives[names[0]]})
+    offered = {int(b) for b in next(iter(bytes_per_module_per_bit.values()))}
+    widths = sorted(offered & {int(b) for b in objectives[names[0]]})
     values = np.array([[objectives[n][b] for b in widths] for n in names], dtype=np.float64)
     if avg_bits is not None:
         if params is None:
             raise ValueError("avg_bits needs params: the weight count of every module")
         if not widths[0] <= avg_bits <= widths[-1]:
-            raise ValueError(f"average {avg_bits} bits is outside the widths {widths[0]}..{widths[-1]} this plan may use")
+            raise ValueError(f"average {avg_bits} bits is outside the widths {widths[0]}..{widths[-1]} "
+                             "this plan may use")
         costs = np.array([[params[n] * b for b in widths] for n in names], dtype=np.int64)
         capacity = math.floor(avg_bits * sum(params[n] for n in names) + 1e-6)
     else:
@@ -133,10 +135,11 @@ def module_bytes(manifest: Mapping[str, Any]) -> dict[str, dict[int, int]]:
     """{module: {bits: bytes}} of b bitplanes (int32 words) + the fp16 LUT at b bits, as
     `anyprec.packed.artifact_sizes` counts them."""
     widths = range(manifest["seed_bits"], manifest["parent_bits"] + 1)
-    return {
-        n: {b: m["out_features"] * ((m["in_features"] + 31) // 32) * 4 * b + m["out_features"] * 2**b * 2 for b in widths}
-        for n, m in manifest["modules"].items()
-    }
+    out: dict[str, dict[int, int]] = {}
+    for n, m in manifest["modules"].items():
+        plane = m["out_features"] * ((m["in_features"] + 31) // 32) * 4
+        out[n] = {b: plane * b + m["out_features"] * 2**b * 2 for b in widths}
+    return out
 
 
 def read_objectives(artifact_dir: str | Path, manifest: Mapping[str, Any],
@@ -146,7 +149,8 @@ def read_objectives(artifact_dir: str | Path, manifest: Mapping[str, Any],
     path = Path(artifact_dir) / OBJECTIVE_FILE
     if OBJECTIVE_FILE in manifest["files"]:
         if sha256_file(path) != manifest["files"][OBJECTIVE_FILE]["sha256"]:
-            raise ArtifactError(f"{path} does not match its sha256 in {MANIFEST}: restore it or re-run `anyprec quantize`")
+            raise ArtifactError(f"{path} does not match its sha256 in {MANIFEST}: "
+                                "restore it or re-run `anyprec quantize`")
         table = json.loads(path.read_text(encoding="utf-8"))
     elif work_dir is not None:
         table = _objectives_from_work_dir(manifest, Path(work_dir))
@@ -168,7 +172,8 @@ def _objectives_from_work_dir(manifest: Mapping[str, Any], work_dir: Path) -> di
     quant = QuantizationConfig(**manifest["inputs"]["quantization"])
     table = module_objectives(manifest["inputs"]["base_model_ref"], sens, nested, quant)
     if set(table) != set(manifest["modules"]):
-        raise ValueError(f"--work-dir {work_dir} holds other modules than the artifact: give the work directory it was quantized from")
+        raise ValueError(f"--work-dir {work_dir} holds other modules than the artifact: "
+                         "give the work directory it was quantized from")
     return table
 
 
@@ -189,7 +194,7 @@ def ppl_slope(report: Mapping[str, Any], totals: Mapping[int, float]) -> float:
              for b, row in report.get("bits", {}).items() if b.isdigit() and int(b) in totals
              for c in row if c in base]
     if not pairs or not base:
-        raise ValueError("--calibration needs an `anyprec ppl --json` report with the base model and integer bit-widths "
+        raise ValueError("--calibration needs an `anyprec ppl --json` report with the base model and integer widths "
                          "(run `anyprec ppl DIR --json FILE` without --no-base)")
     return sum(o * y for o, y in pairs) / sum(o * o for o, _ in pairs)
 
@@ -226,7 +231,8 @@ def describe(manifest: Mapping[str, Any], bits: Mapping[str, int], label: float,
     """A Plan of `bits` with its weight-weighted average, bytes and (if known) objective."""
     nbytes = module_bytes(manifest)
     objective = sum(objectives[n][b] for n, b in bits.items()) if objectives else math.nan
-    return Plan(dict(bits), float(label), plan_avg_bits(manifest, bits), sum(nbytes[n][b] for n, b in bits.items()), objective)
+    quantized_bytes = sum(nbytes[n][b] for n, b in bits.items())
+    return Plan(dict(bits), float(label), plan_avg_bits(manifest, bits), quantized_bytes, objective)
 
 
 def check_plan(bits: Mapping[str, Any], modules: Mapping[str, Any], available: list[int]) -> dict[str, int]:
@@ -271,7 +277,8 @@ def add_json_file(artifact_dir: str | Path, name: str, value: Any, merge: dict[s
     artifact_dir = Path(artifact_dir)
     manifest = read_manifest(artifact_dir)
     write_json_atomic(artifact_dir / name, value)
-    manifest["files"][name] = {"sha256": sha256_file(artifact_dir / name), "bytes": (artifact_dir / name).stat().st_size}
+    path = artifact_dir / name
+    manifest["files"][name] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
     for key, entries in (merge or {}).items():
         manifest[key] = {**manifest.get(key, {}), **entries}
     write_json_atomic(artifact_dir / MANIFEST, manifest)
@@ -361,7 +368,8 @@ def cmd_plan(args: Any) -> int:
     dense = artifact_sizes(args.dir)["per_bits"][widths[0]]["dense"]
     if args.max_ppl_increase is not None:
         if args.calibration is None:
-            raise ValueError("--max-ppl-increase needs --calibration PPL_JSON (an `anyprec ppl DIR --json FILE` report)")
+            raise ValueError("--max-ppl-increase needs --calibration PPL_JSON "
+                             "(an `anyprec ppl DIR --json FILE` report)")
         report = json.loads(Path(args.calibration).read_text(encoding="utf-8"))
         totals = {b: sum(row[b] for row in objectives.values()) for b in widths}
         slope = ppl_slope(report, totals)
@@ -381,9 +389,10 @@ def cmd_plan(args: Any) -> int:
     print(f"plan {target}: {plan.avg_bits:.3f} average bits, {plan.quantized_bytes + dense:,} bytes in memory "
           f"({plan.quantized_bytes:,} quantized + {dense:,} dense), objective {plan.objective:.6g}")
     print("modules per width: " + ", ".join(f"{b}-bit {c}" for b, c in counts.items() if c))
+    nbytes = module_bytes(manifest)
     for b in widths:
         uniform = sum(objectives[n][b] for n in objectives)
-        print(f"  uniform {b}-bit: objective {uniform:.6g}, {sum(r[b] for r in module_bytes(manifest).values()) + dense:,} bytes")
+        print(f"  uniform {b}-bit: objective {uniform:.6g}, {sum(r[b] for r in nbytes.values()) + dense:,} bytes")
     if args.out is not None:
         out = Path(args.out)
         if out.exists() and not _is_plan_file(out):

@@ -258,10 +258,10 @@ def module_objectives(
         for name in names:
             w, imp = _weights_and_importance(model, name, fisher[name])
             parent = layer[f"{name}.codes"].numpy()
-            table[name] = {
-                str(b): float(weighted_objective(w, imp, parent >> (quant.parent_bits - b), layer[f"{name}.lut{b}"].numpy()).sum())
-                for b in quant.bit_widths
-            }
+            table[name] = {}
+            for b in quant.bit_widths:
+                codes = parent >> (quant.parent_bits - b)
+                table[name][str(b)] = float(weighted_objective(w, imp, codes, layer[f"{name}.lut{b}"].numpy()).sum())
     return table
 
 
