@@ -97,11 +97,12 @@ def _texts(args: argparse.Namespace, manifest: dict) -> dict[str, str]:
 def cmd_ppl(args: argparse.Namespace) -> int:
     from anyprec.models import load_model
     from anyprec.perplexity import evaluate_perplexity, perplexity, tokenize_text
+    from anyprec.plans import as_precision, loadable_bits
     from anyprec.runtime import load_anyprec
 
-    apm = load_anyprec(args.dir, bits=args.bits)
+    apm = load_anyprec(args.dir, bits=loadable_bits(args.bits))
     texts = _texts(args, apm.manifest)
-    bits = apm.bits_available
+    bits = [as_precision(b) for b in args.bits] if args.bits else apm.bits_available
     results: dict[str, Any] = {"artifact": str(args.dir), "window": args.window, "max_tokens": args.max_tokens,
                                "bits": {}}
     if not args.no_base:
@@ -193,7 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ppl", help="perplexity per bit-width (and of the base model) on held-out text")
     p.add_argument("dir")
-    p.add_argument("--bits", type=int, nargs="+", default=None, help=BITS_HELP)
+    p.add_argument("--bits", nargs="+", default=None,
+                   help=BITS_HELP + "; 4.5 or a plan JSON file (`anyprec plan --out`) runs a precision plan")
     p.add_argument("--text", nargs="+", default=None, help="UTF-8 text file(s) (default: held-out corpora)")
     p.add_argument("--corpus", nargs="+", choices=["wiki", "news"], default=["wiki"],
                    help="held-out corpora when no --text is given (default: wiki)")
@@ -212,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.set_defaults(func=cmd_generate)
 
     for module, hook in (("anyprec.bench", "add_bench_parser"), ("anyprec.eval_cli", "add_eval_parser"),
-                         ("anyprec.serving.cli", "add_serve_parser")):
+                         ("anyprec.serving.cli", "add_serve_parser"), ("anyprec.plans", "add_plan_parser")):
         try:
             getattr(importlib.import_module(module), hook)(sub)
         except ModuleNotFoundError as err:

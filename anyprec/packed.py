@@ -98,12 +98,14 @@ def save_packed(
     parent_bits: int,
     inputs: dict[str, Any],
     extra: dict[str, Any] | None = None,
+    json_files: dict[str, Any] | None = None,
 ) -> Path:
     """Write the artifact atomically: a temp directory renamed into place, manifest last.
 
     `model` supplies config and dense tensors (its quantized weights are skipped: the names in
     `modules` + ".weight" / ".bias"). An interrupted write leaves only a `.tmp-*` directory,
-    which never loads as an artifact.
+    which never loads as an artifact. `json_files` ({flat file name: JSON value}) are written
+    beside the tensors and hashed in the manifest like them.
     """
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -134,6 +136,8 @@ def save_packed(
         if getattr(model, "generation_config", None) is not None:
             model.generation_config.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        for file_name, value in (json_files or {}).items():
+            write_json_atomic(tmp / file_name, value)
         files = {
             p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
             for p in sorted(tmp.iterdir())

@@ -34,6 +34,7 @@ SENS_META = "sensitivity.json"
 SENS_PARTIAL = "partial_sums.safetensors"
 LAYER_FILE = "layer_{:03d}.safetensors"
 OBJECTIVE_FILE = "objective.json"
+MODULE_OBJECTIVE_FILE = "objective_modules.json"
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -233,28 +234,47 @@ def run_upscaling(
         return out
 
     _per_layer(model_ref, out_dir, key, work, f"upscale {quant.seed_bits}->{quant.parent_bits}", progress)
-    write_json_atomic(out_dir / OBJECTIVE_FILE, nested_objective(model_ref, sens_dir, out_dir, quant))
+    per_module = module_objectives(model_ref, sens_dir, out_dir, quant)
+    write_json_atomic(out_dir / MODULE_OBJECTIVE_FILE, per_module)
+    write_json_atomic(out_dir / OBJECTIVE_FILE, objective_totals(per_module))
     return out_dir
 
 
 def nested_objective(model_ref: str, sens_dir: Path, nested_dir: Path, quant: QuantizationConfig) -> dict[str, float]:
     """Total weighted objective sum_j f_j (w_j - c_j)^2 over all layers, per bit-width."""
+    return objective_totals(module_objectives(model_ref, sens_dir, nested_dir, quant))
+
+
+def objective_totals(per_module: dict[str, dict[str, float]]) -> dict[str, float]:
+    """{bits: sum over modules} of a per-module objective table {module: {bits: value}}."""
+    totals: dict[str, float] = {}
+    for row in per_module.values():
+        for b, value in row.items():
+            totals[b] = totals.get(b, 0.0) + value
+    return totals
+
+
+def module_objectives(
+    model_ref: str, sens_dir: Path, nested_dir: Path, quant: QuantizationConfig
+) -> dict[str, dict[str, float]]:
+    """Weighted objective sum_j f_j (w_j - c_j)^2 of every quantized module: {module: {bits: value}}."""
     from anyprec.clustering import weighted_objective
     from anyprec.models import load_model
     from anyprec.sensitivity import load_sensitivity
 
     model, _ = load_model(model_ref)
-    totals = {b: 0.0 for b in quant.bit_widths}
+    table: dict[str, dict[str, float]] = {}
     for index, names in enumerate(archs.layer_groups(model)):
         layer = load_file(str(nested_dir / LAYER_FILE.format(index)))
         fisher = load_sensitivity(sens_dir, names)
         for name in names:
             w, imp = _weights_and_importance(model, name, fisher[name])
             parent = layer[f"{name}.codes"].numpy()
-            for b in totals:
+            table[name] = {}
+            for b in quant.bit_widths:
                 codes = parent >> (quant.parent_bits - b)
-                totals[b] += float(weighted_objective(w, imp, codes, layer[f"{name}.lut{b}"].numpy()).sum())
-    return {str(b): v for b, v in totals.items()}
+                table[name][str(b)] = float(weighted_objective(w, imp, codes, layer[f"{name}.lut{b}"].numpy()).sum())
+    return table
 
 
 def run_packing(
@@ -284,7 +304,11 @@ def run_packing(
     objective_path = nested_dir / OBJECTIVE_FILE
     extra = {"objective": _read_json(objective_path)} if objective_path.is_file() else {}
     extra["method"] = quant.method
-    return save_packed(out_dir, model, tokenizer, modules, quant.seed_bits, quant.parent_bits, inputs, extra)
+    # The per-module table lets fractional precisions be planned from the artifact alone.
+    per_module_path = nested_dir / MODULE_OBJECTIVE_FILE
+    json_files = {MODULE_OBJECTIVE_FILE: _read_json(per_module_path)} if per_module_path.is_file() else {}
+    return save_packed(out_dir, model, tokenizer, modules, quant.seed_bits, quant.parent_bits, inputs, extra,
+                       json_files=json_files)
 
 
 def check_out_dir(out_dir: Path, model_dir: Path, force: bool = False) -> None:

@@ -7,38 +7,53 @@ from bitplanes + LUT through `anyprec.kernels.matmul` (the single dispatch point
 Precision is chosen per model (`set_precision(b)`) or per call (`precision=b` on
 `generate`/`forward`, or `with apm.precision(b):`). The per-call choice lives in a
 ContextVar, so concurrent requests in different threads/tasks never see each other's.
+A fractional precision (4.5) runs a plan: each quantized module at its own width
+(anyprec.plans), the artifact's stored plan for that average or one computed and cached.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import numbers
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
 
 from anyprec.kernels import Backend, decode_plan, half_decode_plan, matmul, resolve_backend
 from anyprec.packed import ArtifactError, QuantizedModule, check_bits, load_packed_tensors
+from anyprec.plans import Plan, PlanResolver
 
 
 class PrecisionState:
-    """The bit-width every AnyPrecisionLinear of one model follows: a default + per-call override."""
+    """The precision every AnyPrecisionLinear of one model follows: a default + per-call override.
 
-    def __init__(self, default: int, available: list[int]) -> None:
+    A precision is an int (every module at that width) or a Plan (a width per module name);
+    `resolve` turns anything else (4.5, a {module: bits} map) into a Plan.
+    """
+
+    def __init__(self, default: int, available: list[int], resolve: Callable[[Any], Plan] | None = None) -> None:
         self.available = available
-        self.default = default
-        self.override: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+        self.default: int | Plan = default
+        self.resolve = resolve
+        self.override: contextvars.ContextVar[int | Plan | None] = contextvars.ContextVar(
             f"anyprec_precision_{id(self)}", default=None
         )
 
     @property
-    def current(self) -> int:
+    def current(self) -> int | Plan:
         value = self.override.get()
         return self.default if value is None else value
 
-    def check(self, bits: int) -> int:
+    def check(self, bits: Any) -> int | Plan:
+        if isinstance(bits, numbers.Real) and not isinstance(bits, bool) and float(bits).is_integer():
+            bits = int(bits)  # 4.0 and numpy integers are the integer width
+        if not isinstance(bits, int) or isinstance(bits, bool):
+            if self.resolve is None:
+                raise ValueError(f"precision {bits!r} needs a plan, and this model has no plan resolver")
+            return self.resolve(bits)
         if bits not in self.available:
             raise ValueError(
                 f"precision {bits} is not loaded; this model holds bit-widths {self.available} "
@@ -53,8 +68,9 @@ class AnyPrecisionLinear(nn.Module):
     planes: int32[P, N, ceil(K/32)] (P = largest loaded bit-width); lut<b>: float16[N, 2**b].
     """
 
-    def __init__(self, qm: QuantizedModule, state: PrecisionState) -> None:
+    def __init__(self, qm: QuantizedModule, state: PrecisionState, name: str = "") -> None:
         super().__init__()
+        self.name = name  # the key of this module in a Plan
         self.in_features = qm.in_features
         self.out_features = int(qm.planes.shape[1])
         self.state = state
@@ -66,6 +82,8 @@ class AnyPrecisionLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bits = self.state.current
+        if bits.__class__ is not int:  # a Plan: this module's own width
+            bits = bits.bits[self.name]
         plan = self._plans.get(bits)
         if plan is None and bits not in self._plans:
             plan = self._plans[bits] = self._make_plan(x, bits)
@@ -163,15 +181,25 @@ class AnyPrecisionModel:
         return list(self._state.available)
 
     @property
-    def current_precision(self) -> int:
-        return self._state.current
+    def current_precision(self) -> int | float:
+        """The default or per-call precision: an int, or the label of a plan (e.g. 4.5)."""
+        value = self._state.current
+        return value if isinstance(value, int) else value.label
 
-    def set_precision(self, bits: int) -> None:
-        """Make `bits` the default for every later call (no reload)."""
+    @property
+    def current_plan(self) -> Plan | None:
+        """The plan in effect (None at an integer precision)."""
+        value = self._state.current
+        return None if isinstance(value, int) else value
+
+    def set_precision(self, bits: int | float | str | Plan | dict[str, int]) -> None:
+        """Make `bits` the default for every later call (no reload): an integer width, a fractional
+        one (4.5: the artifact's plan for it, or one computed and cached), a plan JSON file's path,
+        a Plan or {module: bits}."""
         self._state.default = self._state.check(bits)
 
     @contextlib.contextmanager
-    def precision(self, bits: int | None) -> Iterator[None]:
+    def precision(self, bits: int | float | Plan | dict[str, int] | None) -> Iterator[None]:
         """Use `bits` for the calls inside the block only (None: keep the default)."""
         if bits is None:
             yield
@@ -182,12 +210,12 @@ class AnyPrecisionModel:
         finally:
             self._state.override.reset(token)
 
-    def generate(self, *args: Any, precision: int | None = None, **kwargs: Any) -> torch.Tensor:
+    def generate(self, *args: Any, precision: int | float | Plan | None = None, **kwargs: Any) -> torch.Tensor:
         """`model.generate` at `precision` bits (default: the current precision)."""
         with self.precision(precision), torch.inference_mode():
             return self.model.generate(*args, **kwargs)
 
-    def __call__(self, *args: Any, precision: int | None = None, **kwargs: Any) -> Any:
+    def __call__(self, *args: Any, precision: int | float | Plan | None = None, **kwargs: Any) -> Any:
         """`model(...)` (forward) at `precision` bits."""
         with self.precision(precision):
             return self.model(*args, **kwargs)
@@ -263,10 +291,10 @@ def load_anyprec(
     wanted = [bits] if isinstance(bits, int) else bits
     manifest, modules, dense = load_packed_tensors(artifact_dir, wanted, verify=verify)
     available = check_bits(manifest, wanted or list(range(manifest["seed_bits"], manifest["parent_bits"] + 1)))
-    state = PrecisionState(default=max(available), available=available)
+    state = PrecisionState(max(available), available, PlanResolver(artifact_dir, manifest, available))
     model = build_model(artifact_dir, manifest, dense, dtype)
     for name, qm in modules.items():
-        _set_submodule(model, name, AnyPrecisionLinear(qm, state))
+        _set_submodule(model, name, AnyPrecisionLinear(qm, state, name))
     _half_stored_head(model, manifest, dense)
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(artifact_dir, local_files_only=True)
