@@ -28,7 +28,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     from anyprec.quantize import quantize_model
 
     calib = CalibrationConfig(corpus=args.corpus, n_samples=args.samples, seq_len=args.seq_len, seed=args.seed)
-    quant = QuantizationConfig(seed_bits=args.seed_bits, parent_bits=args.parent_bits, method=args.method)
+    quant = QuantizationConfig(seed_bits=args.seed_bits, parent_bits=args.parent_bits, method=args.method,
+                               sensitivity=args.sensitivity)
     out = quantize_model(args.model, args.out, calib, quant, work_dir=args.work_dir)
     print(f"wrote {out}")
     return cmd_info(argparse.Namespace(dir=out, json=False))
@@ -138,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--seq-len", type=int, default=512, help="tokens per calibration sequence (default 512)")
     q.add_argument("--seed", type=int, default=0, help="calibration sampling seed")
     q.add_argument("--work-dir", default=None, help="intermediate results (default: a cache folder; resumable)")
+    q.add_argument("--sensitivity", choices=["auto", "streamed", "whole"], default="auto",
+                   help="Fisher pass: streamed holds one decoder layer at a time (default auto: when RAM needs it)")
     q.set_defaults(func=cmd_quantize)
 
     i = sub.add_parser("info", help="bit-widths, bytes per bit-width and total, manifest")

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -94,8 +95,28 @@ def streaming_unsupported(model_dir: str | Path) -> str | None:
     return None
 
 
+def parameter_count(model_dir: str | Path) -> int:
+    """Number of weights in model_dir's safetensors files (read from their headers)."""
+    reader = WeightReader(model_dir)
+    total = 0
+    for path in sorted(set(reader.files.values())):
+        with safe_open(str(path), framework="pt") as handle:
+            total += sum(int(np.prod(handle.get_slice(n).get_shape())) for n in handle.keys())
+    return total
+
+
+def whole_pass_bytes(model_dir: str | Path) -> int:
+    """About what the whole-model pass holds: fp32 weights + one fp32 accumulator each."""
+    return 8 * parameter_count(model_dir)
+
+
 def use_streamed(model_dir: str | Path, mode: str) -> bool:
-    """Whether `mode` (auto | streamed | whole) picks the streamed pass for model_dir."""
+    """Whether `mode` picks the streamed pass for model_dir.
+
+    whole: never; streamed: always (ValueError naming why if it cannot run); auto: when
+    it can run and the whole-model pass would take more than half the physical memory
+    (the streamed pass recomputes each layer's forward, so it is slower when both fit).
+    """
     if mode not in MODES:
         raise ValueError(f"sensitivity mode {mode!r} is not one of {', '.join(MODES)}")
     if mode == "whole":
@@ -103,7 +124,14 @@ def use_streamed(model_dir: str | Path, mode: str) -> bool:
     reason = streaming_unsupported(model_dir)
     if reason is not None and mode == "streamed":
         raise ValueError(f"quantization.sensitivity: streamed is impossible here: {reason}; use auto or whole")
-    return reason is None
+    if reason is not None or mode == "streamed":
+        return reason is None
+    return whole_pass_bytes(model_dir) > physical_memory() // 2
+
+
+def physical_memory() -> int:
+    """Bytes of physical memory of this machine."""
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 class _LayerStub(nn.Module):

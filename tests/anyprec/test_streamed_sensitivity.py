@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 from safetensors import safe_open
+from safetensors.torch import save_file
 
 from anyprec.archs import quantizable_modules
 from anyprec.sensitivity import compute_sensitivity, load_sensitivity
@@ -93,7 +94,7 @@ def test_per_sequence_squares_not_batch(tiny_tokenizer, tmp_path):
 def test_unsupported_inputs_are_named(tiny_tokenizer, tmp_path):
     model_dir = save_model_dir(make_tiny_llama(), tiny_tokenizer, tmp_path / "model")
     assert streaming_unsupported(model_dir) is None
-    assert use_streamed(model_dir, "auto") and not use_streamed(model_dir, "whole")
+    assert use_streamed(model_dir, "streamed") and not use_streamed(model_dir, "whole")
     with pytest.raises(ValueError, match="sensitivity mode 'fast'"):
         use_streamed(model_dir, "fast")
     for weights in model_dir.glob("*.safetensors"):
@@ -112,3 +113,53 @@ def test_every_tested_arch_is_in_the_yaml():
 
     assert STREAMED_ARCHS <= set(supported_model_types())
     assert STREAMED_ARCHS == {k.removesuffix("_tied") for k in BUILDERS}
+
+
+def test_auto_streams_only_when_the_whole_pass_would_not_fit(tiny_tokenizer, tmp_path, monkeypatch):
+    import anyprec.streamed_sensitivity as streamed
+
+    model = make_tiny_llama()
+    model_dir = save_model_dir(model, tiny_tokenizer, tmp_path / "model")
+    n_params = sum(p.numel() for p in model.parameters())
+    assert streamed.parameter_count(model_dir) == n_params
+    monkeypatch.setattr(streamed, "physical_memory", lambda: 16 * n_params + 2)
+    assert not use_streamed(model_dir, "auto")
+    monkeypatch.setattr(streamed, "physical_memory", lambda: 16 * n_params - 2)
+    assert use_streamed(model_dir, "auto")
+
+
+def test_run_sensitivity_streamed_mode_writes_the_same_stage(tiny_tokenizer, tmp_path, monkeypatch):
+    """quantize's sensitivity stage: streamed and whole give the same files and meta."""
+    import anyprec.sensitivity as sensitivity
+    from anyprec.fileio import write_json_atomic
+    from anyprec.quantize import CALIB_FILE, CALIB_META, SENS_META, run_sensitivity
+
+    model_dir = save_model_dir(make_tiny_llama(), tiny_tokenizer, tmp_path / "model")
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    save_file({"input_ids": _calib()}, str(calib / CALIB_FILE))
+    write_json_atomic(calib / CALIB_META, {"sha256": "test-calibration"})
+    monkeypatch.setenv("ANYPREC_CACHE", str(tmp_path / "cache-whole"))
+    whole = run_sensitivity(str(model_dir), calib, tmp_path / "whole", progress=False, mode="whole")
+    monkeypatch.setenv("ANYPREC_CACHE", str(tmp_path / "cache-streamed"))
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("the whole-model pass ran in streamed mode")
+
+    monkeypatch.setattr(sensitivity, "compute_sensitivity", must_not_run)
+    streamed = run_sensitivity(str(model_dir), calib, tmp_path / "streamed", progress=False, mode="streamed")
+    assert (streamed / SENS_META).read_text() == (whole / SENS_META).read_text()
+    names = json.loads((whole / SENS_META).read_text())["modules"]
+    got, expected = load_sensitivity(streamed, names), load_sensitivity(whole, names)
+    for name in names:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-5, atol=1e-12)
+    assert sorted(p.name for p in streamed.iterdir()) == sorted(p.name for p in whole.iterdir())
+
+
+def test_config_switch_is_typed_and_kept_out_of_hashes():
+    from anyprec.config import QuantizationConfig, config_hash, load_params
+
+    assert load_params("params.yaml").quantization.sensitivity in ("auto", "streamed", "whole")
+    assert config_hash(QuantizationConfig(sensitivity="streamed")) == config_hash(QuantizationConfig())
+    with pytest.raises(ValueError, match="sensitivity"):
+        QuantizationConfig(sensitivity="fast")
