@@ -168,7 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-new-tokens", type=int, default=32)
     g.set_defaults(func=cmd_generate)
 
-    for module, hook in (("anyprec.bench", "add_bench_parser"), ("anyprec.eval_cli", "add_eval_parser")):
+    for module, hook in (("anyprec.bench", "add_bench_parser"), ("anyprec.eval_cli", "add_eval_parser"),
+                         ("anyprec.rehearse", "add_rehearse_parser")):
         try:
             getattr(importlib.import_module(module), hook)(sub)
         except ModuleNotFoundError as err:
