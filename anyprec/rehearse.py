@@ -61,8 +61,8 @@ class RssSampler:
         self._thread.join()
 
 
-def _train_tokenizer(vocab_size: int, out_dir: Path) -> None:
-    """A byte-level BPE trained on the wiki calibration corpus, saved as HF tokenizer files."""
+def _train_tokenizer(vocab_size: int, out_dir: Path, documents: Sequence[str] | None = None) -> None:
+    """A byte-level BPE trained on documents (default: the wiki corpus), saved as HF tokenizer files."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -73,7 +73,7 @@ def _train_tokenizer(vocab_size: int, out_dir: Path) -> None:
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<unk>", "<s>", "</s>"],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(load_documents("wiki"), trainer=trainer)
+    tok.train_from_iterator(load_documents("wiki") if documents is None else documents, trainer=trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
                                    pad_token="</s>")
     fast.save_pretrained(out_dir)
@@ -86,14 +86,16 @@ def _random(shape: Sequence[int], generator: Any) -> Any:
 
 
 def write_llama(out_dir: Path, layers: int, hidden: int, intermediate: int, heads: int, vocab: int,
-                seed: int = 0) -> Path:
-    """A Llama HF directory with random bf16 weights, one safetensors shard per decoder layer."""
+                seed: int = 0, documents: Sequence[str] | None = None) -> Path:
+    """A Llama HF directory with random bf16 weights, one safetensors shard per decoder layer.
+
+    documents: text the tokenizer is trained on (default: the wiki calibration corpus)."""
     import torch
     from safetensors.torch import save_file
     from transformers import LlamaConfig
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    _train_tokenizer(vocab, out_dir)
+    _train_tokenizer(vocab, out_dir, documents)
     config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate,
                          num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
                          max_position_embeddings=4096, tie_word_embeddings=False, dtype="bfloat16",
