@@ -40,7 +40,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from anyprec.archs import arch_spec, is_conv1d
-from anyprec.sensitivity import save_sensitivity, sequence_nll
+from anyprec.sensitivity import _square_into, save_sensitivity, sequence_nll
 
 # arch_spec keys whose streamed pass is tested equal to the whole-model pass: their
 # model forward calls `hidden = layer(hidden, **same_kwargs_for_every_sequence)` in order.
@@ -267,21 +267,25 @@ def _backward_layer(
     layer: nn.Module, names: dict[str, str], call: tuple, n_seq: int, h_in: _RowFile, g_out: _RowFile,
     g_in: _RowFile | None,
 ) -> dict[str, torch.Tensor]:
-    """Fisher of one layer's quantized weights {full name: f32[out, in]}, writing g_in."""
+    """Fisher of one layer's quantized weights {full name: f32[out, in]}, writing g_in.
+
+    Each weight's gradient is squared into its accumulator by a hook as soon as it is
+    complete and then freed, so the layer's gradients are never all alive at once.
+    """
     args, kwargs = call
     weights = {full: layer.get_submodule(local).weight for full, local in names.items()}
     accum = {full: torch.zeros(w.shape, dtype=torch.float32) for full, w in weights.items()}
-    for w in weights.values():
-        w.requires_grad_(True)
-    for seq in range(n_seq):
-        h = h_in.read(seq).requires_grad_(g_in is not None)
-        out = layer(h, *args, **kwargs)
-        inputs = [*weights.values(), *([h] if g_in is not None else [])]
-        grads = torch.autograd.grad(out, inputs, grad_outputs=g_out.read(seq))
-        for (full, acc), grad in zip(accum.items(), grads):
-            acc.addcmul_(grad.float(), grad.float())
-        if g_in is not None:
-            g_in.append(grads[-1])
+    handles = [w.requires_grad_(True).register_post_accumulate_grad_hook(_square_into(accum[full]))
+               for full, w in weights.items()]
+    try:
+        for seq in range(n_seq):
+            h = h_in.read(seq).requires_grad_(g_in is not None)
+            layer(h, *args, **kwargs).backward(g_out.read(seq))
+            if g_in is not None:
+                g_in.append(h.grad)
+    finally:
+        for handle in handles:
+            handle.remove()
     return {
         full: (acc.t() if is_conv1d(layer.get_submodule(names[full])) else acc).contiguous()
         for full, acc in accum.items()
