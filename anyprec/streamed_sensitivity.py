@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -44,6 +45,7 @@ from anyprec.sensitivity import _square_into, save_sensitivity, sequence_nll
 
 # arch_spec keys whose streamed pass is tested equal to the whole-model pass: their
 # model forward calls `hidden = layer(hidden, **same_kwargs_for_every_sequence)` in order.
+log = logging.getLogger(__name__)
 STREAMED_ARCHS = frozenset({"llama", "mistral", "qwen2", "qwen3", "opt", "gpt2"})
 MODES = ("auto", "streamed", "whole")
 
@@ -124,9 +126,15 @@ def use_streamed(model_dir: str | Path, mode: str) -> bool:
     reason = streaming_unsupported(model_dir)
     if reason is not None and mode == "streamed":
         raise ValueError(f"quantization.sensitivity: streamed is impossible here: {reason}; use auto or whole")
-    if reason is not None or mode == "streamed":
-        return reason is None
-    return whole_pass_bytes(model_dir) > physical_memory() // 2
+    if mode == "streamed":
+        return True
+    if reason is not None:
+        log.info("sensitivity: whole-model pass (no streamed pass: %s)", reason)
+        return False
+    need, have = whole_pass_bytes(model_dir), physical_memory()
+    log.info("sensitivity: %s pass (the whole pass needs ~%.1f GiB of %.1f GiB RAM)",
+             "streamed" if need > have // 2 else "whole-model", need / 2**30, have / 2**30)
+    return need > have // 2
 
 
 def physical_memory() -> int:
