@@ -43,9 +43,9 @@ from tqdm.auto import tqdm
 from anyprec.archs import arch_spec, is_conv1d
 from anyprec.sensitivity import _square_into, save_sensitivity, sequence_nll
 
+log = logging.getLogger(__name__)
 # arch_spec keys whose streamed pass is tested equal to the whole-model pass: their
 # model forward calls `hidden = layer(hidden, **same_kwargs_for_every_sequence)` in order.
-log = logging.getLogger(__name__)
 STREAMED_ARCHS = frozenset({"llama", "mistral", "qwen2", "qwen3", "opt", "gpt2"})
 MODES = ("auto", "streamed", "whole")
 
