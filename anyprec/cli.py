@@ -24,7 +24,7 @@ def _write_json(path: str | Path, data: Any) -> None:
 
 
 QUANTIZE_FLAGS = {"seed_bits": "--seed-bits", "parent_bits": "--parent-bits", "method": "--method", "corpus": "--corpus",
-                  "n_samples": "--samples", "seq_len": "--seq-len", "seed": "--seed"}
+                  "n_samples": "--samples", "seq_len": "--seq-len", "seed": "--seed", "sensitivity": "--sensitivity"}
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
@@ -36,7 +36,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
     try:
         calib = CalibrationConfig(corpus=args.corpus, n_samples=args.samples, seq_len=args.seq_len, seed=args.seed)
-        quant = QuantizationConfig(seed_bits=args.seed_bits, parent_bits=args.parent_bits, method=args.method)
+        quant = QuantizationConfig(seed_bits=args.seed_bits, parent_bits=args.parent_bits, method=args.method,
+                                   sensitivity=args.sensitivity)
     except ValidationError as err:
         raise UsageError(validation_message(err, QUANTIZE_FLAGS)) from None
     out = quantize_model(args.model, args.out, calib, quant, work_dir=args.work_dir, force=args.force)
@@ -184,6 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--work-dir", default=None, help="intermediate results (default: a cache folder; resumable)")
     q.add_argument("--force", action="store_true",
                    help="replace an existing anyprec artifact at --out (any other non-empty folder is refused)")
+    q.add_argument("--sensitivity", choices=["auto", "streamed", "whole"], default="auto",
+                   help="Fisher pass: streamed holds one decoder layer at a time (default auto: when RAM needs it)")
     q.set_defaults(func=cmd_quantize)
 
     i = sub.add_parser("info", help="bit-widths, bytes per bit-width and total, manifest")
@@ -214,7 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.set_defaults(func=cmd_generate)
 
     for module, hook in (("anyprec.bench", "add_bench_parser"), ("anyprec.eval_cli", "add_eval_parser"),
-                         ("anyprec.serving.cli", "add_serve_parser"), ("anyprec.plans", "add_plan_parser")):
+                         ("anyprec.serving.cli", "add_serve_parser"), ("anyprec.plans", "add_plan_parser"),
+                         ("anyprec.rehearse", "add_rehearse_parser")):
         try:
             getattr(importlib.import_module(module), hook)(sub)
         except ModuleNotFoundError as err:

@@ -39,6 +39,11 @@ class QuantizationConfig(_Strict):
     seed_bits: int = Field(3, ge=2, le=7)
     parent_bits: int = Field(8, ge=3, le=8)
     method: Literal["optimal", "lloyd"] = "optimal"
+    # How the Fisher is computed, not what: both passes give the same numbers, so the
+    # choice is left out of dumps and hashes (cache keys, manifests stay as they were).
+    sensitivity: Literal["auto", "streamed", "whole"] = Field(
+        "auto", exclude=True, description="streamed: one decoder layer resident (docs/SCALE.md); auto: when needed"
+    )
 
     @model_validator(mode="after")
     def _seed_below_parent(self) -> "QuantizationConfig":

@@ -82,9 +82,14 @@ def calibration_sha256(calib_dir: str | Path) -> str:
     return _read_json(Path(calib_dir) / CALIB_META)["sha256"]
 
 
-def run_sensitivity(model_ref: str, calib_dir: str | Path, out_dir: str | Path, progress: bool = True) -> Path:
-    """Diagonal Fisher of every quantized weight: out_dir/layer_NNN.safetensors + sensitivity.json."""
-    from anyprec.models import hash_model_dir, load_model
+def run_sensitivity(
+    model_ref: str, calib_dir: str | Path, out_dir: str | Path, progress: bool = True, mode: str = "auto"
+) -> Path:
+    """Diagonal Fisher of every quantized weight: out_dir/layer_NNN.safetensors + sensitivity.json.
+
+    mode: auto | streamed | whole (anyprec.streamed_sensitivity.use_streamed)."""
+    from anyprec import streamed_sensitivity as streamed
+    from anyprec.models import hash_model_dir, load_model, resolve_model_dir
     from anyprec.sensitivity import Checkpoint, compute_sensitivity, save_sensitivity
 
     out_dir = Path(out_dir)
@@ -98,6 +103,12 @@ def run_sensitivity(model_ref: str, calib_dir: str | Path, out_dir: str | Path, 
     if _sensitivity_done(shared, key):
         log.info("sensitivity for these inputs found in %s, reusing it", shared)
         _link_tree(shared, out_dir)
+        return out_dir
+    if streamed.use_streamed(resolve_model_dir(model_ref), mode):
+        ids = load_file(str(Path(calib_dir) / CALIB_FILE))["input_ids"]
+        names = streamed.compute_streamed_sensitivity(resolve_model_dir(model_ref), ids, out_dir, progress=progress)
+        write_json_atomic(out_dir / SENS_META, {"key": key, "modules": names})
+        _link_tree(out_dir, shared)
         return out_dir
     model, _ = load_model(model_ref)
     ids = load_file(str(Path(calib_dir) / CALIB_FILE))["input_ids"]

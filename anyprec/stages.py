@@ -77,7 +77,8 @@ def _calib(r: StageRun) -> Path:
 def _sensitivity(r: StageRun) -> Path:
     from anyprec.quantize import run_sensitivity
 
-    return run_sensitivity(r.base.path, r.inputs[CALIB], r.out, r.progress)
+    mode = r.settings["quantization"].sensitivity
+    return run_sensitivity(r.base.path, r.inputs[CALIB], r.out, r.progress, mode)
 
 
 def _seed(r: StageRun) -> Path:
@@ -121,7 +122,8 @@ def artifact_digest(artifact_dir: str | Path) -> str:
 STAGES: list[StageSpec] = [
     StageSpec(CALIB, _calib, params=("calibration",), code=("anyprec/calibration.py", "anyprec/quantize.py"),
               digest=_calib_digest),
-    StageSpec(SENSITIVITY, _sensitivity, inputs=(CALIB,), code=("anyprec/sensitivity.py",), resumable=True),
+    StageSpec(SENSITIVITY, _sensitivity, inputs=(CALIB,), params=("quantization.sensitivity",),
+              code=("anyprec/sensitivity.py", "anyprec/streamed_sensitivity.py"), resumable=True),
     StageSpec(SEED, _seed, inputs=(SENSITIVITY,), params=("quantization.seed_bits", "quantization.method"),
               code=("anyprec/clustering.py",), resumable=True),
     StageSpec(NESTED, _nested, inputs=(SENSITIVITY, SEED), params=("quantization",),
