@@ -162,12 +162,13 @@ def read_objectives(artifact_dir: str | Path, manifest: Mapping[str, Any],
 
 
 def _objectives_from_work_dir(manifest: Mapping[str, Any], work_dir: Path) -> dict[str, dict[str, float]]:
+    from anyprec import stages
     from anyprec.config import QuantizationConfig
     from anyprec.quantize import module_objectives
 
-    sens, nested = work_dir / "sensitivity", work_dir / "quantized" / "nested"
+    sens, nested = work_dir / stages.SENSITIVITY, work_dir / stages.NESTED
     if not (sens.is_dir() and nested.is_dir()):
-        raise FileNotFoundError(f"--work-dir {work_dir} lacks sensitivity/ or quantized/nested/: give the directory "
+        raise FileNotFoundError(f"--work-dir {work_dir} lacks sensitivity/ or nested/: give the directory "
                                 "`anyprec quantize --work-dir` used (default: ~/.cache/anyprec/work/<hash>)")
     quant = QuantizationConfig(**manifest["inputs"]["quantization"])
     table = module_objectives(manifest["inputs"]["base_model_ref"], sens, nested, quant)
