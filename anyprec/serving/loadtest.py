@@ -146,14 +146,14 @@ def run_load(url: str, models: list[str], clients: int, seconds: float, max_toke
     deadline = t0 + seconds
 
     def client_loop(i: int) -> None:
-        n = i
+        n = i  # each client walks the prompts (and models) from its own starting point
         with httpx.Client(base_url=url, timeout=600) as client:
             while time.perf_counter() < deadline:
                 res = one_request(client, models[n % len(models)], PROMPTS[n % len(PROMPTS)], max_tokens, chat,
                                   ignore_eos)
                 with lock:
                     results.append(res)
-                n += clients
+                n += 1
 
     threads = [threading.Thread(target=client_loop, args=(i,), daemon=True) for i in range(clients)]
     for t in threads:
