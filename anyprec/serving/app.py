@@ -15,7 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from anyprec.config import ServingConfig
-from anyprec.engine import TransformersEngine
+from anyprec.engine import DecodeEngine, open_engine
 from anyprec.runtime import AnyPrecisionModel, load_anyprec
 from anyprec.serving.metrics import ServerMetrics
 from anyprec.serving.protocol import (
@@ -31,16 +31,12 @@ from anyprec.serving.router import Router
 from anyprec.serving.scheduler import Event, GenRequest, QueueFull, Scheduler
 
 log = logging.getLogger(__name__)
-ENGINE_KINDS = ("auto", "native", "transformers")
 DISCONNECT_POLL_S = 0.5
 
 
-def make_engine(apm: AnyPrecisionModel, kind: str = "auto", max_batch: int = 8):
+def make_engine(apm: AnyPrecisionModel, kind: str = "auto", max_batch: int = 8) -> DecodeEngine:
     """The decode engine behind the server (the one place the server picks an engine)."""
-    if kind not in ("auto", "transformers"):
-        raise ValueError(f"--engine {kind}: this build serves with the transformers engine only; "
-                         "use --engine transformers (or auto)")
-    return TransformersEngine(apm, max_batch=max_batch)
+    return open_engine(apm, kind=kind, max_batch=max_batch)
 
 
 def model_name(apm: AnyPrecisionModel) -> str:
