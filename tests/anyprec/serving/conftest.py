@@ -13,17 +13,24 @@ CHAT_TEMPLATE = (
 MODEL = "tiny"
 
 
-@pytest.fixture(scope="module")
-def chat_artifact(tiny_artifact, tmp_path_factory):
-    """The tiny artifact with a chat template added to its tokenizer config (a copy)."""
+@pytest.fixture(scope="session")
+def chat_artifact(tiny_model_dir, tmp_path_factory):
+    """The tiny Llama, its tokenizer given a chat template, quantized 3..8 bits (an artifact lists
+    and hashes every file it holds, so the template must be there before quantization)."""
     from transformers import AutoTokenizer
 
-    out = tmp_path_factory.mktemp("chat_artifact") / "packed"
-    shutil.copytree(tiny_artifact, out)
-    tok = AutoTokenizer.from_pretrained(out, local_files_only=True)
+    from anyprec.config import CalibrationConfig, QuantizationConfig
+    from anyprec.quantize import quantize_model
+    from tests.conftest import TINY_CALIB
+
+    root = tmp_path_factory.mktemp("chat_artifact")
+    model_dir = root / "model"
+    shutil.copytree(tiny_model_dir, model_dir)
+    tok = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     tok.chat_template = CHAT_TEMPLATE
-    tok.save_pretrained(out)
-    return out
+    tok.save_pretrained(model_dir)
+    return quantize_model(str(model_dir), root / "packed", CalibrationConfig(**TINY_CALIB), QuantizationConfig(),
+                          work_dir=root / "work", progress=False)
 
 
 @pytest.fixture(scope="module")
