@@ -80,10 +80,9 @@ def _texts(args: argparse.Namespace, manifest: dict) -> dict[str, str]:
             except (OSError, UnicodeDecodeError) as err:
                 raise SystemExit(f"error: cannot read --text {path} as UTF-8 text: {err}") from None
         return texts
-    from anyprec.calibration import heldout_text
+    from anyprec.calibration import heldout_split, heldout_text
 
-    calib = manifest["inputs"].get("calibration", {})
-    frac, seed = calib.get("eval_fraction", 0.2), calib.get("seed", 0)
+    frac, seed = heldout_split(manifest["inputs"])
     return {corpus: heldout_text(corpus, frac, seed) for corpus in args.corpus}
 
 
