@@ -135,6 +135,15 @@ def split_documents(docs: list[str], eval_fraction: float = 0.2, seed: int = 0) 
     return [d for d in unique if d not in held], [d for d in unique if d in held]
 
 
+def heldout_split(inputs: dict) -> tuple[float, int]:
+    """(eval_fraction, seed) of the split an artifact's calibration set was drawn from, read
+    from its manifest `inputs` (CalibrationConfig's defaults where they are not recorded)."""
+    from anyprec.config import CalibrationConfig
+
+    default, calib = CalibrationConfig(), inputs.get("calibration", {})
+    return calib.get("eval_fraction", default.eval_fraction), calib.get("seed", default.seed)
+
+
 def heldout_text(corpus: str | Corpus, eval_fraction: float = 0.2, seed: int = 0) -> str:
     """The held-out documents of a corpus joined with blank lines (for perplexity)."""
     return "\n\n".join(split_documents(load_documents(corpus), eval_fraction, seed)[1])

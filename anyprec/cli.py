@@ -16,13 +16,6 @@ from typing import Any, Sequence
 BITS_HELP = "bit-widths, e.g. --bits 3 4 5 6 7 8 (default: every bit-width the artifact holds)"
 
 
-def _write_json(path: str | Path, data: Any) -> None:
-    from anyprec.fileio import write_json_atomic
-
-    write_json_atomic(path, data)
-    print(f"wrote {path}")
-
-
 QUANTIZE_FLAGS = {"seed_bits": "--seed-bits", "parent_bits": "--parent-bits", "method": "--method", "corpus": "--corpus",
                   "n_samples": "--samples", "seq_len": "--seq-len", "seed": "--seed", "sensitivity": "--sensitivity"}
 
@@ -88,14 +81,14 @@ def _texts(args: argparse.Namespace, manifest: dict) -> dict[str, str]:
             except (OSError, UnicodeDecodeError) as err:
                 raise SystemExit(f"error: cannot read --text {path} as UTF-8 text: {err}") from None
         return texts
-    from anyprec.calibration import heldout_text
+    from anyprec.calibration import heldout_split, heldout_text
 
-    calib = manifest["inputs"].get("calibration", {})
-    frac, seed = calib.get("eval_fraction", 0.2), calib.get("seed", 0)
+    frac, seed = heldout_split(manifest["inputs"])
     return {corpus: heldout_text(corpus, frac, seed) for corpus in args.corpus}
 
 
 def cmd_ppl(args: argparse.Namespace) -> int:
+    from anyprec.fileio import write_json_atomic
     from anyprec.models import load_model
     from anyprec.perplexity import evaluate_perplexity, perplexity, tokenize_text
     from anyprec.plans import as_precision, loadable_bits
@@ -120,7 +113,8 @@ def cmd_ppl(args: argparse.Namespace) -> int:
     for b in bits:
         print(f"{str(b) + '-bit':>8} " + " ".join(f"{per_bits[b][n]:>14.3f}" for n in names))
     if args.json:
-        _write_json(args.json, results)
+        write_json_atomic(args.json, results)
+        print(f"wrote {args.json}")
     return 0
 
 

@@ -95,9 +95,11 @@ def load_fisher(manifest: dict[str, Any], work: Path, progress: bool) -> tuple[d
 
 def _artifact_settings(manifest: dict[str, Any]) -> dict[str, Any]:
     """EvalSettings fields fixed by the artifact: nesting range and the held-out split."""
-    calib = manifest["inputs"].get("calibration", {})
+    from anyprec.calibration import heldout_split
+
+    fraction, seed = heldout_split(manifest["inputs"])
     return {"seed_bits": manifest["seed_bits"], "parent_bits": manifest["parent_bits"],
-            "eval_fraction": calib.get("eval_fraction", 0.2), "split_seed": calib.get("seed", 0)}
+            "eval_fraction": fraction, "split_seed": seed}
 
 
 def settings_from_args(args: argparse.Namespace, manifest: dict[str, Any]):

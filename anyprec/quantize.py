@@ -25,24 +25,20 @@ from anyprec import archs
 from anyprec.config import CalibrationConfig, QuantizationConfig
 from anyprec.env import apply_offline_env, cache_dir
 from anyprec.errors import OutputError, UsageError
-from anyprec.fileio import apply_umask, save_tensors_atomic, write_json_atomic
+from anyprec.fileio import apply_umask, atomic_path, save_tensors_atomic, write_json_atomic
+from anyprec.sensitivity import LAYER_FILE, LAYER_GLOB
 
 log = logging.getLogger(__name__)
 CALIB_FILE = "calib.safetensors"
 CALIB_META = "calib.json"
 SENS_META = "sensitivity.json"
 SENS_PARTIAL = "partial_sums.safetensors"
-LAYER_FILE = "layer_{:03d}.safetensors"
 OBJECTIVE_FILE = "objective.json"
 MODULE_OBJECTIVE_FILE = "objective_modules.json"
 
 
 def _read_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))
-
-
-def _save_atomic(tensors: dict[str, torch.Tensor], path: Path, key: str) -> None:
-    save_tensors_atomic(tensors, path, metadata={"key": key})
 
 
 def _done_key(path: Path) -> str | None:
@@ -73,7 +69,7 @@ def prepare_calibration(model_ref: str, calib: CalibrationConfig, out_dir: str |
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_dir(model_ref), local_files_only=True)
     ids = build_calibration(tokenizer, calib.corpus, calib.n_samples, calib.seq_len, calib.seed, calib.eval_fraction)
     digest = calibration_hash(ids)
-    _save_atomic({"input_ids": ids.contiguous()}, out_dir / CALIB_FILE, digest)
+    save_tensors_atomic({"input_ids": ids.contiguous()}, out_dir / CALIB_FILE, metadata={"key": digest})
     write_json_atomic(out_dir / CALIB_META, {"sha256": digest, "config": calib.model_dump(), "shape": list(ids.shape)})
     return out_dir
 
@@ -139,16 +135,14 @@ def _link_tree(src: Path, dst: Path) -> None:
     import shutil
 
     dst.mkdir(parents=True, exist_ok=True)
-    files = sorted(src.glob("layer_*.safetensors")) + [src / SENS_META]
+    files = sorted(src.glob(LAYER_GLOB)) + [src / SENS_META]
     for path in files:
-        target = dst / path.name
-        tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
-        try:
-            os.link(path, tmp)
-        except OSError:
-            shutil.copyfile(path, tmp)
-        apply_umask(tmp)  # a link shares the mode of a copy made under another umask
-        os.replace(tmp, target)
+        with atomic_path(dst / path.name) as part:
+            try:
+                os.link(path, part)
+            except OSError:
+                shutil.copyfile(path, part)
+            apply_umask(part)  # a link shares the mode of a copy made under another umask
 
 
 def _sensitivity_key(sens_dir: Path) -> str:
@@ -176,7 +170,7 @@ def _per_layer(
     if len(todo) < len(groups):
         log.info("%s: %d of %d layers already done in %s, resuming", desc, len(groups) - len(todo), len(groups), out_dir)
     for index in tqdm(todo, desc=desc, unit="layer", disable=not progress):
-        _save_atomic(work(index, groups[index], model), out_dir / LAYER_FILE.format(index), key)
+        save_tensors_atomic(work(index, groups[index], model), out_dir / LAYER_FILE.format(index), metadata={"key": key})
         log.info("%s: layer %d of %d written", desc, index + 1, len(groups))
     return out_dir
 

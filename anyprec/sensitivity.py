@@ -12,7 +12,9 @@ about model + one fp32 accumulator per quantized weight + activations of one seq
 
 from __future__ import annotations
 
+import logging
 import re
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,7 +28,13 @@ from tqdm.auto import tqdm
 from anyprec.archs import is_conv1d, quantizable_modules
 from anyprec.fileio import save_tensors_atomic
 
+# One file per decoder layer, the same name in every per-layer stage folder (sensitivity, seed, nested).
 LAYER_FILE = "layer_{:03d}.safetensors"
+LAYER_GLOB = "layer_*.safetensors"
+# About this many progress lines per pass: tqdm's bar never reaches a Prefect or file log.
+PROGRESS_LINES = 10
+
+log = logging.getLogger(__name__)
 
 
 def sequence_nll(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
@@ -124,18 +132,13 @@ def compute_sensitivity(
     names = list(modules) if modules is not None else quantizable_modules(model)
     weights = {name: model.get_submodule(name).weight for name in names}
     accum = {name: torch.zeros(w.shape, dtype=torch.float32, device=w.device) for name, w in weights.items()}
-    device = next(model.parameters()).device
     start = checkpoint.restore(accum) if checkpoint is not None else 0
+    if start:
+        log.info("sensitivity: resuming after %d of %d sequences", start, len(calib_ids))
     with _grad_only_on(model, weights):
         handles = [w.register_post_accumulate_grad_hook(_square_into(accum[n])) for n, w in weights.items()]
         try:
-            rows = tqdm(range(start, len(calib_ids)), desc="sensitivity", unit="seq", disable=not progress,
-                        initial=start, total=len(calib_ids))
-            for index in rows:
-                sequence_nll(model, calib_ids[index][None].to(device)).backward()
-                done = index + 1
-                if checkpoint is not None and done % checkpoint.chunk == 0 and done < len(calib_ids):
-                    checkpoint.save(accum, done)
+            _accumulate(model, calib_ids, start, accum, checkpoint, progress)
         finally:
             for handle in handles:
                 handle.remove()
@@ -143,6 +146,30 @@ def compute_sensitivity(
         name: (acc.t() if is_conv1d(model.get_submodule(name)) else acc).contiguous().cpu()
         for name, acc in accum.items()
     }
+
+
+def _accumulate(
+    model: nn.Module,
+    calib_ids: torch.Tensor,
+    start: int,
+    accum: dict[str, torch.Tensor],
+    checkpoint: Checkpoint | None,
+    progress: bool,
+) -> None:
+    """Backward pass of sequences start..n-1 (the hooks fill `accum`), checkpointing each chunk
+    and logging one line per ~1/PROGRESS_LINES of the pass."""
+    total = len(calib_ids)
+    every = max(1, -(-total // PROGRESS_LINES))
+    device = next(model.parameters()).device
+    began = time.monotonic()
+    rows = tqdm(range(start, total), desc="sensitivity", unit="seq", disable=not progress, initial=start, total=total)
+    for index in rows:
+        sequence_nll(model, calib_ids[index][None].to(device)).backward()
+        done = index + 1
+        if checkpoint is not None and done % checkpoint.chunk == 0 and done < total:
+            checkpoint.save(accum, done)
+        if done % every == 0 or done == total:
+            log.info("sensitivity: %d of %d sequences (%.0f s)", done, total, time.monotonic() - began)
 
 
 def layer_of(name: str) -> int:

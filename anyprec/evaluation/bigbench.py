@@ -45,7 +45,6 @@ DEFAULT_SUBTASKS: dict[str, tuple[str, ...]] = {
     "cause_and_effect": ("one_sentence", "two_sentences"),
 }
 DEFAULT_TASKS: tuple[str, ...] = ("goal_step_wikihow", "social_iqa", "winowhy", "cause_and_effect")
-DEFAULT_SUITE: tuple[str, ...] = ("bb_step_inference", "bb_social_iqa", "bb_winowhy", "bb_cause_and_effect")
 CHOICE_ORDER_SEED = 42
 
 

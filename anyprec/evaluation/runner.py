@@ -24,26 +24,32 @@ from typing import Any
 
 import torch
 
+from anyprec.config import EvaluationConfig
 from anyprec.evaluation.baselines import DEFAULT_METHODS, Method, quantize_method, quantized_weights
-from anyprec.evaluation.bigbench import DEFAULT_SUITE, PromptStyle
+from anyprec.evaluation.bigbench import PromptStyle
 from anyprec.evaluation.lm_eval_runner import ZeroShotSuite, build_suite, evaluate_suite, make_lm
 from anyprec.perplexity import heldout_streams
 
 log = logging.getLogger(__name__)
 
 
+# The defaults shared with params.yaml's `evaluation` section live in EvaluationConfig only.
+_CONFIG = EvaluationConfig()
+
+
 @dataclass
 class EvalSettings:
     """What to evaluate. limit: examples per task (None = all); ppl_max_tokens: cap per corpus;
-    quant_cache: folder reusing baseline quantizations whose key equals quant_cache_key."""
+    quant_cache: folder reusing baseline quantizations whose key equals quant_cache_key.
+    The first six fields default to EvaluationConfig's; the rest are evaluation-only settings."""
 
-    bits: list[int] = field(default_factory=lambda: [3, 4, 5, 6, 7, 8])
+    bits: list[int] = field(default_factory=lambda: list(_CONFIG.bits))
     methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
-    tasks: list[str] = field(default_factory=lambda: list(DEFAULT_SUITE))
-    limit: int | None = 50
-    corpora: list[str] = field(default_factory=lambda: ["wiki", "news"])
-    window: int = 2048
-    ppl_max_tokens: int | None = None
+    tasks: list[str] = field(default_factory=lambda: list(_CONFIG.tasks))
+    limit: int | None = _CONFIG.limit
+    corpora: list[str] = field(default_factory=lambda: list(_CONFIG.ppl_corpora))
+    window: int = _CONFIG.ppl_window
+    ppl_max_tokens: int | None = _CONFIG.ppl_max_tokens
     batch_size: int = 8
     seed_bits: int = 3
     parent_bits: int = 8

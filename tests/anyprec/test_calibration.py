@@ -135,3 +135,11 @@ def test_calibration_hash_tracks_content():
     same[2, 3] += 1
     assert cal.calibration_hash(ids) != cal.calibration_hash(same)
     assert cal.calibration_hash(ids) != cal.calibration_hash(ids.view(5, 8))
+
+
+def test_heldout_split_reads_the_artifact_inputs_else_the_config_defaults():
+    from anyprec.config import CalibrationConfig
+
+    assert cal.heldout_split({"calibration": {"eval_fraction": 0.35, "seed": 7}}) == (0.35, 7)
+    default = CalibrationConfig()
+    assert cal.heldout_split({}) == (default.eval_fraction, default.seed)

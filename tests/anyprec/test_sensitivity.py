@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 
@@ -67,6 +69,17 @@ def test_model_state_is_restored(tiny_llama):
     assert {n: p.requires_grad for n, p in model.named_parameters()} == before
     assert all(p.grad is None for p in model.parameters())
     assert not model.training
+
+
+def test_progress_reaches_the_log_about_ten_times_and_ends_at_the_total(tiny_llama, caplog):
+    model, _ = tiny_llama
+    ids = _calib(model.config.vocab_size, n=23, length=6)
+    with caplog.at_level(logging.INFO, logger="anyprec.sensitivity"):
+        compute_sensitivity(model, ids, progress=False)
+    lines = [r.getMessage() for r in caplog.records if r.name == "anyprec.sensitivity"]
+    done = [int(line.split()[1]) for line in lines]
+    assert 5 <= len(lines) <= 12, lines
+    assert done == sorted(done) and done[-1] == 23 and all(" of 23 sequences" in line for line in lines)
 
 
 def test_rejects_non_int64_ids(tiny_llama):
