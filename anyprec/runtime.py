@@ -234,11 +234,7 @@ def build_model(artifact_dir: Path, manifest: dict, dense: dict[str, torch.Tenso
     config = AutoConfig.from_pretrained(artifact_dir, local_files_only=True)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    quantized_weights = {f"{n}.weight" for n in manifest["modules"]}
-    expected = set(model.state_dict()) - quantized_weights - set(manifest.get("tied", {}))
-    missing = expected - set(dense)
-    if missing:
-        raise ArtifactError(f"{artifact_dir}: dense tensors missing from the artifact: {sorted(missing)[:5]}")
+    _check_against_model(artifact_dir, manifest, dense, model.state_dict())
     for name in manifest["modules"]:
         _set_submodule(model, name, nn.Identity())  # placeholder; real module set after load
     model.load_state_dict({k: v.to(dtype) for k, v in dense.items()}, strict=False, assign=True)
@@ -246,6 +242,31 @@ def build_model(artifact_dir: Path, manifest: dict, dense: dict[str, torch.Tenso
         _set_param(model, alias, model.get_parameter(source))
     _materialize_buffers(model, config, dtype)
     return model
+
+
+def _check_against_model(artifact_dir: Path, manifest: dict, dense: dict[str, torch.Tensor],
+                         shapes: dict[str, torch.Tensor]) -> None:
+    """Every tensor the artifact supplies (dense, quantized modules, tied aliases) must be one the
+    config's model has, with its shape: a clear error instead of a failed load deep in torch."""
+    problems = []
+    for name, info in manifest["modules"].items():
+        ref = shapes.get(f"{name}.weight")
+        want = (info["out_features"], info["in_features"])
+        if ref is None or (tuple(ref.shape) != want and tuple(ref.shape) != want[::-1]):
+            problems.append(f"quantized module {name} {want} does not match the config's model")
+    for name, tensor in dense.items():
+        ref = shapes.get(name)
+        if ref is None or tuple(ref.shape) != tuple(tensor.shape):
+            problems.append(f"dense tensor {name} {tuple(tensor.shape)} does not match the config's model")
+    for alias, source in manifest.get("tied", {}).items():
+        if alias not in shapes or source not in shapes:
+            problems.append(f"tied alias {alias} -> {source} names a tensor the model does not have")
+    quantized = {f"{n}.weight" for n in manifest["modules"]}
+    missing = set(shapes) - quantized - set(manifest.get("tied", {})) - set(dense)
+    if missing:
+        problems.append(f"dense tensors missing from the artifact: {sorted(missing)[:5]}")
+    if problems:
+        raise ArtifactError(f"{artifact_dir}: {'; '.join(problems[:3])} (re-create it with `anyprec quantize`)")
 
 
 def _set_param(model: nn.Module, name: str, param: nn.Parameter) -> None:

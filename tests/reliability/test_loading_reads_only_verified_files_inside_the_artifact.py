@@ -162,3 +162,15 @@ def test_no_code_from_an_artifact_runs(artifact_copy, tmp_path):
     with pytest.raises(ArtifactError, match="never runs code"):
         load_anyprec(artifact_copy)
     assert not ran.exists()
+
+
+def test_an_artifact_that_disagrees_with_its_config_is_one_clear_error(artifact_copy, capsys):
+    """Hashes and headers consistent, but config.json describes another model (hashes updated)."""
+    config = json.loads((artifact_copy / "config.json").read_text())
+    config["intermediate_size"] += 8
+    (artifact_copy / "config.json").write_text(json.dumps(config))
+    _relist(artifact_copy, "config.json")
+    with pytest.raises(ArtifactError, match="does not match the config's model"):
+        load_anyprec(artifact_copy)
+    assert main(["generate", str(artifact_copy), "--prompt", "The", "--bits", "3"]) == 2
+    assert_short_error(capsys.readouterr().err, "does not match the config's model")
