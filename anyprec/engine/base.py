@@ -34,6 +34,29 @@ class DecodeEngine(Protocol):
         """Free `slot` and its cache."""
 
 
+class SlotPool:
+    """Up to `max_batch` live sequences by slot number: what every engine keeps per sequence."""
+
+    def __init__(self, max_batch: int) -> None:
+        self.max_batch = int(max_batch)
+        self._slots: dict[int, Any] = {}
+
+    def release(self, slot: int) -> None:
+        self._slots.pop(slot, None)
+
+    def _get(self, slot: int) -> Any:
+        try:
+            return self._slots[slot]
+        except KeyError:
+            raise EngineError(f"slot {slot} is not in use") from None
+
+    def _free_slot(self) -> int:
+        for slot in range(self.max_batch):
+            if slot not in self._slots:
+                return slot
+        raise EngineError(f"all {self.max_batch} slots are in use; release one first")
+
+
 class _Slot:
     __slots__ = ("cache", "length")
 
@@ -42,7 +65,7 @@ class _Slot:
         self.length = length
 
 
-class TransformersEngine:
+class TransformersEngine(SlotPool):
     """One transformers forward per sequence, each under its own precision and KV cache.
 
     Works for every architecture `load_anyprec` serves; a batch of B sequences costs B
@@ -51,11 +74,10 @@ class TransformersEngine:
 
     def __init__(self, apm: AnyPrecisionModel, max_batch: int = 16) -> None:
         config = apm.model.config
+        super().__init__(max_batch)
         self.apm = apm
-        self.max_batch = int(max_batch)
         self.context_length = int(getattr(config, "max_position_embeddings", 0) or getattr(config, "n_positions"))
         self.vocab_size = int(config.vocab_size)
-        self._slots: dict[int, _Slot] = {}
 
     def add(self, prompt_ids: Sequence[int], bits: int) -> tuple[int, torch.Tensor]:
         if not prompt_ids:
@@ -89,18 +111,3 @@ class TransformersEngine:
 
     def length(self, slot: int) -> int:
         return self._get(slot).length
-
-    def release(self, slot: int) -> None:
-        self._slots.pop(slot, None)
-
-    def _get(self, slot: int) -> _Slot:
-        try:
-            return self._slots[slot]
-        except KeyError:
-            raise EngineError(f"slot {slot} is not in use") from None
-
-    def _free_slot(self) -> int:
-        for slot in range(self.max_batch):
-            if slot not in self._slots:
-                return slot
-        raise EngineError(f"all {self.max_batch} slots are in use; release one first")

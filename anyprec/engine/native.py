@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import torch
 
-from anyprec.engine.base import EngineError
+from anyprec.engine.base import EngineError, SlotPool
 from anyprec.kernels import cpu
 from anyprec.runtime import AnyPrecisionLinear, AnyPrecisionModel, HalfStoredHead
 
@@ -88,7 +88,7 @@ def _rope_tables(rotary, positions: int, head_dim: int) -> tuple[torch.Tensor, t
     return (emb.cos() * scale).contiguous(), (emb.sin() * scale).contiguous()
 
 
-class NativeEngine:
+class NativeEngine(SlotPool):
     """`DecodeEngine` on the native C step (llama / mistral / qwen2 artifacts).
 
     Attributes: max_batch, context_length, vocab_size (the contract), threads (OpenMP
@@ -100,16 +100,16 @@ class NativeEngine:
         reason = unsupported_reason(apm)
         if reason:
             raise EngineError(f"the native engine cannot run this model: {reason}; use kind='transformers'")
+        super().__init__(max_batch)
         model, config = apm.model, apm.model.config
         self.apm = apm
-        self.max_batch = int(max_batch)
         self.context_length = _context_length(config)
         self.vocab_size = int(config.vocab_size)
         self.threads = int(threads)
         self.profile = False
         self.timings = torch.zeros(len(PARTS), dtype=torch.float64)
         self._bits = set(apm.bits_available)
-        self._slots: dict[int, list] = {}  # slot -> [cache f32[2, L, Hkv, cap, D], length]
+        # self._slots: slot -> [cache f32[2, L, Hkv, cap, D], length]
         self._build(model, config)
 
     def _build(self, model, config) -> None:
@@ -193,9 +193,6 @@ class NativeEngine:
     def length(self, slot: int) -> int:
         return self._get(slot)[1]
 
-    def release(self, slot: int) -> None:
-        self._slots.pop(slot, None)
-
     # -- internals ----------------------------------------------------------------------
 
     def _run(self, rows: list[tuple], logits: torch.Tensor) -> None:
@@ -234,15 +231,3 @@ class NativeEngine:
         bad = [t for t in tokens if not 0 <= int(t) < self.vocab_size]
         if bad:
             raise EngineError(f"token ids {bad[:5]} are outside the vocabulary [0, {self.vocab_size})")
-
-    def _get(self, slot: int) -> list:
-        try:
-            return self._slots[slot]
-        except KeyError:
-            raise EngineError(f"slot {slot} is not in use") from None
-
-    def _free_slot(self) -> int:
-        for slot in range(self.max_batch):
-            if slot not in self._slots:
-                return slot
-        raise EngineError(f"all {self.max_batch} slots are in use; release one first")
