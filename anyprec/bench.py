@@ -122,14 +122,22 @@ def rotating_decode_steps(model, bits: Sequence[int], input_ids, tokens_per_bits
     return steps
 
 
+def step_spread(times: Sequence[float], method: str = "inclusive") -> dict:
+    """Median and 10th/90th percentile of `times` (seconds), as milliseconds."""
+    if not times:
+        raise ValueError("nothing was timed; ask for more tokens or rounds")
+    deciles = statistics.quantiles(times, n=10, method=method) if len(times) > 1 else list(times) * 9
+    return {"ms": statistics.median(times) * 1e3, "ms_p10": deciles[0] * 1e3, "ms_p90": deciles[-1] * 1e3,
+            "timed": len(times)}
+
+
 def _step_row(row: dict, times: list[float], rounds: int) -> dict:
     """A decode row from its step times: median step, 10th/90th percentile."""
     if not times:
         raise ValueError(f"no decode step was timed for {row}; ask for more new tokens")
-    ms = statistics.median(times) * 1e3
-    deciles = statistics.quantiles(times, n=10) if len(times) > 1 else times * 9
-    return {**row, "rounds": rounds, "steps_timed": len(times), "ms_per_token": ms, "tokens_per_s": 1e3 / ms,
-            "ms_per_token_p10": deciles[0] * 1e3, "ms_per_token_p90": deciles[-1] * 1e3}
+    s = step_spread(times, method="exclusive")
+    return {**row, "rounds": rounds, "steps_timed": len(times), "ms_per_token": s["ms"], "tokens_per_s": 1e3 / s["ms"],
+            "ms_per_token_p10": s["ms_p10"], "ms_per_token_p90": s["ms_p90"]}
 
 
 def measure_decode(

@@ -14,15 +14,8 @@ from pathlib import Path
 
 import torch
 
+from anyprec.bench import step_spread as _spread
 from anyprec.engine import DecodeEngine
-
-def _spread(times: Sequence[float]) -> dict:
-    """Median and 10th/90th percentile of `times` (seconds), as milliseconds."""
-    if not times:
-        raise ValueError("nothing was timed; ask for more tokens or rounds")
-    deciles = statistics.quantiles(times, n=10, method="inclusive") if len(times) > 1 else list(times) * 9
-    return {"ms": statistics.median(times) * 1e3, "ms_p10": deciles[0] * 1e3, "ms_p90": deciles[-1] * 1e3,
-            "timed": len(times)}
 
 
 def rotating_engine_steps(engine: DecodeEngine, bits: Sequence[int], prompt_ids: Sequence[int],

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from collections import Counter
 from pathlib import Path
 
 import torch
 
-from anyprec.fileio import write_json_atomic
+from anyprec.fileio import write_json_atomic, write_text_atomic
 
 
 def load_prompts(tasks: list[str], limit: int, prompts_file: str | None) -> list[dict]:
@@ -135,15 +134,9 @@ def run_bench_route(args: argparse.Namespace) -> int:
         write_json_atomic(args.json, result)
         print(f"wrote {args.json}")
     if args.markdown:
-        _write_text_atomic(Path(args.markdown), table + "\n")
+        write_text_atomic(args.markdown, table + "\n")
         print(f"wrote {args.markdown}")
     return 0
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    part = path.with_name(f"{path.name}.part-{os.getpid()}")
-    part.write_text(text, encoding="utf-8")
-    os.replace(part, path)
 
 
 def _default_tasks(params: str | None) -> list[str]:
