@@ -78,36 +78,35 @@ class AnyPrecisionLinear(nn.Module):
         for b, lut in qm.luts.items():
             self.register_buffer(f"lut{b}", lut)
         self.bias = None if qm.bias is None else nn.Parameter(qm.bias.float(), requires_grad=False)
+        self.backend: Backend = resolve_backend(self.planes.device)  # once per layer and device, see _apply
         self._plans: dict[int, Any] = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bits = self.state.current
         if bits.__class__ is not int:  # a Plan: this module's own width
             bits = bits.bits[self.name]
+        lut = self._buffers[f"lut{bits}"]
         plan = self._plans.get(bits)
         if plan is None and bits not in self._plans:
-            plan = self._plans[bits] = self._make_plan(x, bits)
+            # Decode steps are ~all of generation's calls: a native plan, checked once per
+            # bit-width, skips matmul's per-call checks (None when the backend is not native).
+            plan = self._plans[bits] = decode_plan(self.planes, lut, bits, self.in_features, self.backend)
         if plan is not None and plan.accepts(x):
             y = plan(x)
             if self.bias is not None:
                 y += self.bias
             return y
         bias = None if self.bias is None else self.bias.to(x.dtype)
-        return matmul(x, self.planes, self._buffers[f"lut{bits}"], bits, self.in_features, bias=bias)
-
-    def _make_plan(self, x: torch.Tensor, bits: int) -> Any:
-        """The native decode call for this bit-width (None when another backend is chosen).
-
-        Decode steps are ~all of generation's calls, so they skip `matmul`'s per-call checks
-        and backend choice: the backend is resolved here, at the bit-width's first call
-        (ANYPREC_BACKEND set later applies after `.to()` or a reload)."""
-        if resolve_backend(x.device) is not Backend.CPU:
-            return None
-        return decode_plan(self.planes, self._buffers[f"lut{bits}"], bits, self.in_features)
+        return matmul(x, self.planes, lut, bits, self.in_features, bias=bias, backend=self.backend)
 
     def _apply(self, fn: Any, recurse: bool = True) -> "AnyPrecisionLinear":
-        self._plans.clear()  # .to()/.float()/... may replace the tensors a plan points into
-        return super()._apply(fn, recurse)
+        """`.to()`/`.float()`/...: may move or replace the tensors, so the backend is resolved
+        again for the planes' device (ANYPREC_BACKEND is read here and at load, never per call)
+        and the plans, which point into the old tensors, are dropped."""
+        super()._apply(fn, recurse)
+        self.backend = resolve_backend(self.planes.device)
+        self._plans.clear()
+        return self
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bits={self.state.available}"
@@ -129,13 +128,16 @@ class HalfStoredHead(nn.Module):
         self.weight = head.weight
         self.bias = head.bias
         self.register_buffer("weight_f16", weight_f16.contiguous(), persistent=False)
-        self._plan: Any = None
-        self._planned = False
+        self._resolve()
+
+    def _resolve(self) -> None:
+        """Backend and fp16 decode plan for the head's device, at load and after `.to()`."""
+        w = self.weight_f16
+        self.backend: Backend = resolve_backend(w.device)
+        usable = w.dtype == torch.float16 and w.device.type == "cpu"  # `.to(dtype)` casts it
+        self._plan: Any = half_decode_plan(w, self.backend) if usable else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self._planned:
-            self._plan = half_decode_plan(self.weight_f16) if self.weight.device.type == "cpu" else None
-            self._planned = True
         plan = self._plan
         if plan is not None and plan.accepts(x):
             y = plan(x)
@@ -143,8 +145,9 @@ class HalfStoredHead(nn.Module):
         return nn.functional.linear(x, self.weight, self.bias)
 
     def _apply(self, fn: Any, recurse: bool = True) -> "HalfStoredHead":
-        self._plan, self._planned = None, False
-        return super()._apply(fn, recurse)
+        super()._apply(fn, recurse)
+        self._resolve()
+        return self
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, decode weight float16"

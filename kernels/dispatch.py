@@ -2,6 +2,9 @@
 
 Rule: explicit `backend` argument > env `ANYPREC_BACKEND` > the tensor's device
 (cuda -> triton, cpu -> native cpu if the extension is built, else reference).
+`backend=None` applies the rule (and reads the environment) at every call; a caller that
+runs one layer many times resolves once with `resolve_backend` and passes the Backend, as
+the runtime does per layer and device (at load and on `.to()`).
 The Triton backend is imported lazily and the native one tolerates a missing build, so
 `anyprec.kernels` imports without triton installed and without the native library built.
 """

@@ -7,8 +7,9 @@ import threading
 import pytest
 import torch
 
-from anyprec.kernels import matmul, native_available
-from anyprec.runtime import AnyPrecisionLinear, HalfStoredHead, load_anyprec
+from anyprec.kernels import Backend, matmul, native_available, pack_bitplanes
+from anyprec.packed import QuantizedModule
+from anyprec.runtime import AnyPrecisionLinear, HalfStoredHead, PrecisionState, load_anyprec
 
 
 @pytest.fixture(scope="module")
@@ -109,13 +110,42 @@ def test_decode_steps_match_reference(apm, bits):
         torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
 
 
-def test_decode_plan_keeps_the_reference_backend_when_chosen(tiny_artifact, ids, monkeypatch):
+def test_backend_is_resolved_at_load_and_on_to_never_per_call(tiny_artifact, ids, monkeypatch):
     monkeypatch.setenv("ANYPREC_BACKEND", "reference")
     model = load_anyprec(tiny_artifact, bits=3)
+    layers = [m for m in model.model.modules() if isinstance(m, AnyPrecisionLinear)]
+    head = model.model.get_output_embeddings()
+    assert {m.backend for m in layers} == {Backend.REFERENCE} and head.backend is Backend.REFERENCE
+    assert head._plan is None  # the fp16 decode plan is the native backend's
+    # A value the rule refuses: neither prefill nor a decode step may read it.
+    monkeypatch.setenv("ANYPREC_BACKEND", "gpu")
     with torch.inference_mode():
+        prefill = model(ids).logits
         model(ids[:, :1])
-    layer = next(m for m in model.model.modules() if isinstance(m, AnyPrecisionLinear))
-    assert layer._plans == {3: None}
+    assert layers[0]._plans == {3: None}
+    with pytest.raises(ValueError, match="ANYPREC_BACKEND"):
+        model.model.to("cpu")  # `.to()` resolves again
+    monkeypatch.delenv("ANYPREC_BACKEND")
+    model.model.to("cpu")
+    native = Backend.CPU if native_available() else Backend.REFERENCE
+    assert {m.backend for m in layers} == {native} and head.backend is native
+    with torch.inference_mode():
+        torch.testing.assert_close(model(ids).logits, prefill, rtol=1e-4, atol=1e-4)
+        model(ids[:, :1])
+    assert (layers[0]._plans[3] is not None) == (native is Backend.CPU)
+
+
+def _layer(state: PrecisionState) -> AnyPrecisionLinear:
+    codes = torch.randint(0, 8, (16, 40), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    luts = {3: torch.linspace(-1, 1, 8).repeat(16, 1).half()}
+    return AnyPrecisionLinear(QuantizedModule(pack_bitplanes(codes, 3), luts, 40), state)
+
+
+def test_backend_follows_the_layers_device():
+    layer = _layer(PrecisionState(3, [3]))
+    assert layer.backend is (Backend.CPU if native_available() else Backend.REFERENCE)
+    layer.to("meta")  # neither cpu nor cuda: the device rule gives the reference
+    assert layer.backend is Backend.REFERENCE and not layer._plans
 
 
 @pytest.mark.skipif(not native_available(), reason="native CPU kernels not built")
