@@ -6,6 +6,8 @@ hit for every stage; changing only evaluation settings re-runs only evaluation.
 
 from __future__ import annotations
 
+import json
+import math
 import time
 from pathlib import Path
 
@@ -170,8 +172,16 @@ def test_artifact_names_a_loadable_base_model_and_the_cli_runs_on_it(first_run, 
     assert inputs["base_model_name"] == "tiny"
     assert (Path(inputs["base_model_ref"]) / "config.json").is_file()
     out = tmp_path / "decode.json"
-    main(["bench", "decode", summary.artifact, "--bits", "3", "--tokens", "2", "--repeats", "1", "--json", str(out)])
+    assert main(["bench", "decode", summary.artifact, "--bits", "3", "--tokens", "2", "--repeats", "1",
+                 "--json", str(out)]) == 0
     assert out.is_file()
+    report_file = tmp_path / "eval.json"
+    assert main(["eval", summary.artifact, "--bits", "3", "--methods", "ours", "--tasks", "--corpus", "news",
+                 "--window", "32", "--ppl-max-tokens", "64", "--work-dir", str(tmp_path / "work"),
+                 "--json", str(report_file), "--no-progress"]) == 0
+    report = json.loads(report_file.read_text())
+    assert report["base_model_ref"] == inputs["base_model_ref"]
+    assert math.isfinite(report["methods"]["ours"]["3"]["ppl_news"])
 
 
 def test_interrupted_layer_stage_resumes_from_its_files(first_run, pipeline_root):
