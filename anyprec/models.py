@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from anyprec.config import DEFAULT_MODEL
-from anyprec.env import apply_offline_env, cache_dir
+from anyprec.env import cache_dir
 from anyprec.errors import ModelError
 from anyprec.fileio import sha256_file, write_text_atomic
 
@@ -72,7 +72,6 @@ def convert_gguf(gguf: Path, out_dir: Path) -> Path:
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    apply_offline_env()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f"{out_dir.name}.tmp-", dir=out_dir.parent))
     tmp.chmod(0o755)  # mkdtemp makes it 0700; the cache is shared like any model dir
@@ -154,7 +153,6 @@ def load_model(name_or_path: str | os.PathLike, dtype: torch.dtype = torch.float
     """Load (model in eval mode, tokenizer) from a model reference, local files only."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    apply_offline_env()
     model_dir = resolve_model_dir(name_or_path)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, local_files_only=True)
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)

@@ -8,9 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from anyprec.env import apply_offline_env
-
-apply_offline_env()
+import anyprec  # noqa: F401  (importing it applies the offline environment, before Prefect reads it)
 
 
 @pytest.fixture(scope="session")
