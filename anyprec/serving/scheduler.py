@@ -16,11 +16,12 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from anyprec.engine import DecodeEngine, EngineError
 from anyprec.serving.metrics import ServerMetrics
-from anyprec.serving.sampling import StopMatcher, sample_token
+from anyprec.serving.sampling import StopMatcher, TextStream, new_rng, sample_token
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +58,9 @@ class GenRequest:
     slot: int | None = None
     generated: list[int] = field(default_factory=list)
     first_token_at: float | None = None
-    generator: torch.Generator | None = None
+    rng: np.random.Generator | None = None
     matcher: StopMatcher | None = None
+    text: TextStream | None = None
 
 
 class Scheduler:
@@ -143,8 +145,9 @@ class Scheduler:
                           type(err).__name__, err)
                 self._fail(req, f"prefill failed: {err}")
                 continue
-            req.generator = torch.Generator().manual_seed(req.seed) if req.seed is not None else None
+            req.rng = new_rng(req.seed)
             req.matcher = StopMatcher(req.stop)
+            req.text = TextStream(self.tokenizer)
             self._active.append(req)
             self._advance(req, logits)
         self.metrics.active.set(len(self._active))
@@ -168,22 +171,26 @@ class Scheduler:
 
     def _advance(self, req: GenRequest, logits: torch.Tensor) -> None:
         """Sample one token for `req`, send its text, and finish it when a limit is reached."""
-        token = sample_token(logits, req.temperature, req.top_p, req.generator)
+        token = sample_token(logits, req.temperature, req.top_p, req.rng)
         if req.first_token_at is None:
             req.first_token_at = time.perf_counter()
         if token in self.eos_ids and not req.ignore_eos:
-            self._send(req, req.matcher.flush())
+            self._send_rest(req)
             self._finish(req, "stop", counted=len(req.generated) + 1)
             return
         req.generated.append(token)
-        text = self.tokenizer.decode(req.generated, skip_special_tokens=True)
-        delta, hit = req.matcher.feed(text)
+        delta, hit = req.matcher.feed(req.text.add(token))
         self._send(req, delta)
         if hit:
             self._finish(req, "stop")
         elif len(req.generated) >= req.max_tokens or self.engine.length(req.slot) >= self.engine.context_length:
-            self._send(req, req.matcher.flush())
-            self._finish(req, "length")
+            self._finish(req, "stop" if self._send_rest(req) else "length")
+
+    def _send_rest(self, req: GenRequest) -> bool:
+        """Send the text still held back at the end of generation; True if it held a stop string."""
+        delta, hit = req.matcher.feed(req.text.final())
+        self._send(req, delta if hit else delta + req.matcher.flush())
+        return hit
 
     def _send(self, req: GenRequest, text: str) -> None:
         if text:
