@@ -31,7 +31,8 @@ def test_load_test_refuses_other_hosts_and_unbounded_runs(tiny_artifact, capsys)
     assert "--clients 0" in capsys.readouterr().err
 
 
-def test_route_evaluation_compares_auto_with_fixed_precisions(tiny_artifact, tmp_path):
+def test_route_evaluation_compares_auto_with_fixed_precisions(tiny_artifact, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 wants an opt-in for a file store
     prompts = tmp_path / "prompts.jsonl"
     rows = [{"task": "t", "query": "The quick brown fox", "choices": [" jumps", " sleeps"], "gold": 0},
             {"task": "t", "query": "Explain why 3 + 4 = 7, step by step, in python code", "choices": [" a", " b"],
