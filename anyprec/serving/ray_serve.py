@@ -37,8 +37,10 @@ def deployment(artifact_dir: str | Path, *, replicas: int = 2, engine: str = "au
     replicas: fixed replica count, unless `autoscaling` (Ray's autoscaling_config, e.g.
     {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 8}) is given.
     cpus_per_replica: Ray CPUs reserved per replica (the decode threads it runs)."""
-    from ray import serve
-
+    try:
+        from ray import serve
+    except ImportError:
+        raise ImportError("Ray Serve is not installed: pip install -e '.[ray-serve]' (or ray[serve])") from None
     if not Path(artifact_dir, "manifest.json").is_file():
         raise FileNotFoundError(f"{artifact_dir} is not an anyprec artifact (no manifest.json); "
                                 "give the packed directory `anyprec quantize` wrote")
