@@ -45,7 +45,7 @@ class GenRequest:
     """One generation: the prompt's token ids, a bit-width and the sampling settings."""
 
     prompt_ids: list[int]
-    bits: int
+    bits: int | float  # a fractional width runs as a plan (see engines.PlanRouting)
     max_tokens: int
     sink: Callable[[Event], None]
     temperature: float = 0.0
@@ -141,7 +141,7 @@ class Scheduler:
                 self._fail(req, str(err))
                 continue
             except Exception as err:  # noqa: BLE001 - one bad prefill must not take the server down
-                log.error("prefill failed (%d tokens, %d bits): %s: %s", len(req.prompt_ids), req.bits,
+                log.error("prefill failed (%d tokens, %s bits): %s: %s", len(req.prompt_ids), req.bits,
                           type(err).__name__, err)
                 self._fail(req, f"prefill failed: {err}")
                 continue
