@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from anyprec.config import ServingConfig
+from anyprec.plans import Plan, load_plan_file
 from anyprec.runtime import AnyPrecisionModel, load_anyprec
 from anyprec.serving.engines import is_plan, make_engine
 from anyprec.serving.metrics import ServerMetrics
@@ -57,13 +58,28 @@ def stored_plans(apm: AnyPrecisionModel) -> list[float]:
                    if "avg_bits" in t and is_plan(t["avg_bits"]) and lo < float(t["avg_bits"]) < hi})
 
 
+def named_plans(apm: AnyPrecisionModel, artifact_dir: str | Path | None) -> dict[str, Plan]:
+    """Plans stored for another target than an average width (`anyprec plan --max-bytes N`), by
+    file stem ('plan-max-bytes-N'): served as `<model>:<stem>`. Loaded once, at start."""
+    if artifact_dir is None:
+        return {}
+    plans = {}
+    for file, target in apm.manifest.get("plans", {}).items():
+        if "avg_bits" not in target and file in apm.manifest["files"]:
+            plan = load_plan_file(Path(artifact_dir) / file, apm.manifest, apm.bits_available)
+            plans[Path(file).stem] = plan
+    return plans
+
+
 class ServerState:
     """Everything a request handler needs: the model, its scheduler, router and metrics."""
 
-    def __init__(self, apm: AnyPrecisionModel, cfg: ServingConfig, engine, name: str) -> None:
+    def __init__(self, apm: AnyPrecisionModel, cfg: ServingConfig, engine, name: str,
+                 artifact_dir: str | Path | None = None) -> None:
         self.apm, self.cfg, self.engine, self.name = apm, cfg, engine, name
         self.bits = apm.bits_available
         self.plans = stored_plans(apm)
+        self.named = named_plans(apm, artifact_dir)
         self.metrics = ServerMetrics()
         self.router = Router(cfg.auto, self.bits)
         self.scheduler = Scheduler(engine, apm.tokenizer, _eos_ids(apm), self.metrics, cfg.max_queue,
@@ -114,6 +130,11 @@ class ServerState:
         except ValueError as err:  # ArtifactError too: no objective table to plan from
             raise ApiError(400, f"precision {bits_label(bits)}: {err}", "model", "precision_not_available") from None
 
+    def named_plan(self, model: str) -> tuple[str, Plan] | None:
+        """(suffix, Plan) when `model` names a stored plan (`<model>:plan-max-bytes-N`)."""
+        base, _, suffix = model.partition(":")
+        return (suffix, self.named[suffix]) if base == self.name and suffix in self.named else None
+
     def choose_bits(self, body: _Body, ids: list[int], text: str) -> tuple[int | float, dict | None]:
         wanted = resolve_model(body.model, self.name, self.bits).bits
         if wanted is not None:
@@ -140,14 +161,20 @@ class _Call:
         state.check_length(ids)
         max_tokens = state.max_tokens(body)
         stops = body.stops
-        self.bits, self.route = state.choose_bits(body, ids, text)
-        self.model = f"{state.name}:{bits_label(self.bits)}bit"
+        named = state.named_plan(body.model)
+        if named is not None:
+            self.bits, self.route = round(named[1].avg_bits, 3), {"avg_bits": named[1].avg_bits}
+            self.model = f"{state.name}:{named[0]}"
+        else:
+            self.bits, self.route = state.choose_bits(body, ids, text)
+            self.model = f"{state.name}:{bits_label(self.bits)}bit"
         self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         self.created = int(time.time())
         self.queue: asyncio.Queue[Event] = asyncio.Queue()
         loop = asyncio.get_running_loop()
         self.gen = GenRequest(ids, self.bits, max_tokens, lambda ev: loop.call_soon_threadsafe(self.queue.put_nowait, ev),
-                              body.temperature, body.top_p, body.seed, stops, body.ignore_eos)
+                              body.temperature, body.top_p, body.seed, stops, body.ignore_eos,
+                              plan=None if named is None else named[1])
         try:
             state.scheduler.submit(self.gen)
         except QueueFull as err:
@@ -264,7 +291,7 @@ def _install_routes(app: FastAPI, state: ServerState) -> None:
     async def models() -> dict:
         created = int(time.time())
         return {"object": "list", "data": [{"id": m, "object": "model", "created": created, "owned_by": "anyprec"}
-                                           for m in model_ids(state.name, state.bits, state.plans)]}
+                                           for m in model_ids(state.name, state.bits, state.plans, list(state.named))]}
 
     async def _generate(request: Request, body_type: type[_Body], chat: bool) -> Response:
         body = parse_body(await request.body(), body_type)
@@ -292,7 +319,7 @@ def create_app(artifact_dir: str | Path | None = None, *, apm: AnyPrecisionModel
             raise ValueError("create_app needs an artifact directory or a loaded model (apm=)")
         apm = load_anyprec(artifact_dir)
     cfg = serving or ServingConfig()
-    state = ServerState(apm, cfg, make_engine(apm, engine, cfg.max_batch), name or model_name(apm))
+    state = ServerState(apm, cfg, make_engine(apm, engine, cfg.max_batch), name or model_name(apm), artifact_dir)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

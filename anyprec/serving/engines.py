@@ -13,12 +13,13 @@ from collections.abc import Sequence
 import torch
 
 from anyprec.engine import DecodeEngine, EngineError, TransformersEngine, open_engine
+from anyprec.plans import Plan
 from anyprec.runtime import AnyPrecisionModel
 
 
-def is_plan(bits: int | float) -> bool:
-    """True for a fractional precision (a plan), False for an integer width."""
-    return not float(bits).is_integer()
+def is_plan(bits: int | float | Plan) -> bool:
+    """True for a Plan or a fractional precision (run as a plan), False for an integer width."""
+    return isinstance(bits, Plan) or not float(bits).is_integer()
 
 
 class PlanRouting:
@@ -37,13 +38,13 @@ class PlanRouting:
     def _split(self, slot: int) -> tuple[DecodeEngine, int]:
         return (self.plans, slot - self._offset) if slot >= self._offset else (self.primary, slot)
 
-    def add(self, prompt_ids: Sequence[int], bits: int | float) -> tuple[int, torch.Tensor]:
+    def add(self, prompt_ids: Sequence[int], bits: int | float | Plan) -> tuple[int, torch.Tensor]:
         if is_plan(bits):
             slot, logits = self.plans.add(prompt_ids, bits)
             return slot + self._offset, logits
         return self.primary.add(prompt_ids, int(bits))
 
-    def step(self, slots: Sequence[int], tokens: Sequence[int], bits: Sequence[int | float]) -> torch.Tensor:
+    def step(self, slots: Sequence[int], tokens: Sequence[int], bits: Sequence[int | float | Plan]) -> torch.Tensor:
         if not (len(slots) == len(tokens) == len(bits)):
             raise EngineError(f"step got {len(slots)} slots, {len(tokens)} tokens, {len(bits)} bit-widths")
         if all(s < self._offset for s in slots):

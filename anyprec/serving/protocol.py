@@ -140,7 +140,7 @@ def resolve_model(model: str, name: str, bits_available: list[int]) -> ModelId:
     return ModelId(value)
 
 
-def model_ids(name: str, bits_available: list[int], plans: list[float] = ()) -> list[str]:
-    """Integer widths, then the artifact's stored plans (average bits), then `:auto`."""
+def model_ids(name: str, bits_available: list[int], plans: list[float] = (), named: list[str] = ()) -> list[str]:
+    """Integer widths, the artifact's stored plans (average bits, then other targets by name), `:auto`."""
     return ([f"{name}:{b}bit" for b in bits_available] + [f"{name}:{bits_label(p)}bit" for p in plans]
-            + [f"{name}:auto"])
+            + [f"{name}:{n}" for n in named] + [f"{name}:auto"])

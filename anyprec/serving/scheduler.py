@@ -15,6 +15,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -61,6 +62,12 @@ class GenRequest:
     rng: np.random.Generator | None = None
     matcher: StopMatcher | None = None
     text: TextStream | None = None
+    plan: Any = None  # a stored Plan to run instead of `bits` (then its average width)
+
+    @property
+    def precision(self) -> Any:
+        """What the engine runs: the plan if one was named, else `bits`."""
+        return self.bits if self.plan is None else self.plan
 
 
 class Scheduler:
@@ -136,7 +143,7 @@ class Scheduler:
                 self._finish(req, "cancelled")
                 continue
             try:
-                req.slot, logits = self.engine.add(req.prompt_ids, req.bits)
+                req.slot, logits = self.engine.add(req.prompt_ids, req.precision)
             except EngineError as err:
                 self._fail(req, str(err))
                 continue
@@ -160,7 +167,7 @@ class Scheduler:
         batch = list(self._active)
         try:
             logits = self.engine.step([r.slot for r in batch], [r.generated[-1] for r in batch],
-                                      [r.bits for r in batch])
+                                      [r.precision for r in batch])
         except Exception as err:  # noqa: BLE001 - one bad step must not take the server down
             log.error("decode step failed for %d sequences: %s: %s", len(batch), type(err).__name__, err)
             for req in batch:

@@ -22,7 +22,7 @@ def chat_artifact(tiny_model_dir, tmp_path_factory):
 
     from anyprec.config import CalibrationConfig, QuantizationConfig
     from anyprec.packed import read_manifest
-    from anyprec.plans import plan_for, read_objectives, store_plan
+    from anyprec.plans import module_bytes, plan_for, read_objectives, store_plan
     from anyprec.quantize import quantize_model
     from tests.conftest import TINY_CALIB
 
@@ -37,8 +37,11 @@ def chat_artifact(tiny_model_dir, tmp_path_factory):
     # A stored plan, as `anyprec plan DIR --avg-bits 4.5` adds one: the server lists it.
     manifest = read_manifest(packed)
     widths = list(range(manifest["seed_bits"], manifest["parent_bits"] + 1))
-    store_plan(packed, plan_for(manifest, read_objectives(packed, manifest), widths, avg_bits=STORED_PLAN),
-               {"avg_bits": STORED_PLAN})
+    objectives = read_objectives(packed, manifest)
+    store_plan(packed, plan_for(manifest, objectives, widths, avg_bits=STORED_PLAN), {"avg_bits": STORED_PLAN})
+    # ... and one for a memory budget (half-way between the 4- and 5-bit codes): served by its name.
+    budget = sum(row[4] + row[5] for row in module_bytes(manifest).values()) // 2
+    store_plan(packed, plan_for(manifest, objectives, widths, max_bytes=budget), {"max_bytes": budget})
     return packed
 
 

@@ -32,7 +32,9 @@ def _prompt_ids(state, prompt: str) -> list[int]:
 
 def test_models_lists_every_precision_and_auto(client, server):
     ids = [m.id for m in client.models.list().data]
-    assert ids == [f"{MODEL}:{b}bit" for b in server[1].bits] + [f"{MODEL}:4.5bit", f"{MODEL}:auto"]
+    named = [f"{MODEL}:{n}" for n in server[1].named]
+    assert len(named) == 1 and named[0].startswith(f"{MODEL}:plan-max-bytes-")
+    assert ids == [f"{MODEL}:{b}bit" for b in server[1].bits] + [f"{MODEL}:4.5bit", *named, f"{MODEL}:auto"]
     assert httpx.get(server[0] + "/health").json()["status"] == "ok"
 
 

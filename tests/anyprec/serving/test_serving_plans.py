@@ -34,6 +34,18 @@ def test_fractional_model_is_the_plans_greedy_output(client, server, precision):
     assert resp.choices[0].text == _reference(server[1].apm, PROMPT, precision)
 
 
+def test_a_stored_plan_for_a_memory_budget_is_served_by_name(client, server):
+    """`anyprec plan --max-bytes N` stores plan-max-bytes-N.json: `<model>:plan-max-bytes-N`."""
+    (stem, plan), = server[1].named.items()
+    raw = client.completions.with_raw_response.create(model=f"{MODEL}:{stem}", prompt=PROMPT,
+                                                      max_tokens=N_TOKENS, temperature=0)
+    resp = raw.parse()
+    assert resp.model == f"{MODEL}:{stem}"
+    assert float(raw.headers["x-anyprec-avg-bits"]) == pytest.approx(plan.avg_bits, abs=5e-4)
+    assert 4 < plan.avg_bits < 5 and len(set(plan.bits.values())) > 1  # a real mix of widths
+    assert resp.choices[0].text == _reference(server[1].apm, PROMPT, plan)
+
+
 def _alone(engine, prompt: list[int], bits, tokens: list[int]) -> torch.Tensor:
     """Logits [len(tokens) + 1, V] of one sequence on its own engine, fed `tokens` after the prompt."""
     slot, logits = engine.add(prompt, bits)
