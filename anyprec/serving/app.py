@@ -9,20 +9,22 @@ import logging
 import time
 import uuid
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Iterator
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from anyprec.config import ServingConfig
-from anyprec.engine import DecodeEngine, open_engine
+from anyprec.plans import Plan, load_plan_file
 from anyprec.runtime import AnyPrecisionModel, load_anyprec
+from anyprec.serving.engines import is_plan, make_engine
 from anyprec.serving.metrics import ServerMetrics
 from anyprec.serving.protocol import (
     ApiError,
     ChatBody,
     CompletionBody,
     _Body,
+    bits_label,
     model_ids,
     parse_body,
     resolve_model,
@@ -32,11 +34,6 @@ from anyprec.serving.scheduler import Event, GenRequest, QueueFull, Scheduler
 
 log = logging.getLogger(__name__)
 DISCONNECT_POLL_S = 0.5
-
-
-def make_engine(apm: AnyPrecisionModel, kind: str = "auto", max_batch: int = 8) -> DecodeEngine:
-    """The decode engine behind the server (the one place the server picks an engine)."""
-    return open_engine(apm, kind=kind, max_batch=max_batch)
 
 
 def model_name(apm: AnyPrecisionModel) -> str:
@@ -53,12 +50,36 @@ def _eos_ids(apm: AnyPrecisionModel) -> set[int]:
     return {int(i) for i in ids if i is not None}
 
 
+def stored_plans(apm: AnyPrecisionModel) -> list[float]:
+    """Fractional average widths of the plans stored in the artifact that its loaded widths can run."""
+    lo, hi = min(apm.bits_available), max(apm.bits_available)
+    targets = apm.manifest.get("plans", {}).values()
+    return sorted({float(t["avg_bits"]) for t in targets
+                   if "avg_bits" in t and is_plan(t["avg_bits"]) and lo < float(t["avg_bits"]) < hi})
+
+
+def named_plans(apm: AnyPrecisionModel, artifact_dir: str | Path | None) -> dict[str, Plan]:
+    """Plans stored for another target than an average width (`anyprec plan --max-bytes N`), by
+    file stem ('plan-max-bytes-N'): served as `<model>:<stem>`. Loaded once, at start."""
+    if artifact_dir is None:
+        return {}
+    plans = {}
+    for file, target in apm.manifest.get("plans", {}).items():
+        if "avg_bits" not in target and file in apm.manifest["files"]:
+            plan = load_plan_file(Path(artifact_dir) / file, apm.manifest, apm.bits_available)
+            plans[Path(file).stem] = plan
+    return plans
+
+
 class ServerState:
     """Everything a request handler needs: the model, its scheduler, router and metrics."""
 
-    def __init__(self, apm: AnyPrecisionModel, cfg: ServingConfig, engine, name: str) -> None:
+    def __init__(self, apm: AnyPrecisionModel, cfg: ServingConfig, engine, name: str,
+                 artifact_dir: str | Path | None = None) -> None:
         self.apm, self.cfg, self.engine, self.name = apm, cfg, engine, name
         self.bits = apm.bits_available
+        self.plans = stored_plans(apm)
+        self.named = named_plans(apm, artifact_dir)
         self.metrics = ServerMetrics()
         self.router = Router(cfg.auto, self.bits)
         self.scheduler = Scheduler(engine, apm.tokenizer, _eos_ids(apm), self.metrics, cfg.max_queue,
@@ -100,10 +121,24 @@ class ServerState:
             raise ApiError(400, f"the prompt has {len(ids)} tokens; this model's context is {ctx} "
                                 "(prompt + completion): shorten the prompt", "prompt", "context_length_exceeded")
 
-    def choose_bits(self, body: _Body, ids: list[int], text: str) -> tuple[int, dict | None]:
+    def plan_avg_bits(self, bits: float) -> float:
+        """Resolve the plan for a fractional precision now (stored, or computed once and cached by
+        the runtime) so a precision the artifact cannot plan is a 400, not a failed prefill."""
+        try:
+            with self.apm.precision(bits):
+                return self.apm.current_plan.avg_bits
+        except ValueError as err:  # ArtifactError too: no objective table to plan from
+            raise ApiError(400, f"precision {bits_label(bits)}: {err}", "model", "precision_not_available") from None
+
+    def named_plan(self, model: str) -> tuple[str, Plan] | None:
+        """(suffix, Plan) when `model` names a stored plan (`<model>:plan-max-bytes-N`)."""
+        base, _, suffix = model.partition(":")
+        return (suffix, self.named[suffix]) if base == self.name and suffix in self.named else None
+
+    def choose_bits(self, body: _Body, ids: list[int], text: str) -> tuple[int | float, dict | None]:
         wanted = resolve_model(body.model, self.name, self.bits).bits
         if wanted is not None:
-            return wanted, None
+            return wanted, ({"avg_bits": self.plan_avg_bits(wanted)} if is_plan(wanted) else None)
         lo, hi = body.min_bits, body.max_bits
         if not [b for b in self.bits if (lo is None or b >= lo) and (hi is None or b <= hi)]:
             raise ApiError(400, f"min_bits={lo}, max_bits={hi}: no precision the artifact holds "
@@ -126,22 +161,30 @@ class _Call:
         state.check_length(ids)
         max_tokens = state.max_tokens(body)
         stops = body.stops
-        self.bits, self.route = state.choose_bits(body, ids, text)
-        self.model = f"{state.name}:{self.bits}bit"
+        named = state.named_plan(body.model)
+        if named is not None:
+            self.bits, self.route = round(named[1].avg_bits, 3), {"avg_bits": named[1].avg_bits}
+            self.model = f"{state.name}:{named[0]}"
+        else:
+            self.bits, self.route = state.choose_bits(body, ids, text)
+            self.model = f"{state.name}:{bits_label(self.bits)}bit"
         self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         self.created = int(time.time())
         self.queue: asyncio.Queue[Event] = asyncio.Queue()
         loop = asyncio.get_running_loop()
         self.gen = GenRequest(ids, self.bits, max_tokens, lambda ev: loop.call_soon_threadsafe(self.queue.put_nowait, ev),
-                              body.temperature, body.top_p, body.seed, stops, body.ignore_eos)
+                              body.temperature, body.top_p, body.seed, stops, body.ignore_eos,
+                              plan=None if named is None else named[1])
         try:
             state.scheduler.submit(self.gen)
         except QueueFull as err:
             raise ApiError(429, str(err), None, "queue_full", "rate_limit_error") from None
 
     def headers(self) -> dict[str, str]:
-        headers = {"x-anyprec-bits": str(self.bits)}
-        if self.route is not None:
+        headers = {"x-anyprec-bits": bits_label(self.bits)}
+        if self.route is not None and "avg_bits" in self.route:
+            headers["x-anyprec-avg-bits"] = f"{self.route['avg_bits']:.3f}"
+        elif self.route is not None:
             headers["x-anyprec-auto-score"] = f"{self.route['score']:.3f}"
         return headers
 
@@ -164,12 +207,21 @@ class _Call:
     async def next_event(self, request: Request) -> Event | None:
         """The scheduler's next event; None (and the slot freed) once the client has gone."""
         while True:
+            if not self.queue.empty():
+                return self.queue.get_nowait()
             try:
-                return await asyncio.wait_for(self.queue.get(), DISCONNECT_POLL_S)
+                async with asyncio.timeout(DISCONNECT_POLL_S):
+                    return await self.queue.get()
             except TimeoutError:
                 if await request.is_disconnected():
                     self.gen.cancelled.set()
                     return None
+
+    def ready(self, first: Event) -> Iterator[Event]:
+        """`first`, then every event already queued behind it (one write for a burst of tokens)."""
+        yield first
+        while not self.queue.empty():
+            yield self.queue.get_nowait()
 
     async def collect(self, request: Request) -> Response:
         parts: list[str] = []
@@ -183,24 +235,30 @@ class _Call:
                 return JSONResponse(body, headers=self.headers())
         return Response(status_code=499)
 
+    def sse(self, event: Event) -> list[bytes]:
+        """The server-sent events for one scheduler event ([DONE] after the last)."""
+        if event.kind == "text":
+            return [_sse(self.envelope([self.choice(event.text, None)]))]
+        if event.kind == "error":
+            return [_sse(ApiError(500, event.text, None, "engine_error", "server_error").body()), b"data: [DONE]\n\n"]
+        out = [_sse(self.envelope([self.choice("", event.finish_reason)]))]
+        if self.body.include_usage:
+            out.append(_sse(self.envelope([], event.usage)))
+        return [*out, b"data: [DONE]\n\n"]
+
     async def stream(self, request: Request) -> AsyncIterator[bytes]:
         done = False
         try:
             if self.chat:
                 yield _sse(self.envelope([self.choice(None, None, first=True)]))
-            while (event := await self.next_event(request)) is not None:
-                if event.kind == "text":
-                    yield _sse(self.envelope([self.choice(event.text, None)]))
-                    continue
-                done = True
-                if event.kind == "error":
-                    yield _sse(ApiError(500, event.text, None, "engine_error", "server_error").body())
-                else:
-                    yield _sse(self.envelope([self.choice("", event.finish_reason)]))
-                    if self.body.include_usage:
-                        yield _sse(self.envelope([], event.usage))
-                yield b"data: [DONE]\n\n"
-                return
+            while not done and (event := await self.next_event(request)) is not None:
+                out: list[bytes] = []
+                for ev in self.ready(event):
+                    out += self.sse(ev)
+                    if ev.kind != "text":
+                        done = True
+                        break
+                yield b"".join(out)
         finally:
             if not done:
                 # The client went away mid-stream: free its slot at the next step.
@@ -233,7 +291,7 @@ def _install_routes(app: FastAPI, state: ServerState) -> None:
     async def models() -> dict:
         created = int(time.time())
         return {"object": "list", "data": [{"id": m, "object": "model", "created": created, "owned_by": "anyprec"}
-                                           for m in model_ids(state.name, state.bits)]}
+                                           for m in model_ids(state.name, state.bits, state.plans, list(state.named))]}
 
     async def _generate(request: Request, body_type: type[_Body], chat: bool) -> Response:
         body = parse_body(await request.body(), body_type)
@@ -261,7 +319,7 @@ def create_app(artifact_dir: str | Path | None = None, *, apm: AnyPrecisionModel
             raise ValueError("create_app needs an artifact directory or a loaded model (apm=)")
         apm = load_anyprec(artifact_dir)
     cfg = serving or ServingConfig()
-    state = ServerState(apm, cfg, make_engine(apm, engine, cfg.max_batch), name or model_name(apm))
+    state = ServerState(apm, cfg, make_engine(apm, engine, cfg.max_batch), name or model_name(apm), artifact_dir)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

@@ -105,6 +105,10 @@ def _add_bench_route(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--params", default=None, help="params.yaml (serving.auto policy; default ./params.yaml)")
     p.add_argument("--json", default=None, help="write per-policy summaries and per-prompt rows here")
     p.add_argument("--markdown", default=None, help="write the markdown table here")
+    p.add_argument("--mlflow", default=None, metavar="TRACKING_URI",
+                   help="also log the evaluation as an MLflow run there (e.g. sqlite:///mlflow.db; needs the "
+                        "pipeline extra)")
+    p.add_argument("--mlflow-experiment", default="anyprec-route", help="MLflow experiment (default anyprec-route)")
     p.set_defaults(func=_bench_route)
 
 

@@ -97,6 +97,14 @@ def _percentiles(values: list[float]) -> dict[str, float | None]:
     return {"p50": q[49], "p95": q[94], "p99": q[98]}
 
 
+def server_cpu_seconds(client: httpx.Client, url: str) -> float | None:
+    """The server process's CPU-seconds so far (every thread), from its /metrics."""
+    for line in client.get(url + "/metrics").text.splitlines():
+        if line.startswith("process_cpu_seconds_total "):
+            return float(line.split()[1])
+    return None
+
+
 class RssSampler(threading.Thread):
     """Reads the server's resident memory from /metrics once a second: [(seconds since start, bytes)]."""
 
@@ -140,6 +148,7 @@ def run_load(url: str, models: list[str], clients: int, seconds: float, max_toke
     with httpx.Client(base_url=url, timeout=120) as warm:
         for model in models:  # first-call costs (plans, allocations) are not load
             one_request(warm, model, PROMPTS[0], 2, chat, ignore_eos)
+        cpu0 = server_cpu_seconds(warm, url)
     sampler = RssSampler(url)
     sampler.start()
     t0 = time.perf_counter()
@@ -163,8 +172,13 @@ def run_load(url: str, models: list[str], clients: int, seconds: float, max_toke
     wall = time.perf_counter() - t0
     sampler.stop_event.set()
     sampler.join()
+    with httpx.Client(timeout=30) as after:
+        cpu1 = server_cpu_seconds(after, url)
     summary = summarize(results, wall, clients, models, max_tokens, memory_report(sampler.samples, seconds))
-    return {**summary, "endpoint": "chat" if chat else "completions", "ignore_eos": ignore_eos}
+    cpu = None if cpu0 is None or cpu1 is None else cpu1 - cpu0
+    per_token = cpu / summary["completion_tokens"] * 1000.0 if cpu is not None and summary["completion_tokens"] else None
+    return {**summary, "endpoint": "chat" if chat else "completions", "ignore_eos": ignore_eos,
+            "server_cpu_s": cpu, "server_cpu_ms_per_token": per_token}
 
 
 def summarize(results: list[Result], wall: float, clients: int, models: list[str], max_tokens: int,
@@ -180,6 +194,8 @@ def summarize(results: list[Result], wall: float, clients: int, models: list[str
             "completion_tokens": tokens, "tokens_per_s": tokens / wall,
             "latency_ms": ms(_percentiles([r.latency_s for r in ok])),
             "ttft_ms": ms(_percentiles([r.ttft_s for r in ok if r.ttft_s is not None])),
+            "tpot_ms": ms(_percentiles([(r.latency_s - r.ttft_s) / (r.tokens - 1) for r in ok
+                                        if r.ttft_s is not None and r.tokens > 1])),
             "requests_per_bits": dict(sorted(per_bits.items())), "memory": memory}
 
 
@@ -193,7 +209,12 @@ def format_summary(s: dict) -> str:
         f"tokens {s['completion_tokens']}  tok/s {s['tokens_per_s']:.1f}",
         "latency ms  p50 {p50}  p95 {p95}  p99 {p99}".format(**{k: f(v) for k, v in s["latency_ms"].items()}),
         "TTFT ms     p50 {p50}  p95 {p95}  p99 {p99}".format(**{k: f(v) for k, v in s["ttft_ms"].items()}),
+        "per token after the first (TPOT) ms  p50 {p50}  p95 {p95}  p99 {p99}".format(
+            **{k: "-" if v is None else f"{v:.1f}" for k, v in s["tpot_ms"].items()}),
         f"requests per bit-width {s['requests_per_bits']}",
+        f"server CPU {f(s.get('server_cpu_s'))} s, "
+        f"{'-' if s.get('server_cpu_ms_per_token') is None else format(s['server_cpu_ms_per_token'], '.1f')} ms "
+        "per completion token (every thread: decode, sampling, HTTP)",
         f"server RSS peak {f(mem.get('peak_rss_mib'))} MiB, after warm-up {f(mem.get('rss_after_warmup_mib'))} MiB, "
         f"end {f(mem.get('rss_end_mib'))} MiB -> flat: {mem.get('flat')}",
     ]

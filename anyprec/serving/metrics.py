@@ -41,7 +41,7 @@ class ServerMetrics:
         self.auto_choices = Counter("anyprec_auto_choices", "bit-widths chosen for :auto requests",
                                     ["bits"], registry=r)
 
-    def finished(self, bits: int, status: str, prompt_tokens: int, completion_tokens: int,
+    def finished(self, bits: int | float, status: str, prompt_tokens: int, completion_tokens: int,
                  latency_s: float, ttft_s: float | None, decode_s: float) -> None:
         """Record one request that reached the engine (status: stop, length, cancelled, error)."""
         b = str(bits)

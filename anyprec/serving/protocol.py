@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-MODEL_SUFFIX = re.compile(r"^(\d+)bit$")
+MODEL_SUFFIX = re.compile(r"^(\d+(?:\.\d+)?)bit$")
 
 
 class ApiError(Exception):
@@ -102,13 +102,19 @@ def parse_body(raw: bytes, model: type[_Body]) -> _Body:
 
 @dataclass(frozen=True)
 class ModelId:
-    """A parsed `model` field: bits None means `:auto`."""
+    """A parsed `model` field: bits None means `:auto`; a fractional bits is a plan (4.5)."""
 
-    bits: int | None
+    bits: int | float | None
+
+
+def bits_label(bits: int | float) -> str:
+    """4 -> '4', 4.5 -> '4.5': the precision as model ids and headers spell it."""
+    return f"{bits:g}"
 
 
 def resolve_model(model: str, name: str, bits_available: list[int]) -> ModelId:
-    """`<name>:<b>bit`, `<name>:auto` or bare `<name>` (the highest precision held)."""
+    """`<name>:<b>bit`, `<name>:<x.y>bit` (a plan between the held widths), `<name>:auto` or bare
+    `<name>` (the highest precision held)."""
     base, _, suffix = model.partition(":")
     if base != name:
         raise ApiError(404, f"model {model!r} does not exist; this server serves {name!r} "
@@ -119,14 +125,22 @@ def resolve_model(model: str, name: str, bits_available: list[int]) -> ModelId:
         return ModelId(None)
     match = MODEL_SUFFIX.match(suffix)
     if not match:
-        raise ApiError(404, f"model {model!r} does not exist; use {name}:<b>bit or {name}:auto "
-                            f"(see GET /v1/models)", "model", "model_not_found")
-    bits = int(match.group(1))
-    if bits not in bits_available:
-        raise ApiError(400, f"model {model!r}: the artifact holds {bits_available} bits, not {bits}",
-                       "model", "precision_not_available")
-    return ModelId(bits)
+        raise ApiError(404, f"model {model!r} does not exist; use {name}:<b>bit, {name}:<x.y>bit or "
+                            f"{name}:auto (see GET /v1/models)", "model", "model_not_found")
+    value = float(match.group(1))
+    if value.is_integer():
+        if int(value) not in bits_available:
+            raise ApiError(400, f"model {model!r}: the artifact holds {bits_available} bits, not {int(value)}",
+                           "model", "precision_not_available")
+        return ModelId(int(value))
+    lo, hi = min(bits_available), max(bits_available)
+    if not lo < value < hi:
+        raise ApiError(400, f"model {model!r}: a fractional precision must lie between the held widths "
+                            f"{lo} and {hi}", "model", "precision_not_available")
+    return ModelId(value)
 
 
-def model_ids(name: str, bits_available: list[int]) -> list[str]:
-    return [f"{name}:{b}bit" for b in bits_available] + [f"{name}:auto"]
+def model_ids(name: str, bits_available: list[int], plans: list[float] = (), named: list[str] = ()) -> list[str]:
+    """Integer widths, the artifact's stored plans (average bits, then other targets by name), `:auto`."""
+    return ([f"{name}:{b}bit" for b in bits_available] + [f"{name}:{bits_label(p)}bit" for p in plans]
+            + [f"{name}:{n}" for n in named] + [f"{name}:auto"])

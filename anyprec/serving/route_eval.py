@@ -111,7 +111,7 @@ def markdown_table(result: dict) -> str:
 
 def run_bench_route(args: argparse.Namespace) -> int:
     from anyprec.runtime import load_anyprec
-    from anyprec.serving.app import make_engine
+    from anyprec.serving.engines import make_engine
     from anyprec.serving.cli import serving_config
     from anyprec.serving.router import Router
 
@@ -127,6 +127,7 @@ def run_bench_route(args: argparse.Namespace) -> int:
     router = Router(cfg.auto, apm.bits_available)
     result = evaluate(apm, make_engine(apm, args.engine, 1), router, records, args.policies, args.max_tokens)
     result["settings"] = {"artifact": str(args.dir), "tasks": tasks, "limit": args.limit, "max_tokens": args.max_tokens,
+                          "policies": args.policies, "engine": args.engine, "prompts": len(records),
                           "router": cfg.auto.model_dump(), "torch_threads": torch.get_num_threads()}
     table = markdown_table(result)
     print(table)
@@ -136,6 +137,12 @@ def run_bench_route(args: argparse.Namespace) -> int:
     if args.markdown:
         write_text_atomic(args.markdown, table + "\n")
         print(f"wrote {args.markdown}")
+    if args.mlflow:
+        # MLflow is a pipeline dependency: its logging lives in anyprec.tasks, imported on demand.
+        from anyprec.tasks.route_tracking import log_route_eval
+
+        run_id = log_route_eval(result, table, args.mlflow, args.mlflow_experiment)
+        print(f"logged MLflow run {run_id} in experiment {args.mlflow_experiment!r} at {args.mlflow}")
     return 0
 
 

@@ -15,12 +15,14 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
+import numpy as np
 import torch
 
 from anyprec.engine import DecodeEngine, EngineError
 from anyprec.serving.metrics import ServerMetrics
-from anyprec.serving.sampling import StopMatcher, sample_token
+from anyprec.serving.sampling import StopMatcher, TextStream, new_rng, sample_token
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +46,7 @@ class GenRequest:
     """One generation: the prompt's token ids, a bit-width and the sampling settings."""
 
     prompt_ids: list[int]
-    bits: int
+    bits: int | float  # a fractional width runs as a plan (see engines.PlanRouting)
     max_tokens: int
     sink: Callable[[Event], None]
     temperature: float = 0.0
@@ -57,8 +59,15 @@ class GenRequest:
     slot: int | None = None
     generated: list[int] = field(default_factory=list)
     first_token_at: float | None = None
-    generator: torch.Generator | None = None
+    rng: np.random.Generator | None = None
     matcher: StopMatcher | None = None
+    text: TextStream | None = None
+    plan: Any = None  # a stored Plan to run instead of `bits` (then its average width)
+
+    @property
+    def precision(self) -> Any:
+        """What the engine runs: the plan if one was named, else `bits`."""
+        return self.bits if self.plan is None else self.plan
 
 
 class Scheduler:
@@ -134,17 +143,18 @@ class Scheduler:
                 self._finish(req, "cancelled")
                 continue
             try:
-                req.slot, logits = self.engine.add(req.prompt_ids, req.bits)
+                req.slot, logits = self.engine.add(req.prompt_ids, req.precision)
             except EngineError as err:
                 self._fail(req, str(err))
                 continue
             except Exception as err:  # noqa: BLE001 - one bad prefill must not take the server down
-                log.error("prefill failed (%d tokens, %d bits): %s: %s", len(req.prompt_ids), req.bits,
+                log.error("prefill failed (%d tokens, %s bits): %s: %s", len(req.prompt_ids), req.bits,
                           type(err).__name__, err)
                 self._fail(req, f"prefill failed: {err}")
                 continue
-            req.generator = torch.Generator().manual_seed(req.seed) if req.seed is not None else None
+            req.rng = new_rng(req.seed)
             req.matcher = StopMatcher(req.stop)
+            req.text = TextStream(self.tokenizer)
             self._active.append(req)
             self._advance(req, logits)
         self.metrics.active.set(len(self._active))
@@ -157,7 +167,7 @@ class Scheduler:
         batch = list(self._active)
         try:
             logits = self.engine.step([r.slot for r in batch], [r.generated[-1] for r in batch],
-                                      [r.bits for r in batch])
+                                      [r.precision for r in batch])
         except Exception as err:  # noqa: BLE001 - one bad step must not take the server down
             log.error("decode step failed for %d sequences: %s: %s", len(batch), type(err).__name__, err)
             for req in batch:
@@ -168,22 +178,26 @@ class Scheduler:
 
     def _advance(self, req: GenRequest, logits: torch.Tensor) -> None:
         """Sample one token for `req`, send its text, and finish it when a limit is reached."""
-        token = sample_token(logits, req.temperature, req.top_p, req.generator)
+        token = sample_token(logits, req.temperature, req.top_p, req.rng)
         if req.first_token_at is None:
             req.first_token_at = time.perf_counter()
         if token in self.eos_ids and not req.ignore_eos:
-            self._send(req, req.matcher.flush())
+            self._send_rest(req)
             self._finish(req, "stop", counted=len(req.generated) + 1)
             return
         req.generated.append(token)
-        text = self.tokenizer.decode(req.generated, skip_special_tokens=True)
-        delta, hit = req.matcher.feed(text)
+        delta, hit = req.matcher.feed(req.text.add(token))
         self._send(req, delta)
         if hit:
             self._finish(req, "stop")
         elif len(req.generated) >= req.max_tokens or self.engine.length(req.slot) >= self.engine.context_length:
-            self._send(req, req.matcher.flush())
-            self._finish(req, "length")
+            self._finish(req, "stop" if self._send_rest(req) else "length")
+
+    def _send_rest(self, req: GenRequest) -> bool:
+        """Send the text still held back at the end of generation; True if it held a stop string."""
+        delta, hit = req.matcher.feed(req.text.final())
+        self._send(req, delta if hit else delta + req.matcher.flush())
+        return hit
 
     def _send(self, req: GenRequest, text: str) -> None:
         if text:

@@ -11,6 +11,7 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<s>assistant:{% endif %}"
 )
 MODEL = "tiny"
+STORED_PLAN = 4.5
 
 
 @pytest.fixture(scope="session")
@@ -20,6 +21,8 @@ def chat_artifact(tiny_model_dir, tmp_path_factory):
     from transformers import AutoTokenizer
 
     from anyprec.config import CalibrationConfig, QuantizationConfig
+    from anyprec.packed import read_manifest
+    from anyprec.plans import module_bytes, plan_for, read_objectives, store_plan
     from anyprec.quantize import quantize_model
     from tests.conftest import TINY_CALIB
 
@@ -29,8 +32,17 @@ def chat_artifact(tiny_model_dir, tmp_path_factory):
     tok = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     tok.chat_template = CHAT_TEMPLATE
     tok.save_pretrained(model_dir)
-    return quantize_model(str(model_dir), root / "packed", CalibrationConfig(**TINY_CALIB), QuantizationConfig(),
-                          work_dir=root / "work", progress=False)
+    packed = quantize_model(str(model_dir), root / "packed", CalibrationConfig(**TINY_CALIB), QuantizationConfig(),
+                            work_dir=root / "work", progress=False)
+    # A stored plan, as `anyprec plan DIR --avg-bits 4.5` adds one: the server lists it.
+    manifest = read_manifest(packed)
+    widths = list(range(manifest["seed_bits"], manifest["parent_bits"] + 1))
+    objectives = read_objectives(packed, manifest)
+    store_plan(packed, plan_for(manifest, objectives, widths, avg_bits=STORED_PLAN), {"avg_bits": STORED_PLAN})
+    # ... and one for a memory budget (half-way between the 4- and 5-bit codes): served by its name.
+    budget = sum(row[4] + row[5] for row in module_bytes(manifest).values()) // 2
+    store_plan(packed, plan_for(manifest, objectives, widths, max_bytes=budget), {"max_bytes": budget})
+    return packed
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,9 @@ def _prompt_ids(state, prompt: str) -> list[int]:
 
 def test_models_lists_every_precision_and_auto(client, server):
     ids = [m.id for m in client.models.list().data]
-    assert ids == [f"{MODEL}:{b}bit" for b in server[1].bits] + [f"{MODEL}:auto"]
+    named = [f"{MODEL}:{n}" for n in server[1].named]
+    assert len(named) == 1 and named[0].startswith(f"{MODEL}:plan-max-bytes-")
+    assert ids == [f"{MODEL}:{b}bit" for b in server[1].bits] + [f"{MODEL}:4.5bit", *named, f"{MODEL}:auto"]
     assert httpx.get(server[0] + "/health").json()["status"] == "ok"
 
 
@@ -110,6 +112,8 @@ BAD_REQUESTS = [
     ("completions", {"model": "nope", "prompt": "a"}, 404, "model_not_found"),
     ("completions", {"model": f"{MODEL}:2bit", "prompt": "a"}, 400, "precision_not_available"),
     ("completions", {"model": f"{MODEL}:fast", "prompt": "a"}, 404, "model_not_found"),
+    ("completions", {"model": f"{MODEL}:2.5bit", "prompt": "a"}, 400, "precision_not_available"),
+    ("completions", {"model": f"{MODEL}:8.5bit", "prompt": "a"}, 400, "precision_not_available"),
     ("completions", {"model": f"{MODEL}:3bit", "prompt": [5] * 300}, 400, "context_length_exceeded"),
     ("completions", {"model": f"{MODEL}:3bit", "prompt": "a", "max_tokens": 0}, 400, "invalid_value"),
     ("completions", {"model": f"{MODEL}:3bit", "prompt": "a", "max_tokens": 65}, 400, "invalid_value"),

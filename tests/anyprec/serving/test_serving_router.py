@@ -6,7 +6,7 @@ import torch
 
 from anyprec.config import RouterConfig
 from anyprec.serving.router import Router
-from anyprec.serving.sampling import StopMatcher, sample_token
+from anyprec.serving.sampling import StopMatcher, TextStream, new_rng, sample_token
 
 BITS = [3, 4, 5, 6, 7, 8]
 
@@ -48,11 +48,46 @@ def test_client_limits_and_held_bits_bound_the_choice():
 def test_sampling_greedy_seeded_and_top_p():
     logits = torch.tensor([0.0, 3.0, 1.0, 2.9])
     assert sample_token(logits, 0.0, 1.0, None) == 1
-    draws = [sample_token(logits, 1.0, 1.0, torch.Generator().manual_seed(s)) for s in range(40)]
-    again = [sample_token(logits, 1.0, 1.0, torch.Generator().manual_seed(s)) for s in range(40)]
+    draws = [sample_token(logits, 1.0, 1.0, new_rng(s)) for s in range(40)]
+    again = [sample_token(logits, 1.0, 1.0, new_rng(s)) for s in range(40)]
     assert draws == again and len(set(draws)) > 1
-    assert {sample_token(logits, 1.0, 0.3, torch.Generator().manual_seed(s)) for s in range(40)} == {1}
-    assert {sample_token(logits, 1.0, 0.6, torch.Generator().manual_seed(s)) for s in range(60)} == {1, 3}
+    assert {sample_token(logits, 1.0, 0.3, new_rng(s)) for s in range(40)} == {1}
+    assert {sample_token(logits, 1.0, 0.6, new_rng(s)) for s in range(60)} == {1, 3}
+
+
+def test_nucleus_is_exact_when_it_spans_more_than_the_first_candidates():
+    """A flat 5000-token distribution: the nucleus needs thousands of tokens (the candidate set
+    grows), and every draw must come from the exact nucleus of a full sort."""
+    logits = torch.randn(5000, generator=torch.Generator().manual_seed(0)) * 0.5
+    probs = torch.softmax(logits / 0.8, dim=-1)
+    sorted_probs, order = torch.sort(probs, descending=True)
+    inside = (torch.cumsum(sorted_probs, 0) - sorted_probs < 0.9).sum().item()
+    nucleus = set(order[:inside].tolist())
+    assert inside > 8 * 64
+    rng = new_rng(1)
+    draws = [sample_token(logits, 0.8, 0.9, rng) for _ in range(3000)]
+    assert set(draws) <= nucleus and len(set(draws)) > 1000
+    # The most likely token is drawn about as often as its renormalised probability says.
+    top = order[0].item()
+    expected = probs[top].item() / sorted_probs[:inside].sum().item()
+    assert abs(draws.count(top) / len(draws) - expected) < 4 * (expected / len(draws)) ** 0.5 + 1e-3
+
+
+def test_text_stream_equals_the_whole_decode(tiny_tokenizer):
+    """Incremental detokenization gives the text of decoding every token at once, also when
+    multi-byte characters are split across tokens (held back until whole)."""
+    text = "naïve café — 3 € and 4 ½ bits. The council met on Tuesday."
+    ids = tiny_tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert len(ids) > len(text) // 4
+    stream = TextStream(tiny_tokenizer)
+    seen = [stream.add(t) for t in ids]
+    assert stream.final() == tiny_tokenizer.decode(ids, skip_special_tokens=True) == text
+    assert all(not s.endswith("\ufffd") for s in seen)
+    assert all(a == b[:len(a)] for a, b in zip(seen, seen[1:]))
+    partial = TextStream(tiny_tokenizer)
+    euro = tiny_tokenizer("€", add_special_tokens=False)["input_ids"]
+    assert len(euro) > 1  # byte-level pieces of one character
+    assert partial.add(euro[0]) == "" and partial.final() == ""
 
 
 def test_stop_matcher_holds_back_partial_stops_and_cuts_at_the_stop():
