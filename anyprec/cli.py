@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 BITS_HELP = "bit-widths, e.g. --bits 3 4 5 6 7 8 (default: every bit-width the artifact holds)"
+PLAN_HELP = "; 4.5, a stored plan's name or a plan JSON file (`anyprec plan`) runs a precision plan"
 
 
 QUANTIZE_FLAGS = {"seed_bits": "--seed-bits", "parent_bits": "--parent-bits", "method": "--method", "corpus": "--corpus",
@@ -91,12 +92,10 @@ def cmd_ppl(args: argparse.Namespace) -> int:
     from anyprec.fileio import write_json_atomic
     from anyprec.models import load_model
     from anyprec.perplexity import evaluate_perplexity, perplexity, tokenize_text
-    from anyprec.plans import as_precision, loadable_bits
-    from anyprec.runtime import load_anyprec
+    from anyprec.precision import load_with_precisions
 
-    apm = load_anyprec(args.dir, bits=loadable_bits(args.bits))
+    apm, bits = load_with_precisions(args.dir, args.bits)
     texts = _texts(args, apm.manifest)
-    bits = [as_precision(b) for b in args.bits] if args.bits else apm.bits_available
     results: dict[str, Any] = {"artifact": str(args.dir), "window": args.window, "max_tokens": args.max_tokens,
                                "bits": {}}
     if not args.no_base:
@@ -105,13 +104,13 @@ def cmd_ppl(args: argparse.Namespace) -> int:
                            for n, t in texts.items()}
         del base
     per_bits = evaluate_perplexity(apm, bits, texts, args.window, max_tokens=args.max_tokens)
-    results["bits"] = {str(b): v for b, v in per_bits.items()}
+    results["bits"] = per_bits
     names = list(texts)
     print(f"{'model':>8} " + " ".join(f"{n:>14}" for n in names))
     if "base" in results:
         print(f"{'base':>8} " + " ".join(f"{results['base'][n]:>14.3f}" for n in names))
     for b in bits:
-        print(f"{str(b) + '-bit':>8} " + " ".join(f"{per_bits[b][n]:>14.3f}" for n in names))
+        print(f"{b + '-bit':>8} " + " ".join(f"{per_bits[b][n]:>14.3f}" for n in names))
     if args.json:
         write_json_atomic(args.json, results)
         print(f"wrote {args.json}")
@@ -138,21 +137,21 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     from anyprec.errors import UsageError
     from anyprec.models import context_length
-    from anyprec.runtime import load_anyprec
+    from anyprec.precision import load_with_precisions
 
     if not args.prompt.strip():
         raise UsageError("--prompt is empty: give the text to continue, e.g. --prompt 'The capital of France is'")
     if args.max_new_tokens < 1:
         raise UsageError(f"--max-new-tokens {args.max_new_tokens}: give at least 1")
-    apm = load_anyprec(args.dir, bits=args.bits)
+    apm, precisions = load_with_precisions(args.dir, args.bits)
     tok = apm.tokenizer
     ids = tok(args.prompt, return_tensors="pt")
     budget = generation_budget(ids["input_ids"].shape[1], args.max_new_tokens, context_length(args.dir))
-    for b in apm.bits_available:
-        print(f"[{b}-bit] {args.prompt}", end="", flush=True)
+    for label, precision in precisions.items():
+        print(f"[{label}-bit] {args.prompt}", end="", flush=True)
         # the streamer prints each piece of text as soon as it is decoded, and the final newline
         streamer = TextStreamer(tok, skip_prompt=True, skip_special_tokens=True)
-        apm.generate(**ids, precision=b, max_new_tokens=budget, do_sample=False, streamer=streamer,
+        apm.generate(**ids, precision=precision, max_new_tokens=budget, do_sample=False, streamer=streamer,
                      pad_token_id=tok.pad_token_id or tok.eos_token_id)
     return 0
 
@@ -191,8 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ppl", help="perplexity per bit-width (and of the base model) on held-out text")
     p.add_argument("dir")
-    p.add_argument("--bits", nargs="+", default=None,
-                   help=BITS_HELP + "; 4.5 or a plan JSON file (`anyprec plan --out`) runs a precision plan")
+    p.add_argument("--bits", nargs="+", default=None, help=BITS_HELP + PLAN_HELP)
     p.add_argument("--text", nargs="+", default=None, help="UTF-8 text file(s) (default: held-out corpora)")
     p.add_argument("--corpus", nargs="+", choices=["wiki", "news"], default=["wiki"],
                    help="held-out corpora when no --text is given (default: wiki)")
@@ -205,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("generate", help="greedy generation at one or more bit-widths")
     g.add_argument("dir")
-    g.add_argument("--bits", type=int, nargs="+", default=None, help=BITS_HELP)
+    g.add_argument("--bits", nargs="+", default=None, help=BITS_HELP + PLAN_HELP)
     g.add_argument("--prompt", required=True)
     g.add_argument("--max-new-tokens", type=int, default=32)
     g.set_defaults(func=cmd_generate)
