@@ -36,7 +36,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         raise UsageError(validation_message(err, QUANTIZE_FLAGS)) from None
     out = quantize_model(args.model, args.out, calib, quant, work_dir=args.work_dir, force=args.force)
     print(f"wrote {out}")
-    return cmd_info(argparse.Namespace(dir=out, json=False, verify=False))
+    return cmd_info(argparse.Namespace(dir=out, json=False, verify=False, bits=None))
 
 
 def _mib(n: int) -> str:
@@ -52,8 +52,11 @@ def cmd_info(args: argparse.Namespace) -> int:
     checked = ("verified: every file's size and sha256 match the manifest" if args.verify else
                "checked sizes and tensor headers only (add --verify to check every file's sha256)")
     sizes = artifact_sizes(args.dir)
+    chosen = precision_sizes(args.dir, args.bits, sizes) if args.bits else None
     if args.json:
-        print(json.dumps({"sizes": sizes, "manifest": manifest, "verified": bool(args.verify)}, indent=2, sort_keys=True))
+        extra = {"precisions": chosen} if chosen else {}
+        print(json.dumps({"sizes": sizes, "manifest": manifest, "verified": bool(args.verify), **extra},
+                         indent=2, sort_keys=True))
         return 0
     print(f"artifact {args.dir}: {manifest['model_type']}, bits {manifest['seed_bits']}..{manifest['parent_bits']}, "
           f"{len(manifest['modules'])} quantized modules, {sizes['quantized_params']:,} quantized weights, "
@@ -70,7 +73,32 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"{len(sizes['per_bits'])} separately packed models: {_mib(sizes['separate_sum'])} MiB "
           f"(artifact = {art['total'] / sizes['separate_sum']:.2f} x that); "
           f"fp16 model: {_mib(sizes['fp16_model'])} MiB; files on disk: {_mib(sizes['files_on_disk'])} MiB")
+    plans = [name.removesuffix(".json") for name in manifest.get("plans", {})]
+    if plans:
+        print(f"stored plans (--bits NAME): {', '.join(plans)}")
+    for label, row in (chosen or {}).items():
+        print(f"--bits {label}: {row['avg_bits']:.3f} average bits, {row['total']:,} bytes in memory "
+              f"({_mib(row['total'])} MiB: {row['quantized']:,} codes + LUTs, {row['dense']:,} dense)")
     return 0
+
+
+def precision_sizes(artifact_dir: Path, values: list[str], sizes: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """{value: {avg_bits, quantized, dense, total}}: bytes in memory of each precision asked for
+    (a plan: every quantized module at its own width)."""
+    from anyprec.plans import Plan
+    from anyprec.precision import check_precisions, resolve_precision
+
+    out = {}
+    for value in check_precisions(values, artifact_dir):
+        precision = resolve_precision(artifact_dir, value, "--bits")
+        if isinstance(precision, Plan):
+            avg, quantized = precision.avg_bits, precision.quantized_bytes
+        else:
+            row = sizes["per_bits"][precision]
+            avg, quantized = float(precision), row["codes"] + row["luts"]
+        dense = sizes["per_bits"][sizes["seed_bits"]]["dense"]
+        out[str(value)] = {"avg_bits": avg, "quantized": quantized, "dense": dense, "total": quantized + dense}
+    return out
 
 
 def _texts(args: argparse.Namespace, manifest: dict) -> dict[str, str]:
@@ -186,6 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("dir")
     i.add_argument("--json", action="store_true", help="print sizes and manifest as JSON")
     i.add_argument("--verify", action="store_true", help="check every file's sha256 against the manifest")
+    i.add_argument("--bits", nargs="+", default=None,
+                   help="also print the bytes in memory at these precisions (3, 4.5, a plan's name or file)")
     i.set_defaults(func=cmd_info)
 
     p = sub.add_parser("ppl", help="perplexity per bit-width (and of the base model) on held-out text")
