@@ -185,9 +185,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from anyprec.config import CalibrationConfig, QuantizationConfig
+    from anyprec.config import CalibrationConfig, EvaluationConfig, GenerationConfig, QuantizationConfig
 
-    calib, quant = CalibrationConfig(), QuantizationConfig()  # defaults live in the typed params only
+    # defaults live in the typed params only
+    calib, quant, evaluation = CalibrationConfig(), QuantizationConfig(), EvaluationConfig()
     parser = argparse.ArgumentParser(prog="anyprec", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -206,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--work-dir", default=None, help="intermediate results (default: a cache folder; resumable)")
     q.add_argument("--force", action="store_true",
                    help="replace an existing anyprec artifact at --out (any other non-empty folder is refused)")
-    q.add_argument("--sensitivity", choices=["auto", "streamed", "whole"], default="auto",
+    q.add_argument("--sensitivity", choices=["auto", "streamed", "whole"], default=quant.sensitivity,
                    help="Fisher pass: streamed holds one decoder layer at a time (default auto: when RAM needs it)")
     q.set_defaults(func=cmd_quantize)
 
@@ -222,10 +223,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir")
     p.add_argument("--bits", nargs="+", default=None, help=BITS_HELP + PLAN_HELP)
     p.add_argument("--text", nargs="+", default=None, help="UTF-8 text file(s) (default: held-out corpora)")
-    p.add_argument("--corpus", nargs="+", choices=["wiki", "news"], default=["wiki"],
-                   help="held-out corpora when no --text is given (default: wiki)")
-    p.add_argument("--window", type=int, default=2048, help="window length (capped at the model's context)")
-    p.add_argument("--max-tokens", type=int, default=None,
+    p.add_argument("--corpus", nargs="+", choices=["wiki", "news"], default=list(evaluation.ppl_corpora),
+                   help="held-out corpora when no --text is given (default: %(default)s)")
+    p.add_argument("--window", type=int, default=evaluation.ppl_window,
+                   help="window length (capped at the model's context)")
+    p.add_argument("--max-tokens", type=int, default=evaluation.ppl_max_tokens,
                    help="score only the first N tokens of each text (default: all; bounds CPU time)")
     p.add_argument("--no-base", action="store_true", help="skip the base model's perplexity")
     p.add_argument("--json", default=None, help="write results (base included) to this JSON file")
@@ -235,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("dir")
     g.add_argument("--bits", nargs="+", default=None, help=BITS_HELP + PLAN_HELP)
     g.add_argument("--prompt", required=True)
-    g.add_argument("--max-new-tokens", type=int, default=32)
+    g.add_argument("--max-new-tokens", type=int, default=GenerationConfig().max_new_tokens)
     g.set_defaults(func=cmd_generate)
 
     for module, hook in (("anyprec.bench", "add_bench_parser"), ("anyprec.eval_cli", "add_eval_parser"),
