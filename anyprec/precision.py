@@ -45,13 +45,14 @@ def loadable_bits(values: Sequence[Any] | None) -> list[int] | None:
     return parsed
 
 
-def holdings(manifest: Mapping[str, Any], available: Sequence[int]) -> str:
-    """What a model offers, for error messages: its widths and stored plans."""
+def holdings(manifest: Mapping[str, Any], available: Sequence[int], loaded: bool = True) -> str:
+    """What a model (loaded) or an artifact offers, for error messages: its widths and stored plans."""
     plans = [name.removesuffix(".json") for name in manifest.get("plans", {}) if name in manifest["files"]]
     widths = f"{available[0]}..{available[-1]}" if list(available) == list(range(available[0], available[-1] + 1)) \
         else ", ".join(map(str, available))
     stored = f"stored plans {', '.join(plans)}" if plans else "no stored plans"
-    return (f"this model has bit-widths {widths} loaded and {stored}: give one of those widths, an average "
+    has = f"this model has bit-widths {widths} loaded" if loaded else f"this artifact holds bit-widths {widths}"
+    return (f"{has} and {stored}: give one of those widths, an average "
             f"between them (e.g. {available[0]}.5), a stored plan's name or a plan JSON file")
 
 
@@ -64,10 +65,10 @@ def check_precision(value: Any, manifest: Mapping[str, Any], flag: str = "--bits
     lo, hi = manifest["seed_bits"], manifest["parent_bits"]
     if isinstance(parsed, numbers.Real) and not isinstance(parsed, bool):
         if not lo <= parsed <= hi:
-            raise PrecisionError(f"{flag} {value}: outside {lo}..{hi}; {holdings(manifest, range(lo, hi + 1))}")
+            raise PrecisionError(f"{flag} {value}: outside {lo}..{hi}; {holdings(manifest, range(lo, hi + 1), False)}")
     elif isinstance(parsed, str) and _stored_name(parsed, manifest) is None and not Path(parsed).is_file():
         raise PrecisionError(f"{flag} {value!r} is neither a bit-width nor a stored plan nor a file; "
-                             f"{holdings(manifest, range(lo, hi + 1))}")
+                             f"{holdings(manifest, range(lo, hi + 1), False)}")
     return parsed
 
 
@@ -114,7 +115,9 @@ def resolve_with(resolver: PlanResolver, value: Any, flag: str) -> Precision:
     try:
         if type(parsed) is int:
             if parsed not in available:
-                raise ValueError(f"{parsed} bits is not loaded")
+                lo, hi = resolver.manifest["seed_bits"], resolver.manifest["parent_bits"]
+                held = f" (the artifact holds {lo}..{hi}: load it with bits=None for all)" if lo <= parsed <= hi else ""
+                raise ValueError(f"{parsed} bits is not loaded{held}")
             return parsed
         if isinstance(parsed, str):
             stored = _stored_name(parsed, resolver.manifest)
