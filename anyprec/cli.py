@@ -45,6 +45,7 @@ def _mib(n: int) -> str:
 
 def cmd_info(args: argparse.Namespace) -> int:
     from anyprec.packed import artifact_sizes, check_headers, read_manifest, verify_files
+    from anyprec.precision import check_precisions, memory_bytes
 
     manifest = read_manifest(args.dir)
     verify_files(args.dir, manifest, hashes=args.verify)
@@ -52,7 +53,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     checked = ("verified: every file's size and sha256 match the manifest" if args.verify else
                "checked sizes and tensor headers only (add --verify to check every file's sha256)")
     sizes = artifact_sizes(args.dir)
-    chosen = precision_sizes(args.dir, args.bits, sizes) if args.bits else None
+    chosen = {str(v): memory_bytes(args.dir, v, sizes) for v in check_precisions(args.bits, args.dir)} \
+        if args.bits else None
     if args.json:
         extra = {"precisions": chosen} if chosen else {}
         print(json.dumps({"sizes": sizes, "manifest": manifest, "verified": bool(args.verify), **extra},
@@ -80,25 +82,6 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(f"--bits {label}: {row['avg_bits']:.3f} average bits, {row['total']:,} bytes in memory "
               f"({_mib(row['total'])} MiB: {row['quantized']:,} codes + LUTs, {row['dense']:,} dense)")
     return 0
-
-
-def precision_sizes(artifact_dir: Path, values: list[str], sizes: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """{value: {avg_bits, quantized, dense, total}}: bytes in memory of each precision asked for
-    (a plan: every quantized module at its own width)."""
-    from anyprec.plans import Plan
-    from anyprec.precision import check_precisions, resolve_precision
-
-    out = {}
-    for value in check_precisions(values, artifact_dir):
-        precision = resolve_precision(artifact_dir, value, "--bits")
-        if isinstance(precision, Plan):
-            avg, quantized = precision.avg_bits, precision.quantized_bytes
-        else:
-            row = sizes["per_bits"][precision]
-            avg, quantized = float(precision), row["codes"] + row["luts"]
-        dense = sizes["per_bits"][sizes["seed_bits"]]["dense"]
-        out[str(value)] = {"avg_bits": avg, "quantized": quantized, "dense": dense, "total": quantized + dense}
-    return out
 
 
 def _texts(args: argparse.Namespace, manifest: dict) -> dict[str, str]:

@@ -152,3 +152,19 @@ def load_with_precisions(artifact_dir: str | Path, values: Sequence[Any] | None,
     if parsed is None:
         return apm, {str(b): b for b in apm.bits_available}
     return apm, {str(p): resolve_precision(apm, p, flag) for p in parsed}
+
+
+def memory_bytes(artifact_dir: str | Path, value: Any, sizes: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """{avg_bits, quantized, dense, total}: bytes in memory at one precision (a plan: every
+    quantized module at its own width; codes + LUTs as `anyprec.packed.artifact_sizes` counts)."""
+    from anyprec.packed import artifact_sizes
+
+    sizes = sizes or artifact_sizes(artifact_dir)
+    precision = resolve_precision(artifact_dir, value, "--bits")
+    if isinstance(precision, Plan):
+        avg, quantized = precision.avg_bits, precision.quantized_bytes
+    else:
+        row = sizes["per_bits"][precision]
+        avg, quantized = float(precision), row["codes"] + row["luts"]
+    dense = sizes["per_bits"][sizes["seed_bits"]]["dense"]
+    return {"avg_bits": avg, "quantized": quantized, "dense": dense, "total": quantized + dense}
