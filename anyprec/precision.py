@@ -90,23 +90,24 @@ def _stored_name(name: str, manifest: Mapping[str, Any]) -> str | None:
     return None
 
 
-def resolve_precision(model: Any, value: Any, flag: str = "precision") -> Precision:
+def resolve_precision(model: Any, value: Any, flag: str = "precision", allow_files: bool = True) -> Precision:
     """The int or Plan that `value` means for a loaded AnyPrecisionModel (or an artifact
     directory: then every width it holds counts as loaded, as for `anyprec info`).
 
     Raises PrecisionError (a ValueError: a server answers it 400) naming `flag`, the value,
     the widths loaded and the stored plans. A value this boundary already produced is
-    returned as it is."""
+    returned as it is. allow_files=False (a server: clients must not name paths on its disk)
+    accepts stored plan names but no plan files."""
     if isinstance(model, (str, Path)):
         from anyprec.packed import read_manifest
 
         manifest = read_manifest(model)
         available = list(range(manifest["seed_bits"], manifest["parent_bits"] + 1))
-        return resolve_with(PlanResolver(Path(model), manifest, available), value, flag)
-    return model.resolve_precision(value, flag)
+        return resolve_with(PlanResolver(Path(model), manifest, available), value, flag, allow_files)
+    return model.resolve_precision(value, flag, allow_files)
 
 
-def resolve_with(resolver: PlanResolver, value: Any, flag: str) -> Precision:
+def resolve_with(resolver: PlanResolver, value: Any, flag: str, allow_files: bool = True) -> Precision:
     """resolve_precision's work, given the loaded model's PlanResolver (anyprec.plans)."""
     available = resolver.available
     if value.__class__ is int and value in available or value.__class__ is Plan and resolver.issued(value):
@@ -119,10 +120,12 @@ def resolve_with(resolver: PlanResolver, value: Any, flag: str) -> Precision:
                 held = f" (the artifact holds {lo}..{hi}: load it with bits=None for all)" if lo <= parsed <= hi else ""
                 raise ValueError(f"{parsed} bits is not loaded{held}")
             return parsed
+        if isinstance(parsed, Path) and not allow_files:
+            raise ValueError("plan files are not accepted here; give a bit-width or a stored plan's name")
         if isinstance(parsed, str):
             stored = _stored_name(parsed, resolver.manifest)
-            if stored is None and not Path(parsed).is_file():
-                raise ValueError("neither a bit-width nor a stored plan nor a file")
+            if stored is None and not (allow_files and Path(parsed).is_file()):
+                raise ValueError("neither a bit-width nor a stored plan" + (" nor a file" if allow_files else ""))
             parsed = resolver.artifact_dir / stored if stored else Path(parsed)
         return resolver(parsed)
     except ArtifactError:

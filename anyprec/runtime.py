@@ -48,13 +48,13 @@ class PrecisionState:
         value = self.override.get()
         return self.default if value is None else value
 
-    def check(self, bits: Any, flag: str = "precision") -> int | Plan:
+    def check(self, bits: Any, flag: str = "precision", allow_files: bool = True) -> int | Plan:
         """The int or Plan `bits` means: anyprec.precision, the one place a precision is checked."""
         if self.resolve is None:  # a bare state without an artifact: its integer widths only
             if bits.__class__ is int and bits in self.available:
                 return bits
             raise PrecisionError(f"{flag} {bits!r}: this model has bit-widths {self.available} and no plans")
-        return resolve_with(self.resolve, bits, flag)
+        return resolve_with(self.resolve, bits, flag, allow_files)
 
 
 class AnyPrecisionLinear(nn.Module):
@@ -187,9 +187,9 @@ class AnyPrecisionModel:
         value = self._state.current
         return None if isinstance(value, int) else value
 
-    def resolve_precision(self, bits: Any, flag: str = "precision") -> int | Plan:
+    def resolve_precision(self, bits: Any, flag: str = "precision", allow_files: bool = True) -> int | Plan:
         """The int or Plan `bits` means for this model (see anyprec.precision.resolve_precision)."""
-        return self._state.check(bits, flag)
+        return self._state.check(bits, flag, allow_files)
 
     def set_precision(self, bits: int | float | str | Plan | dict[str, int]) -> None:
         """Make `bits` the default for every later call (no reload): an integer width, a fractional

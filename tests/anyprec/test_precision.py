@@ -49,6 +49,11 @@ def test_every_form_resolves_against_an_artifact(planned):
     from_file = resolve_precision(planned, str(planned.parent / "p55.json"))
     assert from_file.avg_bits <= 5.5 and precision_label(from_file) == "5.5"
     assert precision_label(4) == "4"
+    # a server takes stored plans by name but never a path on its disk
+    assert resolve_precision(planned, "plan-avg-bits-4.25", allow_files=False).bits == stored
+    for path in (str(planned.parent / "p55.json"), planned.parent / "p55.json"):
+        with pytest.raises(PrecisionError, match="not accepted here|neither a bit-width nor a stored plan;"):
+            resolve_precision(planned, path, flag="model", allow_files=False)
 
 
 @pytest.mark.parametrize("value, reason", [
