@@ -148,7 +148,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     from anyprec.errors import UsageError
     from anyprec.models import context_length
-    from anyprec.precision import load_with_precisions
+    from anyprec.precision import load_with_precisions, parse_precision
 
     if not args.prompt.strip():
         raise UsageError("--prompt is empty: give the text to continue, e.g. --prompt 'The capital of France is'")
@@ -159,7 +159,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     ids = tok(args.prompt, return_tensors="pt")
     budget = generation_budget(ids["input_ids"].shape[1], args.max_new_tokens, context_length(args.dir))
     for label, precision in precisions.items():
-        print(f"[{label}-bit] {args.prompt}", end="", flush=True)
+        tag = label if isinstance(parse_precision(label), str) else f"{label}-bit"  # a plan's name as is
+        print(f"[{tag}] {args.prompt}", end="", flush=True)
         # the streamer prints each piece of text as soon as it is decoded, and the final newline
         streamer = TextStreamer(tok, skip_prompt=True, skip_special_tokens=True)
         apm.generate(**ids, precision=precision, max_new_tokens=budget, do_sample=False, streamer=streamer,

@@ -104,9 +104,12 @@ def test_the_api_accepts_strings_and_trusts_what_the_boundary_returned(planned, 
 
 
 def test_generate_cli_runs_a_fractional_precision(planned, capsys):
-    assert main(["generate", str(planned), "--bits", "3", "4.25", "--prompt", "the cat", "--max-new-tokens", "3"]) == 0
+    assert main(["generate", str(planned), "--bits", "3", "4.25", "plan-avg-bits-4.25", "--prompt", "the cat",
+                 "--max-new-tokens", "3"]) == 0
     out = capsys.readouterr().out
-    assert "[3-bit] the cat" in out and "[4.25-bit] the cat" in out
+    assert "[3-bit] the cat" in out and "[4.25-bit] the cat" in out and "[plan-avg-bits-4.25] the cat" in out
+    by_plan = out.split("[4.25-bit] ")[1].split("[plan-avg-bits-4.25] ")
+    assert by_plan[0] == by_plan[1]  # the stored plan for 4.25, by number or by name: the same text
     assert main(["generate", str(planned), "--bits", "4", "nine", "--prompt", "the cat"]) == EXIT_INPUT
     assert "error: --bits 'nine' is neither a bit-width" in capsys.readouterr().err
 
