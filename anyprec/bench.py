@@ -14,12 +14,15 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
+from anyprec.config import BenchmarkConfig
 from anyprec.fileio import write_json_atomic
 
-DEFAULT_BITS = (3, 4, 5, 6, 7, 8)
+DEFAULTS = BenchmarkConfig()  # params.yaml's `benchmark` defaults, the one place they live
+DEFAULT_BITS = tuple(DEFAULTS.bits)
 DEFAULT_PROMPT = "The history of the city begins"
 
 
@@ -91,22 +94,24 @@ def _decode_steps(generate: Callable[..., object], input_ids, new_tokens: int) -
     return timer.step_seconds()
 
 
-def rotating_decode_steps(model, bits: Sequence[int], input_ids, tokens_per_bits: int, block: int = 4
-                          ) -> dict[int, list[float]]:
-    """Decode-step seconds per bit-width from ONE generate call that switches the model's
+def rotating_decode_steps(model, bits: Sequence[int] | Mapping[Any, Any], input_ids, tokens_per_bits: int,
+                          block: int = 4) -> dict[Any, list[float]]:
+    """Decode-step seconds per precision from ONE generate call that switches the model's
     precision every `block` steps, cycling through `bits` until each had `tokens_per_bits`.
+    bits: widths (each its own key) or {key: precision} (a Plan from anyprec.precision for 4.5).
 
     Slow phases of a shared machine (seconds long) then fall on every bit-width alike,
     which separate calls per bit-width cannot ensure. The first step of each block is
     dropped: it runs with the previous bit-width's planes in the caches. Every kept step is
     a whole decode step (all layers) at its bit-width; the tokens are not used."""
+    precisions = bits if isinstance(bits, Mapping) else {b: b for b in bits}
     block = max(2, min(block, tokens_per_bits))
     cycles = -(-tokens_per_bits // block)
-    schedule = [b for _ in range(cycles) for b in bits for _ in range(block)]  # precision of step -> token i+1
-    previous = model.current_precision
+    schedule = [b for _ in range(cycles) for b in precisions for _ in range(block)]  # key of step -> token i+1
+    previous = model.current_plan or model.current_precision
 
     def switch(i: int) -> None:
-        model.set_precision(schedule[min(i, len(schedule) - 1)])
+        model.set_precision(precisions[schedule[min(i, len(schedule) - 1)]])
 
     timer = StepTimer(on_token=switch)
     try:
@@ -114,7 +119,7 @@ def rotating_decode_steps(model, bits: Sequence[int], input_ids, tokens_per_bits
                        streamer=timer)
     finally:
         model.set_precision(previous)
-    steps: dict[int, list[float]] = {b: [] for b in bits}
+    steps: dict[Any, list[float]] = {b: [] for b in precisions}
     # step_seconds()[j] produced token j + 2, computed at schedule[j + 1]
     for j, seconds in enumerate(timer.step_seconds()):
         if schedule[j + 1] == schedule[j]:  # not the first step after a switch
@@ -141,12 +146,13 @@ def _step_row(row: dict, times: list[float], rounds: int) -> dict:
 
 
 def measure_decode(
-    packed_dir: str | Path, base_ref: str, bits: Sequence[int], new_tokens: int, repeats: int,
+    packed_dir: str | Path, base_ref: str, bits: Sequence[Any], new_tokens: int, repeats: int,
     prompt: str = DEFAULT_PROMPT, progress: bool = True,
 ) -> list[dict]:
-    """Greedy decode speed per bit-width of the packed model and of the unquantized fp32
-    model (`base_ref`: a registry name or a directory), prompt excluded; each row has
-    `speedup_vs_base`.
+    """Greedy decode speed per precision of the packed model (bits: widths, fractional
+    averages such as 4.5, plan names or files, checked by anyprec.precision) and of the
+    unquantized fp32 model (`base_ref`: a registry name or a directory), prompt excluded;
+    each row has `speedup_vs_base`.
 
     Every decode step is timed on its own (StepTimer) and a row's figure is its median step.
     Each of `repeats` rounds runs the base model for `new_tokens` tokens and one generate
@@ -156,24 +162,25 @@ def measure_decode(
     from tqdm.auto import tqdm
 
     from anyprec.models import load_model
-    from anyprec.runtime import load_anyprec
+    from anyprec.precision import load_with_precisions, parse_precision
 
-    model = load_anyprec(packed_dir, list(bits))
+    model, precisions = load_with_precisions(packed_dir, list(bits))
     base, _ = load_model(base_ref)
     base.eval()
     input_ids = model.tokenizer(prompt, return_tensors="pt").input_ids
-    quantized: dict[int, list[float]] = {b: [] for b in bits}
+    quantized: dict[str, list[float]] = {b: [] for b in precisions}
     base_steps: list[float] = []
     with torch.inference_mode():
         _decode_steps(base.generate, input_ids, 2)  # warm-up: first-call allocations, lazy imports
-        rotating_decode_steps(model, bits, input_ids, 2, block=2)
+        rotating_decode_steps(model, precisions, input_ids, 2, block=2)
         for round_ in tqdm(range(repeats), desc="decode rounds", disable=not progress):
             runs = [lambda: base_steps.extend(_decode_steps(base.generate, input_ids, new_tokens)),
                     lambda: [quantized[b].extend(t) for b, t in
-                             rotating_decode_steps(model, bits, input_ids, new_tokens).items()]]
+                             rotating_decode_steps(model, precisions, input_ids, new_tokens).items()]]
             for run in runs if round_ % 2 == 0 else runs[::-1]:
                 run()
-    rows = [_step_row({"kind": "anyprec", "bits": b, "tokens": new_tokens}, quantized[b], repeats) for b in bits]
+    rows = [_step_row({"kind": "anyprec", "bits": parse_precision(b), "tokens": new_tokens}, quantized[b], repeats)
+            for b in precisions]
     rows.append(_step_row({"kind": "base_fp32", "bits": 32, "tokens": new_tokens}, base_steps, repeats))
     base_tps = rows[-1]["tokens_per_s"]
     for row in rows:
@@ -188,9 +195,16 @@ def run_decode(args: argparse.Namespace) -> int:
 
     if args.engine == "native" or args.vs:
         from anyprec.bench_engine import run_engine_decode
+        from anyprec.errors import UsageError
+        from anyprec.precision import parse_precision
 
         if args.engine != "native":
             raise SystemExit("error: --vs llamacpp compares the native engine; add --engine native")
+        plans = [b for b in map(parse_precision, args.bits) if type(b) is not int]
+        if plans:
+            raise UsageError(f"--bits {' '.join(map(str, plans))}: the native engine runs integer bit-widths only; "
+                             "time precision plans with --engine transformers (the default)")
+        args.bits = [int(b) for b in args.bits]
         result = run_engine_decode(args)
         _write_json(args.json, {"dir": str(args.dir), "threads": torch.get_num_threads(), **result})
         return 0
@@ -214,13 +228,14 @@ def run_decode(args: argparse.Namespace) -> int:
 
 def _add_gemv(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("gemv", help="bitplane-LUT mat-vec vs torch dense, per bit-width")
-    p.add_argument("--shape", type=parse_shape, default=(4096, 4096), help="OUTxIN (default 4096x4096)")
+    p.add_argument("--shape", type=parse_shape, default=DEFAULTS.gemv_shape, help="OUTxIN (default %(default)s)")
     p.add_argument("--bits", type=int, nargs="+", default=list(DEFAULT_BITS), choices=range(1, 9))
     p.add_argument("--json", help="write the rows to this JSON file")
-    p.add_argument("--threads", type=int, default=0, help="torch/OpenMP threads (default: torch's)")
-    p.add_argument("--repeats", type=int, default=30, help="timed calls per figure (median)")
-    p.add_argument("--rotate-mib", type=int, default=384, help="weight copies total (exceed the LLC)")
-    p.add_argument("--bandwidth-mib", type=int, default=512, help="buffer for the read-bandwidth pass")
+    p.add_argument("--threads", type=int, default=DEFAULTS.threads or 0, help="torch/OpenMP threads (default: torch's)")
+    p.add_argument("--repeats", type=int, default=DEFAULTS.repeats, help="timed calls per figure (median)")
+    p.add_argument("--rotate-mib", type=int, default=DEFAULTS.rotate_mib, help="weight copies total (exceed the LLC)")
+    p.add_argument("--bandwidth-mib", type=int, default=DEFAULTS.bandwidth_mib,
+                   help="buffer for the read-bandwidth pass")
     p.add_argument("--backend", choices=["reference", "cpu", "triton"], default=None)
     p.set_defaults(func=run_gemv)
 
@@ -228,11 +243,13 @@ def _add_gemv(sub: argparse._SubParsersAction) -> None:
 def _add_decode(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("decode", help="end-to-end generate tokens/s per bit-width vs the base model")
     p.add_argument("dir", help="packed artifact directory")
-    p.add_argument("--bits", type=int, nargs="+", default=list(DEFAULT_BITS), choices=range(1, 9))
-    p.add_argument("--tokens", type=int, default=32, help="new tokens per generate call")
+    p.add_argument("--bits", nargs="+", default=list(DEFAULT_BITS),
+                   help="bit-widths; 4.5, a stored plan's name or a plan JSON file times a precision plan "
+                        "(transformers engine)")
+    p.add_argument("--tokens", type=int, default=DEFAULTS.decode_tokens, help="new tokens per generate call")
     p.add_argument("--json", help="write the rows to this JSON file")
-    p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--repeats", type=int, default=5, help="interleaved rounds (median)")
+    p.add_argument("--threads", type=int, default=DEFAULTS.threads or 0)
+    p.add_argument("--repeats", type=int, default=DEFAULTS.decode_repeats, help="interleaved rounds (median)")
     p.add_argument("--prompt", default=DEFAULT_PROMPT)
     p.add_argument("--engine", choices=["transformers", "native"], default="transformers",
                    help="transformers: generate() vs the fp32 base model; native: the native engine's steps")

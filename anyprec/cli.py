@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 BITS_HELP = "bit-widths, e.g. --bits 3 4 5 6 7 8 (default: every bit-width the artifact holds)"
+PLAN_HELP = "; 4.5, a stored plan's name or a plan JSON file (`anyprec plan`) runs a precision plan"
 
 
 QUANTIZE_FLAGS = {"seed_bits": "--seed-bits", "parent_bits": "--parent-bits", "method": "--method", "corpus": "--corpus",
@@ -35,7 +36,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         raise UsageError(validation_message(err, QUANTIZE_FLAGS)) from None
     out = quantize_model(args.model, args.out, calib, quant, work_dir=args.work_dir, force=args.force)
     print(f"wrote {out}")
-    return cmd_info(argparse.Namespace(dir=out, json=False, verify=False))
+    return cmd_info(argparse.Namespace(dir=out, json=False, verify=False, bits=None))
 
 
 def _mib(n: int) -> str:
@@ -44,6 +45,7 @@ def _mib(n: int) -> str:
 
 def cmd_info(args: argparse.Namespace) -> int:
     from anyprec.packed import artifact_sizes, check_headers, read_manifest, verify_files
+    from anyprec.precision import check_precisions, memory_bytes
 
     manifest = read_manifest(args.dir)
     verify_files(args.dir, manifest, hashes=args.verify)
@@ -51,8 +53,12 @@ def cmd_info(args: argparse.Namespace) -> int:
     checked = ("verified: every file's size and sha256 match the manifest" if args.verify else
                "checked sizes and tensor headers only (add --verify to check every file's sha256)")
     sizes = artifact_sizes(args.dir)
+    chosen = {str(v): memory_bytes(args.dir, v, sizes) for v in check_precisions(args.bits, args.dir)} \
+        if args.bits else None
     if args.json:
-        print(json.dumps({"sizes": sizes, "manifest": manifest, "verified": bool(args.verify)}, indent=2, sort_keys=True))
+        extra = {"precisions": chosen} if chosen else {}
+        print(json.dumps({"sizes": sizes, "manifest": manifest, "verified": bool(args.verify), **extra},
+                         indent=2, sort_keys=True))
         return 0
     print(f"artifact {args.dir}: {manifest['model_type']}, bits {manifest['seed_bits']}..{manifest['parent_bits']}, "
           f"{len(manifest['modules'])} quantized modules, {sizes['quantized_params']:,} quantized weights, "
@@ -69,6 +75,12 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"{len(sizes['per_bits'])} separately packed models: {_mib(sizes['separate_sum'])} MiB "
           f"(artifact = {art['total'] / sizes['separate_sum']:.2f} x that); "
           f"fp16 model: {_mib(sizes['fp16_model'])} MiB; files on disk: {_mib(sizes['files_on_disk'])} MiB")
+    plans = [name.removesuffix(".json") for name in manifest.get("plans", {})]
+    if plans:
+        print(f"stored plans (--bits NAME): {', '.join(plans)}")
+    for label, row in (chosen or {}).items():
+        print(f"--bits {label}: {row['avg_bits']:.3f} average bits, {row['total']:,} bytes in memory "
+              f"({_mib(row['total'])} MiB: {row['quantized']:,} codes + LUTs, {row['dense']:,} dense)")
     return 0
 
 
@@ -91,12 +103,10 @@ def cmd_ppl(args: argparse.Namespace) -> int:
     from anyprec.fileio import write_json_atomic
     from anyprec.models import load_model
     from anyprec.perplexity import evaluate_perplexity, perplexity, tokenize_text
-    from anyprec.plans import as_precision, loadable_bits
-    from anyprec.runtime import load_anyprec
+    from anyprec.precision import load_with_precisions
 
-    apm = load_anyprec(args.dir, bits=loadable_bits(args.bits))
+    apm, bits = load_with_precisions(args.dir, args.bits)
     texts = _texts(args, apm.manifest)
-    bits = [as_precision(b) for b in args.bits] if args.bits else apm.bits_available
     results: dict[str, Any] = {"artifact": str(args.dir), "window": args.window, "max_tokens": args.max_tokens,
                                "bits": {}}
     if not args.no_base:
@@ -105,13 +115,13 @@ def cmd_ppl(args: argparse.Namespace) -> int:
                            for n, t in texts.items()}
         del base
     per_bits = evaluate_perplexity(apm, bits, texts, args.window, max_tokens=args.max_tokens)
-    results["bits"] = {str(b): v for b, v in per_bits.items()}
+    results["bits"] = per_bits
     names = list(texts)
     print(f"{'model':>8} " + " ".join(f"{n:>14}" for n in names))
     if "base" in results:
         print(f"{'base':>8} " + " ".join(f"{results['base'][n]:>14.3f}" for n in names))
     for b in bits:
-        print(f"{str(b) + '-bit':>8} " + " ".join(f"{per_bits[b][n]:>14.3f}" for n in names))
+        print(f"{b + '-bit':>8} " + " ".join(f"{per_bits[b][n]:>14.3f}" for n in names))
     if args.json:
         write_json_atomic(args.json, results)
         print(f"wrote {args.json}")
@@ -138,29 +148,31 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     from anyprec.errors import UsageError
     from anyprec.models import context_length
-    from anyprec.runtime import load_anyprec
+    from anyprec.precision import load_with_precisions, parse_precision
 
     if not args.prompt.strip():
         raise UsageError("--prompt is empty: give the text to continue, e.g. --prompt 'The capital of France is'")
     if args.max_new_tokens < 1:
         raise UsageError(f"--max-new-tokens {args.max_new_tokens}: give at least 1")
-    apm = load_anyprec(args.dir, bits=args.bits)
+    apm, precisions = load_with_precisions(args.dir, args.bits)
     tok = apm.tokenizer
     ids = tok(args.prompt, return_tensors="pt")
     budget = generation_budget(ids["input_ids"].shape[1], args.max_new_tokens, context_length(args.dir))
-    for b in apm.bits_available:
-        print(f"[{b}-bit] {args.prompt}", end="", flush=True)
+    for label, precision in precisions.items():
+        tag = label if isinstance(parse_precision(label), str) else f"{label}-bit"  # a plan's name as is
+        print(f"[{tag}] {args.prompt}", end="", flush=True)
         # the streamer prints each piece of text as soon as it is decoded, and the final newline
         streamer = TextStreamer(tok, skip_prompt=True, skip_special_tokens=True)
-        apm.generate(**ids, precision=b, max_new_tokens=budget, do_sample=False, streamer=streamer,
+        apm.generate(**ids, precision=precision, max_new_tokens=budget, do_sample=False, streamer=streamer,
                      pad_token_id=tok.pad_token_id or tok.eos_token_id)
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from anyprec.config import CalibrationConfig, QuantizationConfig
+    from anyprec.config import CalibrationConfig, EvaluationConfig, GenerationConfig, QuantizationConfig
 
-    calib, quant = CalibrationConfig(), QuantizationConfig()  # defaults live in the typed params only
+    # defaults live in the typed params only
+    calib, quant, evaluation = CalibrationConfig(), QuantizationConfig(), EvaluationConfig()
     parser = argparse.ArgumentParser(prog="anyprec", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -179,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--work-dir", default=None, help="intermediate results (default: a cache folder; resumable)")
     q.add_argument("--force", action="store_true",
                    help="replace an existing anyprec artifact at --out (any other non-empty folder is refused)")
-    q.add_argument("--sensitivity", choices=["auto", "streamed", "whole"], default="auto",
+    q.add_argument("--sensitivity", choices=["auto", "streamed", "whole"], default=quant.sensitivity,
                    help="Fisher pass: streamed holds one decoder layer at a time (default auto: when RAM needs it)")
     q.set_defaults(func=cmd_quantize)
 
@@ -187,17 +199,19 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("dir")
     i.add_argument("--json", action="store_true", help="print sizes and manifest as JSON")
     i.add_argument("--verify", action="store_true", help="check every file's sha256 against the manifest")
+    i.add_argument("--bits", nargs="+", default=None,
+                   help="also print the bytes in memory at these precisions (3, 4.5, a plan's name or file)")
     i.set_defaults(func=cmd_info)
 
     p = sub.add_parser("ppl", help="perplexity per bit-width (and of the base model) on held-out text")
     p.add_argument("dir")
-    p.add_argument("--bits", nargs="+", default=None,
-                   help=BITS_HELP + "; 4.5 or a plan JSON file (`anyprec plan --out`) runs a precision plan")
+    p.add_argument("--bits", nargs="+", default=None, help=BITS_HELP + PLAN_HELP)
     p.add_argument("--text", nargs="+", default=None, help="UTF-8 text file(s) (default: held-out corpora)")
-    p.add_argument("--corpus", nargs="+", choices=["wiki", "news"], default=["wiki"],
-                   help="held-out corpora when no --text is given (default: wiki)")
-    p.add_argument("--window", type=int, default=2048, help="window length (capped at the model's context)")
-    p.add_argument("--max-tokens", type=int, default=None,
+    p.add_argument("--corpus", nargs="+", choices=["wiki", "news"], default=list(evaluation.ppl_corpora),
+                   help="held-out corpora when no --text is given (default: %(default)s)")
+    p.add_argument("--window", type=int, default=evaluation.ppl_window,
+                   help="window length (capped at the model's context)")
+    p.add_argument("--max-tokens", type=int, default=evaluation.ppl_max_tokens,
                    help="score only the first N tokens of each text (default: all; bounds CPU time)")
     p.add_argument("--no-base", action="store_true", help="skip the base model's perplexity")
     p.add_argument("--json", default=None, help="write results (base included) to this JSON file")
@@ -205,9 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("generate", help="greedy generation at one or more bit-widths")
     g.add_argument("dir")
-    g.add_argument("--bits", type=int, nargs="+", default=None, help=BITS_HELP)
+    g.add_argument("--bits", nargs="+", default=None, help=BITS_HELP + PLAN_HELP)
     g.add_argument("--prompt", required=True)
-    g.add_argument("--max-new-tokens", type=int, default=32)
+    g.add_argument("--max-new-tokens", type=int, default=GenerationConfig().max_new_tokens)
     g.set_defaults(func=cmd_generate)
 
     for module, hook in (("anyprec.bench", "add_bench_parser"), ("anyprec.eval_cli", "add_eval_parser"),

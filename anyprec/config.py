@@ -10,10 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 DEFAULT_MODEL = "smollm2-135m"
 
@@ -59,10 +59,15 @@ class QuantizationConfig(_Strict):
         return list(range(self.seed_bits, self.parent_bits + 1))
 
 
-class EvaluationConfig(_Strict):
-    """Perplexity corpora, lm-eval tasks and baselines."""
+# A precision in params.yaml: an integer width or a fractional average (4.5 runs a precision
+# plan, anyprec.plans); checked against the artifact by anyprec.precision where it is used.
+PrecisionValue = Annotated[int, Field(ge=1, le=8)] | Annotated[float, Field(ge=1, le=8)]
 
-    bits: list[int] = Field(default_factory=lambda: [3, 4, 5, 6, 7, 8])
+
+class EvaluationConfig(_Strict):
+    """Perplexity corpora, lm-eval tasks and baselines (`anyprec eval`, the flow's ppl/eval stages)."""
+
+    bits: list[PrecisionValue] = Field(default_factory=lambda: [3, 4, 5, 6, 7, 8])
     ppl_corpora: list[Literal["wiki", "news"]] = Field(default_factory=lambda: ["wiki", "news"])
     ppl_window: int = Field(2048, ge=16)
     tasks: list[str] = Field(
@@ -70,6 +75,21 @@ class EvaluationConfig(_Strict):
     )
     limit: int | None = Field(50, ge=1)
     ppl_max_tokens: int | None = Field(None, ge=2, description="truncate each held-out stream (None: all)")
+    batch_size: int = Field(8, ge=1, description="lm-eval batch size")
+    prompt_style: Literal["completion", "bigbench"] = Field(
+        "completion", description="BIG-bench prompts: choices scored as continuations, or BIG-bench's own format")
+    bigbench_source: str | None = Field(None, description="bigbench-1.0.0.tar.gz or its tree (None: cache, else pip)")
+
+    @field_validator("bits")
+    @classmethod
+    def _integer_widths_as_int(cls, bits: list[float]) -> list[float]:
+        return [int(b) if float(b).is_integer() else b for b in bits]  # 5.0 is the width 5
+
+
+class GenerationConfig(_Strict):
+    """`anyprec generate`."""
+
+    max_new_tokens: int = Field(32, ge=1)
 
 
 class BenchmarkConfig(_Strict):
@@ -175,6 +195,7 @@ class Params(_Strict):
     calibration: CalibrationConfig = CalibrationConfig()
     quantization: QuantizationConfig = QuantizationConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
+    generation: GenerationConfig = GenerationConfig()
     benchmark: BenchmarkConfig = BenchmarkConfig()
     pipeline: PipelineConfig = PipelineConfig()
     serving: ServingConfig = ServingConfig()

@@ -25,6 +25,10 @@ class UsageError(AnyprecError, ValueError):
     """A command-line value is out of range or inconsistent with another."""
 
 
+class PrecisionError(UsageError):
+    """A bit-width or plan the model does not have (anyprec.precision, the one place it is checked)."""
+
+
 class ModelError(AnyprecError, ValueError):
     """A base-model reference or folder cannot be used."""
 

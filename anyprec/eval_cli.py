@@ -9,7 +9,6 @@ baselines see exactly the calibration the artifact was built from.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -21,6 +20,9 @@ from anyprec.evaluation.bigbench import PromptStyle
 
 log = logging.getLogger(__name__)
 DEFAULTS = EvaluationConfig()  # params.yaml's `evaluation` defaults, the one place they live
+FLAGS = {"bits": "--bits", "tasks": "--tasks", "limit": "--limit", "ppl_corpora": "--corpus", "ppl_window": "--window",
+         "ppl_max_tokens": "--ppl-max-tokens", "batch_size": "--batch-size", "prompt_style": "--prompt-style",
+         "bigbench_source": "--bigbench-source"}
 
 
 def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -28,7 +30,8 @@ def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser("eval", help="perplexity + zero-shot + baselines per bit-width",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dir", type=Path, help="packed artifact directory (manifest.json)")
-    p.add_argument("--bits", type=int, nargs="+", default=list(DEFAULTS.bits))
+    p.add_argument("--bits", nargs="+", default=list(DEFAULTS.bits),
+                   help="bit-widths, and fractional precisions (4.5: a precision plan, evaluated for ours only)")
     p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS),
                    choices=[m.value for m in Method])
     p.add_argument("--tasks", nargs="*", default=list(DEFAULTS.tasks),
@@ -41,11 +44,10 @@ def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="perplexity window (capped at the context)")
     p.add_argument("--ppl-max-tokens", type=int, default=DEFAULTS.ppl_max_tokens,
                    help="truncate each corpus to N tokens")
-    p.add_argument("--batch-size", type=int, default=8, help="lm-eval batch size")
-    p.add_argument("--bigbench-source", type=Path, default=None,
+    p.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size, help="lm-eval batch size")
+    p.add_argument("--bigbench-source", default=DEFAULTS.bigbench_source,
                    help="bigbench-1.0.0.tar.gz or its unpacked tree (default: cache, else pip download)")
-    p.add_argument("--prompt-style", default=PromptStyle.COMPLETION.value,
-                   choices=[s.value for s in PromptStyle],
+    p.add_argument("--prompt-style", default=DEFAULTS.prompt_style, choices=[s.value for s in PromptStyle],
                    help="BIG-bench prompts: choices scored as continuations (completion) or "
                         "BIG-bench's own format with the choices listed (bigbench)")
     p.add_argument("--work-dir", type=Path, default=None,
@@ -93,51 +95,47 @@ def load_fisher(manifest: dict[str, Any], work: Path, progress: bool) -> tuple[d
     return load_sensitivity(sens_dir, list(manifest["modules"])), key
 
 
-def _artifact_settings(manifest: dict[str, Any]) -> dict[str, Any]:
-    """EvalSettings fields fixed by the artifact: nesting range and the held-out split."""
-    from anyprec.calibration import heldout_split
+def settings_from_args(args: argparse.Namespace, artifact_dir: str | Path) -> EvaluationConfig:
+    """The EvaluationConfig of the CLI flags; --bits checked against the artifact (anyprec.precision)."""
+    from pydantic import ValidationError
 
-    fraction, seed = heldout_split(manifest["inputs"])
-    return {"seed_bits": manifest["seed_bits"], "parent_bits": manifest["parent_bits"],
-            "eval_fraction": fraction, "split_seed": seed}
+    from anyprec.config import validation_message
+    from anyprec.errors import UsageError
+    from anyprec.precision import check_precisions
 
-
-def settings_from_args(args: argparse.Namespace, manifest: dict[str, Any]):
-    """EvalSettings from the CLI flags and the artifact's inputs."""
-    from anyprec.evaluation.runner import EvalSettings
-
-    return EvalSettings(
-        bits=args.bits, methods=args.methods, tasks=args.tasks, limit=args.limit or None,
-        corpora=args.corpus, window=args.window, ppl_max_tokens=args.ppl_max_tokens,
-        batch_size=args.batch_size, progress=not args.no_progress,
-        bigbench_source=str(args.bigbench_source) if args.bigbench_source else None,
-        prompt_style=args.prompt_style, **_artifact_settings(manifest),
-    )
+    bits = check_precisions(args.bits, artifact_dir, "--bits")
+    try:
+        return EvaluationConfig(
+            bits=bits, tasks=args.tasks, limit=args.limit or None, ppl_corpora=args.corpus, ppl_window=args.window,
+            ppl_max_tokens=args.ppl_max_tokens, batch_size=args.batch_size, prompt_style=args.prompt_style,
+            bigbench_source=args.bigbench_source)
+    except ValidationError as err:
+        raise UsageError(validation_message(err, FLAGS)) from None
 
 
-def evaluate_artifact(artifact_dir: str | Path, settings: Any, work_dir: str | Path | None = None) -> dict[str, Any]:
+def evaluate_artifact(artifact_dir: str | Path, config: EvaluationConfig, methods: list[str] = DEFAULT_METHODS,
+                      work_dir: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
     """The full report (runner.run_evaluation) for a packed artifact and its base model.
 
     work_dir: where the artifact's calibration/sensitivity live or go (default: the
     quantization run's cache folder, so nothing is recomputed after `anyprec quantize`);
-    baseline quantizations are cached in work_dir/baselines unless settings.quant_cache is set.
+    baseline quantizations are cached in work_dir/baselines.
     """
     from anyprec.evaluation.runner import run_evaluation
     from anyprec.models import load_model
     from anyprec.packed import read_manifest
+    from anyprec.precision import loadable_bits
     from anyprec.runtime import load_anyprec
 
     manifest = read_manifest(artifact_dir)
     work = Path(work_dir) if work_dir else _work_dir(manifest["inputs"])
-    fisher, sens_key = load_fisher(manifest, work, settings.progress)
-    if settings.quant_cache is None:
-        # Baseline quantizations depend on the weights, Fisher and nesting range only.
-        settings = dataclasses.replace(settings, quant_cache=str(work / "baselines"),
-                                       quant_cache_key=f"{sens_key}|{settings.seed_bits}|{settings.parent_bits}")
+    fisher, sens_key = load_fisher(manifest, work, progress)
+    # Baseline quantizations depend on the weights, Fisher and nesting range only.
+    cache = work / "baselines", f"{sens_key}|{manifest['seed_bits']}|{manifest['parent_bits']}"
     model, tokenizer = load_model(manifest["inputs"]["base_model_ref"])
-    ours = Method.OURS.value in settings.methods
-    artifact = load_anyprec(artifact_dir, bits=settings.bits) if ours else None
-    report = run_evaluation(model, tokenizer, fisher, settings, artifact)
+    ours = Method.OURS.value in methods
+    artifact = load_anyprec(artifact_dir, bits=loadable_bits(config.bits)) if ours else None
+    report = run_evaluation(model, tokenizer, fisher, config, manifest, methods, artifact, cache, progress)
     report["artifact"] = str(Path(artifact_dir).resolve())
     report["base_model_ref"] = manifest["inputs"]["base_model_ref"]
     return report
@@ -147,11 +145,10 @@ def run_eval(args: argparse.Namespace) -> int:
     """Run the evaluation, print the markdown tables, write --json/--markdown/--plots."""
     from anyprec.env import apply_offline_env
     from anyprec.evaluation import table
-    from anyprec.packed import read_manifest
 
     apply_offline_env()
-    settings = settings_from_args(args, read_manifest(args.dir))
-    report = evaluate_artifact(args.dir, settings, args.work_dir)
+    config = settings_from_args(args, args.dir)
+    report = evaluate_artifact(args.dir, config, args.methods, args.work_dir, progress=not args.no_progress)
     print(table.markdown_report(report))
     if args.json:
         table.write_json(report, args.json)

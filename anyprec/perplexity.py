@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -62,13 +62,13 @@ def perplexity(model: torch.nn.Module, ids: torch.Tensor, window: int = 2048, pr
 
 def evaluate_perplexity(
     apm: Any,
-    bits: list[int],
+    bits: Sequence[int] | Mapping[str, Any],
     texts: dict[str, str],
     window: int = 2048,
     progress: bool = True,
     max_tokens: int | None = None,
-) -> dict[int, dict[str, float]]:
-    """Perplexity of an AnyPrecisionModel per bit-width and per named text: {bits: {name: ppl}}.
+) -> dict[Any, dict[str, float]]:
+    """Perplexity of an AnyPrecisionModel per precision and per named text: {bits: {name: ppl}}.
 
     max_tokens: score only the first max_tokens tokens of each text (None: all of it).
     """
@@ -78,20 +78,21 @@ def evaluate_perplexity(
 
 def perplexity_per_bits(
     apm: Any,
-    bits: list[int],
+    bits: Sequence[int] | Mapping[str, Any],
     streams: dict[str, torch.Tensor],
     window: int = 2048,
     progress: bool = True,
-    on_result: Callable[[int, str, float], None] | None = None,
-) -> dict[int, dict[str, float]]:
-    """{bits: {name: ppl}} of an AnyPrecisionModel over token streams int64[T];
-    `on_result(bits, name, ppl)` is called as each figure is measured (progress reports)."""
-    results: dict[int, dict[str, float]] = {}
-    for b in bits:
-        with apm.precision(b):
-            results[b] = {}
+    on_result: Callable[[Any, str, float], None] | None = None,
+) -> dict[Any, dict[str, float]]:
+    """{key: {name: ppl}} of an AnyPrecisionModel over token streams int64[T]. bits: widths
+    (each its own key) or {key: precision} (e.g. {"4.5": the Plan anyprec.precision resolved});
+    `on_result(key, name, ppl)` is called as each figure is measured (progress reports)."""
+    results: dict[Any, dict[str, float]] = {}
+    for key, precision in (bits.items() if isinstance(bits, Mapping) else ((b, b) for b in bits)):
+        with apm.precision(precision):
+            results[key] = {}
             for name, ids in streams.items():
-                results[b][name] = perplexity(apm.model, ids, window, progress, desc=f"ppl {name} @{b}-bit")
+                results[key][name] = perplexity(apm.model, ids, window, progress, desc=f"ppl {name} @{key}-bit")
                 if on_result is not None:
-                    on_result(b, name, results[b][name])
+                    on_result(key, name, results[key][name])
     return results

@@ -31,6 +31,7 @@ from anyprec.packed import MANIFEST, ArtifactError, read_manifest
 PLAN_FORMAT = "anyprec-plan"
 OBJECTIVE_FILE = "objective_modules.json"
 _MAX_CELLS = 1 << 20
+_MAX_ISSUED = 256
 
 
 @dataclass(frozen=True)
@@ -297,8 +298,20 @@ class PlanResolver:
         self.artifact_dir, self.manifest, self.available = artifact_dir, manifest, available
         self._cache: dict[float, Plan] = {}
         self._objectives: dict[str, dict[int, float]] | None = None
+        self._issued: dict[int, Plan] = {}  # id -> every Plan returned (kept alive, so ids stay unique)
+
+    def issued(self, plan: Plan) -> bool:
+        """True if `plan` was returned by this resolver (checked then, trusted now)."""
+        return self._issued.get(id(plan)) is plan
 
     def __call__(self, precision: Any) -> Plan:
+        plan = self._resolve(precision)
+        if len(self._issued) >= _MAX_ISSUED:  # a caller making plan after plan: forget, re-check later
+            self._issued.clear()
+        self._issued[id(plan)] = plan
+        return plan
+
+    def _resolve(self, precision: Any) -> Plan:
         if isinstance(precision, Plan):
             check_plan(precision.bits, self.manifest["modules"], self.available)
             return precision
@@ -308,8 +321,7 @@ class PlanResolver:
         if isinstance(precision, (str, Path)) and Path(precision).is_file():
             return load_plan_file(precision, self.manifest, self.available)
         if isinstance(precision, bool) or not isinstance(precision, (int, float)):
-            raise ValueError(f"precision {precision!r}: give a number of bits (e.g. 4 or 4.5), a plan JSON file, "
-                             "a Plan or {module: bits}")
+            raise ValueError("give a number of bits (e.g. 4 or 4.5), a plan JSON file, a Plan or {module: bits}")
         key = float(precision)
         plan = self._cache.get(key)
         if plan is None:
@@ -330,30 +342,10 @@ class PlanResolver:
     def _computed(self, avg_bits: float) -> Plan:
         lo, hi = self.available[0], self.available[-1]
         if not lo <= avg_bits <= hi:
-            raise ValueError(f"precision {avg_bits} is outside the loaded bit-widths {lo}..{hi} "
-                             "(load the artifact with bits=None for 3..8)")
+            raise ValueError(f"{avg_bits} is outside the loaded bit-widths {lo}..{hi}")
         if self._objectives is None:
             self._objectives = read_objectives(self.artifact_dir, self.manifest)
         return plan_for(self.manifest, self._objectives, self.available, avg_bits=avg_bits)
-
-
-def as_precision(value: str) -> int | float | str:
-    """A command-line precision: "4" -> 4 (an integer width runs as today), "4.5" -> 4.5 (a
-    plan), anything else stays a string (the path of a plan JSON file)."""
-    try:
-        number = float(value)
-    except ValueError:
-        return value
-    return int(number) if number.is_integer() else number
-
-
-def loadable_bits(values: list[str] | None) -> list[int] | None:
-    """What `load_anyprec(bits=...)` needs for these precisions: the integers, or every width
-    (None) when one is a plan, since a plan may use any of them."""
-    precisions = [as_precision(v) for v in values or []]
-    if not precisions or not all(isinstance(p, int) for p in precisions):
-        return None
-    return precisions
 
 
 def cmd_plan(args: Any) -> int:

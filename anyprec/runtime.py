@@ -15,26 +15,27 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import numbers
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import torch
 from torch import nn
 
 from anyprec.kernels import Backend, decode_plan, half_decode_plan, matmul, resolve_backend
-from anyprec.packed import ArtifactError, QuantizedModule, check_bits, load_packed_tensors
+from anyprec.packed import ArtifactError, QuantizedModule, load_packed_tensors
+from anyprec.errors import PrecisionError
 from anyprec.plans import Plan, PlanResolver
+from anyprec.precision import resolve_with
 
 
 class PrecisionState:
     """The precision every AnyPrecisionLinear of one model follows: a default + per-call override.
 
     A precision is an int (every module at that width) or a Plan (a width per module name);
-    `resolve` turns anything else (4.5, a {module: bits} map) into a Plan.
+    `resolve` (the artifact's PlanResolver) turns anything else (4.5, a {module: bits} map) into a Plan.
     """
 
-    def __init__(self, default: int, available: list[int], resolve: Callable[[Any], Plan] | None = None) -> None:
+    def __init__(self, default: int, available: list[int], resolve: PlanResolver | None = None) -> None:
         self.available = available
         self.default: int | Plan = default
         self.resolve = resolve
@@ -47,19 +48,13 @@ class PrecisionState:
         value = self.override.get()
         return self.default if value is None else value
 
-    def check(self, bits: Any) -> int | Plan:
-        if isinstance(bits, numbers.Real) and not isinstance(bits, bool) and float(bits).is_integer():
-            bits = int(bits)  # 4.0 and numpy integers are the integer width
-        if not isinstance(bits, int) or isinstance(bits, bool):
-            if self.resolve is None:
-                raise ValueError(f"precision {bits!r} needs a plan, and this model has no plan resolver")
-            return self.resolve(bits)
-        if bits not in self.available:
-            raise ValueError(
-                f"precision {bits} is not loaded; this model holds bit-widths {self.available} "
-                "(load the artifact with bits=None for all of them)"
-            )
-        return int(bits)
+    def check(self, bits: Any, flag: str = "precision", allow_files: bool = True) -> int | Plan:
+        """The int or Plan `bits` means: anyprec.precision, the one place a precision is checked."""
+        if self.resolve is None:  # a bare state without an artifact: its integer widths only
+            if bits.__class__ is int and bits in self.available:
+                return bits
+            raise PrecisionError(f"{flag} {bits!r}: this model has bit-widths {self.available} and no plans")
+        return resolve_with(self.resolve, bits, flag, allow_files)
 
 
 class AnyPrecisionLinear(nn.Module):
@@ -195,14 +190,18 @@ class AnyPrecisionModel:
         value = self._state.current
         return None if isinstance(value, int) else value
 
+    def resolve_precision(self, bits: Any, flag: str = "precision", allow_files: bool = True) -> int | Plan:
+        """The int or Plan `bits` means for this model (see anyprec.precision.resolve_precision)."""
+        return self._state.check(bits, flag, allow_files)
+
     def set_precision(self, bits: int | float | str | Plan | dict[str, int]) -> None:
         """Make `bits` the default for every later call (no reload): an integer width, a fractional
-        one (4.5: the artifact's plan for it, or one computed and cached), a plan JSON file's path,
-        a Plan or {module: bits}."""
-        self._state.default = self._state.check(bits)
+        one (4.5: the artifact's plan for it, or one computed and cached), a stored plan's name,
+        a plan JSON file's path, a Plan or {module: bits}."""
+        self._state.default = self._state.check(bits, "set_precision")
 
     @contextlib.contextmanager
-    def precision(self, bits: int | float | Plan | dict[str, int] | None) -> Iterator[None]:
+    def precision(self, bits: int | float | str | Plan | dict[str, int] | None) -> Iterator[None]:
         """Use `bits` for the calls inside the block only (None: keep the default)."""
         if bits is None:
             yield
@@ -313,8 +312,8 @@ def load_anyprec(
 
     artifact_dir = Path(artifact_dir)
     wanted = [bits] if isinstance(bits, int) else bits
-    manifest, modules, dense = load_packed_tensors(artifact_dir, wanted, verify=verify)
-    available = check_bits(manifest, wanted or list(range(manifest["seed_bits"], manifest["parent_bits"] + 1)))
+    manifest, modules, dense = load_packed_tensors(artifact_dir, wanted, verify=verify)  # checks `bits`
+    available = sorted(next(iter(modules.values())).luts)
     state = PrecisionState(max(available), available, PlanResolver(artifact_dir, manifest, available))
     model = build_model(artifact_dir, manifest, dense, dtype)
     for name, qm in modules.items():

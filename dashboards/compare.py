@@ -1,4 +1,7 @@
-"""Comparison data from MLflow: one row per (base model, bit-width), and its Pareto front.
+"""Comparison data from MLflow: one row per (base model, precision), and its Pareto front.
+
+A precision is an integer bit-width or a fractional one (4.5: a precision plan); `bits` is a
+float column, so plans sort between the integer widths.
 
 Reads the child runs the pipeline logs (tag kind=bits, anyprec.tasks.tracking); when a
 model was run several times the latest run per (model, bits) wins, unless a parent run id
@@ -31,7 +34,7 @@ def load_runs(tracking_uri: str, experiment: str, parent_run_id: str | None = No
         return pd.DataFrame(columns=["model", "bits", "run_id", "start_time"])
     frame = pd.DataFrame({
         "model": runs["tags.model"],
-        "bits": runs["params.bits"].astype(int),
+        "bits": runs["params.bits"].astype(float),
         "run_id": runs["run_id"],
         "start_time": runs["start_time"],
     })

@@ -45,6 +45,7 @@ def _vs_bits(frame: pd.DataFrame, metric: str, label: str, path: Path) -> Path:
 
     fig, ax = plt.subplots(figsize=(5.5, 3.8), dpi=100)
     for model, rows in frame.dropna(subset=[metric]).groupby("model"):
+        rows = rows.sort_values("bits")  # plans (4.5) between the integer widths
         ax.plot(rows["bits"], rows[metric], marker="o", label=model)
     ax.set_xlabel("bits")
     ax.set_ylabel(label)
@@ -68,7 +69,7 @@ def _pareto(frame: pd.DataFrame, quality: str, path: Path) -> Path:
     for model, rows in frame.dropna(subset=["bytes_in_memory", quality]).groupby("model"):
         ax.scatter(rows["bytes_in_memory"] / 2**20, rows[quality], label=model)
         for _, row in rows.iterrows():
-            ax.annotate(f"{int(row['bits'])}b", (row["bytes_in_memory"] / 2**20, row[quality]), fontsize=7)
+            ax.annotate(f"{row['bits']:g}b", (row["bytes_in_memory"] / 2**20, row[quality]), fontsize=7)
     ax.step(front["bytes_in_memory"] / 2**20, front[quality], where="post", color="black", label="Pareto front")
     ax.set_xlabel("MiB in memory")
     ax.set_ylabel(quality.replace("_", " "))

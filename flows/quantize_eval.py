@@ -74,10 +74,12 @@ def evaluation_stages(layout: Layout, base: BaseModelInfo, packed: StageOutput) 
 
 @flow(name=FLOW_NAME, log_prints=True, validate_parameters=True)
 def quantize_eval(
-    model: str = DEFAULT_MODEL, params_file: str = "params.yaml", model_path: str | None = None
+    model: str = DEFAULT_MODEL, params_file: str = "params.yaml", model_path: str | None = None,
+    bits: list[float] | None = None,
 ) -> PipelineSummary:
-    """Quantize `model` (a params.yaml models key, or an inbox folder via model_path) and evaluate it."""
-    layout = Layout.from_file(params_file)
+    """Quantize `model` (a params.yaml models key, or an inbox folder via model_path) and evaluate it
+    at `bits` (default: params.yaml's evaluation.bits; 4.5 evaluates a precision plan)."""
+    layout = with_bits(Layout.from_file(params_file), bits)
     location = require_model(layout, model, model_path)
     base = resolve_base_model(model, location)
     packed = quantize_stages(layout, base)[stages.PACKED]
@@ -99,8 +101,22 @@ def quantize_eval(
     )
 
 
-def run_quantize_eval(model: str, params_file: str = "params.yaml", model_path: str | None = None) -> PipelineSummary:
+def with_bits(layout: Layout, bits: list[float] | None) -> Layout:
+    """The layout with evaluation.bits replaced (validated as params.yaml's would be)."""
+    if bits is None:
+        return layout
+    from dataclasses import replace
+
+    from anyprec.config import EvaluationConfig
+
+    evaluation = EvaluationConfig(**{**layout.params.evaluation.model_dump(), "bits": bits})
+    return replace(layout, params=layout.params.model_copy(update={"evaluation": evaluation}))
+
+
+def run_quantize_eval(model: str, params_file: str = "params.yaml", model_path: str | None = None,
+                      bits: list[float] | None = None) -> PipelineSummary:
     """Run the flow in this process with the task runner params.yaml chooses."""
     layout = Layout.from_file(params_file)
     runner = make_task_runner(layout.params.pipeline)
-    return quantize_eval.with_options(task_runner=runner)(model=model, params_file=params_file, model_path=model_path)
+    return quantize_eval.with_options(task_runner=runner)(model=model, params_file=params_file, model_path=model_path,
+                                                          bits=bits)

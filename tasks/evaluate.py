@@ -26,7 +26,7 @@ def write_report(out: str | Path, report: dict[str, Any]) -> dict[str, Any]:
 def perplexity(
     base: BaseModelInfo,
     packed: StageOutput,
-    bits: list[int],
+    bits: list[float],
     corpora: list[str],
     window: int,
     max_tokens: int | None,
@@ -34,24 +34,24 @@ def perplexity(
     split_seed: int,
     out: str,
 ) -> dict[str, Any]:
-    """Perplexity per corpus of the base model (fp32) and of the artifact at each bit-width.
+    """Perplexity per corpus of the base model (fp32) and of the artifact at each precision
+    (an integer width, or a fractional one such as 4.5: a precision plan).
 
     Report: {"base": {corpus: ppl}, "bits": {"b": {corpus: ppl}}, "window": int, "tokens": {corpus: T}}.
     """
     from anyprec.models import load_model
     from anyprec.perplexity import heldout_streams, perplexity_per_bits
     from anyprec.perplexity import perplexity as ppl
-    from anyprec.runtime import load_anyprec
+    from anyprec.precision import load_with_precisions
 
-    apm = load_anyprec(packed.path, bits)
+    apm, precisions = load_with_precisions(packed.path, bits, "evaluation.bits")
     streams = heldout_streams(apm.tokenizer, corpora, eval_fraction, split_seed, max_tokens)
     log = get_run_logger()
 
     def report(label: Any, corpus: str, value: float) -> None:
         log.info("ppl %s, %s: %.3f over %d tokens", label, corpus, value, streams[corpus].numel())
 
-    measured = perplexity_per_bits(apm, bits, streams, window, progress=False, on_result=report)
-    per_bits = {str(b): figures for b, figures in measured.items()}
+    per_bits = perplexity_per_bits(apm, precisions, streams, window, progress=False, on_result=report)
     del apm
     model, _ = load_model(base.location)
     base_ppl = {}
@@ -73,9 +73,9 @@ def _accuracies(results: dict[str, dict[str, float]]) -> dict[str, float]:
 
 @task(name="eval", **CACHED)
 def lm_eval(
-    base: BaseModelInfo, packed: StageOutput, bits: list[int], tasks: list[str], limit: int | None, out: str
+    base: BaseModelInfo, packed: StageOutput, bits: list[float], tasks: list[str], limit: int | None, out: str
 ) -> dict[str, Any]:
-    """Zero-shot accuracy per lm-eval task of the base model and of each bit-width.
+    """Zero-shot accuracy per lm-eval task of the base model and of each precision (4.5: a plan).
 
     Report: {"base": {task: acc}, "bits": {"b": {task: acc}}, "details": {"base"|"b": {task: metrics}}}.
     """
@@ -83,23 +83,23 @@ def lm_eval(
         return write_report(out, {"base": {}, "bits": {}, "details": {}, "limit": limit})
     from anyprec.evaluation.lm_eval_runner import build_suite, evaluate_suite, make_lm
     from anyprec.models import load_model
-    from anyprec.runtime import load_anyprec
+    from anyprec.precision import load_with_precisions
 
     suite = build_suite(tasks)
-    apm = load_anyprec(packed.path, bits)
+    apm, precisions = load_with_precisions(packed.path, bits, "evaluation.bits")
     lm = make_lm(apm.model, apm.tokenizer)
     details: dict[str, dict[str, dict[str, float]]] = {}
     log = get_run_logger()
-    for b in bits:
-        with apm.precision(b):
-            details[str(b)] = evaluate_suite(lm, suite, limit)
-        log.info("eval %d-bit: %s", b, {name: round(m["acc"], 3) for name, m in details[str(b)].items()})
+    for key, precision in precisions.items():
+        with apm.precision(precision):
+            details[key] = evaluate_suite(lm, suite, limit)
+        log.info("eval %s-bit: %s", key, {name: round(m["acc"], 3) for name, m in details[key].items()})
     del apm, lm
     model, tokenizer = load_model(base.location)
     details["base"] = evaluate_suite(make_lm(model, tokenizer), suite, limit)
     report = {
         "base": _accuracies(details["base"]),
-        "bits": {str(b): _accuracies(details[str(b)]) for b in bits},
+        "bits": {key: _accuracies(details[key]) for key in precisions},
         "details": details,
         "limit": limit,
     }

@@ -67,7 +67,7 @@ def summary_markdown(model: str, reports: dict[str, dict[str, Any]], mlflow_run:
     corpora = sorted({c for row in ppl.values() for c in row})
     header = ["bits", *(f"ppl {c}" for c in corpora), "mean acc", "decode tok/s", "GEMV us"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---:|" * len(header)]
-    for b in sorted(set(ppl) | set(acc) | set(bench), key=int):
+    for b in sorted(set(ppl) | set(acc) | set(bench), key=float):  # 4.5 (a plan) sorts between 4 and 5
         accs = list(acc.get(b, {}).values())
         cells = [b, *(f"{ppl.get(b, {}).get(c, float('nan')):.3f}" for c in corpora),
                  f"{sum(accs) / len(accs):.3f}" if accs else "",

@@ -1,4 +1,5 @@
-"""MLflow logging: one parent run per (base model, pipeline run), one child run per bit-width.
+"""MLflow logging: one parent run per (base model, pipeline run), one child run per precision
+(an integer bit-width, or a fractional one such as 4.5: a precision plan, named "4.5-bit").
 
 A re-run whose artifact, reports and params file are all unchanged logs nothing new: it finds
 the earlier parent run by its `run_key` tag and reuses it (and says so in the log).
@@ -89,8 +90,10 @@ def find_run(experiment_id: str, key: str) -> str | None:
     return runs[0].info.run_id if runs else None
 
 
-def child_metrics(reports: dict[str, dict[str, Any]], sizes: dict[str, Any], bits: int) -> dict[str, float]:
-    """Metrics of one bit-width from the stage reports and anyprec.packed.artifact_sizes."""
+def child_metrics(reports: dict[str, dict[str, Any]], sizes: dict[str, Any], bits: int | float,
+                  artifact_dir: str | None = None) -> dict[str, float]:
+    """Metrics of one precision from the stage reports and anyprec.packed.artifact_sizes (a
+    fractional precision's bytes are its plan's, resolved from `artifact_dir`)."""
     b = str(bits)
     metrics: dict[str, float] = {}
     for corpus, value in reports.get("ppl", {}).get("bits", {}).get(b, {}).items():
@@ -103,6 +106,10 @@ def child_metrics(reports: dict[str, dict[str, Any]], sizes: dict[str, Any], bit
     entry = per_bits.get(bits) or per_bits.get(b)
     if entry:
         metrics["bytes_in_memory"] = float(entry["total"])
+    elif isinstance(bits, float) and artifact_dir is not None:
+        from anyprec.precision import memory_bytes
+
+        metrics["bytes_in_memory"] = float(memory_bytes(artifact_dir, bits, sizes)["total"])
     return metrics
 
 
@@ -130,8 +137,11 @@ def _log_reports(reports: dict[str, dict[str, Any]]) -> None:
             mlflow.log_artifact(str(path), artifact_path="reports")
 
 
-def _bits_measured(reports: dict[str, dict[str, Any]], sizes: dict[str, Any]) -> list[int]:
-    found = {int(b) for report in reports.values() for b in report.get("bits", {})}
+def _bits_measured(reports: dict[str, dict[str, Any]], sizes: dict[str, Any]) -> list[int | float]:
+    """Every precision a report measured, ascending: 4 -> 4, "4.5" -> 4.5 (a plan)."""
+    from anyprec.precision import parse_precision
+
+    found = {parse_precision(b) for report in reports.values() for b in report.get("bits", {})}
     return sorted(found) or sorted(int(b) for b in sizes.get("per_bits", {}))
 
 
@@ -223,7 +233,7 @@ def log_pipeline_run(
             with mlflow.start_run(experiment_id=experiment_id, run_name=f"{base.name} {bits}-bit",
                                   nested=True, tags={**tags, "kind": CHILD_KIND}) as child:
                 mlflow.log_params({**shared, "bits": bits})
-                mlflow.log_metrics(child_metrics(figures, sizes, bits))
+                mlflow.log_metrics(child_metrics(figures, sizes, bits, packed.path))
                 ids.append(child.info.run_id)
     url = compare_link(layout.tracking_uri, experiment_id, ids)
     log.info("MLflow: parent run %s, %d child runs; compare the bit-widths: %s", parent.info.run_id, len(ids), url)

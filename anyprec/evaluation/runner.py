@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,52 +32,16 @@ from anyprec.perplexity import heldout_streams
 log = logging.getLogger(__name__)
 
 
-# The defaults shared with params.yaml's `evaluation` section live in EvaluationConfig only.
-_CONFIG = EvaluationConfig()
-
-
-@dataclass
-class EvalSettings:
-    """What to evaluate. limit: examples per task (None = all); ppl_max_tokens: cap per corpus;
-    quant_cache: folder reusing baseline quantizations whose key equals quant_cache_key.
-    The first six fields default to EvaluationConfig's; the rest are evaluation-only settings."""
-
-    bits: list[int] = field(default_factory=lambda: list(_CONFIG.bits))
-    methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
-    tasks: list[str] = field(default_factory=lambda: list(_CONFIG.tasks))
-    limit: int | None = _CONFIG.limit
-    corpora: list[str] = field(default_factory=lambda: list(_CONFIG.ppl_corpora))
-    window: int = _CONFIG.ppl_window
-    ppl_max_tokens: int | None = _CONFIG.ppl_max_tokens
-    batch_size: int = 8
-    seed_bits: int = 3
-    parent_bits: int = 8
-    eval_fraction: float = 0.2
-    split_seed: int = 0
-    bigbench_source: str | None = None
-    prompt_style: str = PromptStyle.COMPLETION.value
-    quant_cache: str | None = None
-    quant_cache_key: str = ""
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        self.methods = [Method(m).value for m in self.methods]
-        self.prompt_style = PromptStyle(self.prompt_style).value
-        bad = [b for b in self.bits if not 1 <= b <= 8]
-        if bad:
-            raise ValueError(f"bits {bad} outside 1..8")
-
-
 def score_model(model: torch.nn.Module, lm: Any, streams: dict[str, torch.Tensor],
-                suite: ZeroShotSuite | None, settings: EvalSettings, label: str) -> dict[str, float]:
+                suite: ZeroShotSuite | None, config: EvaluationConfig, label: str,
+                progress: bool = True) -> dict[str, float]:
     """Perplexity per stream and zero-shot accuracy per task of the model as it is now."""
     from anyprec.perplexity import perplexity
 
-    metrics = {f"ppl_{name}": perplexity(model, ids, settings.window, settings.progress,
-                                         desc=f"ppl {name} {label}")
+    metrics = {f"ppl_{name}": perplexity(model, ids, config.ppl_window, progress, desc=f"ppl {name} {label}")
                for name, ids in streams.items()}
     if suite is not None and suite.names:
-        per_task = evaluate_suite(lm, suite, settings.limit)
+        per_task = evaluate_suite(lm, suite, config.limit)
         for task, values in per_task.items():
             metrics[f"acc_{task}"] = values["acc"]
             metrics[f"acc_norm_{task}"] = values["acc_norm"]
@@ -92,54 +55,69 @@ def _objective_entry(layers: dict[str, float]) -> dict[str, Any]:
 
 
 def run_evaluation(model: torch.nn.Module, tokenizer: Any, fisher: dict[str, torch.Tensor],
-                   settings: EvalSettings, artifact: Any | None = None) -> dict[str, Any]:
-    """Evaluate every method of `settings` at every bit-width; the report described above.
+                   config: EvaluationConfig, manifest: dict[str, Any], methods: list[str] = DEFAULT_METHODS,
+                   artifact: Any | None = None, cache: tuple[Path, str] | None = None,
+                   progress: bool = True) -> dict[str, Any]:
+    """Evaluate `methods` at every precision of `config.bits`; the report described above.
 
     model: the base HF model (float32, CPU; its weights are swapped and restored);
     fisher: {module: f32[N, K]} sensitivity from the same calibration as the artifact;
-    artifact: an AnyPrecisionModel for "ours" (its bit-widths must include settings.bits).
+    manifest: the artifact's (nesting range, held-out split); artifact: an AnyPrecisionModel
+    for "ours" (every width loaded when config.bits holds a fractional precision); cache:
+    (folder, key) reusing baseline quantizations. A fractional precision (4.5) is a plan
+    (anyprec.plans): only "ours" from the artifact runs it; baselines have integer widths only.
     """
-    streams = heldout_streams(tokenizer, settings.corpora, settings.eval_fraction, settings.split_seed,
-                              settings.ppl_max_tokens)
-    source = Path(settings.bigbench_source) if settings.bigbench_source else None
-    style = PromptStyle(settings.prompt_style)
-    suite = build_suite(settings.tasks, source, style=style) if settings.tasks else None
-    lm = make_lm(model, tokenizer, settings.batch_size) if suite else None
-    artifact_lm = make_lm(artifact.model, artifact.tokenizer, settings.batch_size) if suite and artifact else None
-    report: dict[str, Any] = {"settings": asdict(settings), "methods": {}, "objective": {}, "seconds": {},
+    from anyprec.calibration import heldout_split
+
+    methods = [Method(m).value for m in methods]
+    widths = [b for b in config.bits if type(b) is int]
+    plans = _plans(artifact, config.bits)
+    fraction, split_seed = heldout_split(manifest["inputs"])
+    nesting = manifest["seed_bits"], manifest["parent_bits"]
+    streams = heldout_streams(tokenizer, config.ppl_corpora, fraction, split_seed, config.ppl_max_tokens)
+    source = Path(config.bigbench_source) if config.bigbench_source else None
+    suite = build_suite(config.tasks, source, style=PromptStyle(config.prompt_style)) if config.tasks else None
+    lm = make_lm(model, tokenizer, config.batch_size) if suite else None
+    artifact_lm = make_lm(artifact.model, artifact.tokenizer, config.batch_size) if suite and artifact else None
+    settings = {**config.model_dump(mode="json"), "methods": methods, "seed_bits": nesting[0],
+                "parent_bits": nesting[1], "eval_fraction": fraction, "split_seed": split_seed}
+    report: dict[str, Any] = {"settings": settings, "methods": {}, "objective": {}, "seconds": {},
                               "ours_source": "artifact" if artifact is not None else "in-process"}
-    for name in settings.methods:
+    for name in methods:
         method = Method(name)
         if method is Method.BASE:
             start = time.perf_counter()
-            report["base"] = score_model(model, lm, streams, suite, settings, "base")
+            report["base"] = score_model(model, lm, streams, suite, config, "base", progress)
             report["seconds"]["base"] = time.perf_counter() - start
             continue
-        cache = Path(settings.quant_cache) if settings.quant_cache else None
-        quantized = quantize_method(model, fisher, method, settings.bits, settings.seed_bits,
-                                    settings.parent_bits, settings.progress, cache, settings.quant_cache_key)
-        report["objective"][name] = {str(b): _objective_entry(quantized.objective[b]) for b in settings.bits}
+        ours = method is Method.OURS and artifact is not None
+        needed = sorted(set(widths) | {b for p in plans.values() for b in p.bits.values()}) if ours else widths
+        folder, key = cache or (None, "")
+        quantized = quantize_method(model, fisher, method, needed, seed_bits=nesting[0], parent_bits=nesting[1],
+                                    progress=progress, cache=folder, cache_key=key)
+        report["objective"][name] = {str(b): _objective_entry(quantized.objective[b]) for b in widths}
         report["methods"][name] = {}
-        for b in settings.bits:
+        for key, precision in [(str(b), b) for b in widths] + (list(plans.items()) if ours else []):
             start = time.perf_counter()
-            if method is Method.OURS and artifact is not None:
-                report["methods"][name][str(b)] = _score_artifact(artifact, artifact_lm, b, streams, suite,
-                                                                   settings)
+            if ours:
+                artifact.set_precision(precision)
+                scored = score_model(artifact.model, artifact_lm, streams, suite, config, f"ours@{key}", progress)
             else:
-                with quantized_weights(model, quantized.codes[b]):
-                    report["methods"][name][str(b)] = score_model(model, lm, streams, suite, settings,
-                                                                  f"{name}@{b}")
-            report["seconds"][f"{name}@{b}"] = time.perf_counter() - start
-            log.info("%s @ %d bits: %s", name, b, report["methods"][name][str(b)])
+                with quantized_weights(model, quantized.codes[precision]):
+                    scored = score_model(model, lm, streams, suite, config, f"{name}@{key}", progress)
+            report["methods"][name][key] = scored
+            report["seconds"][f"{name}@{key}"] = time.perf_counter() - start
+            log.info("%s @ %s bits: %s", name, key, scored)
+        for key, plan in plans.items() if ours else ():
+            report["objective"][name][key] = _objective_entry({m: quantized.objective[b][m] for m, b in plan.bits.items()})
         del quantized
     return report
 
 
-def _score_artifact(artifact: Any, lm: Any, bits: int, streams: dict[str, torch.Tensor],
-                    suite: ZeroShotSuite | None, settings: EvalSettings) -> dict[str, float]:
-    """Score the packed any-precision model at `bits` (lm: an HFLM around artifact.model)."""
-    if bits not in artifact.bits_available:
-        raise ValueError(f"the artifact serves bits {artifact.bits_available}, not {bits}; "
-                         "load it with those bits or drop them from --bits")
-    artifact.set_precision(bits)
-    return score_model(artifact.model, lm, streams, suite, settings, f"ours@{bits}")
+def _plans(artifact: Any | None, bits: list[float]) -> dict[str, Any]:
+    """{"4.5": Plan} for the fractional precisions of `bits` (resolved by the artifact, once)."""
+    fractional = [b for b in bits if type(b) is not int]
+    if fractional and artifact is None:
+        log.warning("precisions %s need the packed artifact (plans): skipped in process", fractional)
+        return {}
+    return {str(b): artifact.resolve_precision(b, "--bits") for b in fractional}

@@ -32,10 +32,11 @@ def _metric_order(name: str) -> tuple:
     return (not name.startswith("ppl_"), not name.endswith("_mean"), name.startswith("acc_norm"), name)
 
 
-def bits_of(report: dict[str, Any]) -> list[int]:
-    """Bit-widths evaluated, ascending."""
-    found = {int(b) for per_bits in report.get("methods", {}).values() for b in per_bits}
-    return sorted(found | {int(b) for b in report.get("settings", {}).get("bits", [])})
+def bits_of(report: dict[str, Any]) -> list[int | float]:
+    """Precisions evaluated, ascending: integer widths and fractional ones (plans, e.g. 4.5)."""
+    found = {b for per_bits in report.get("methods", {}).values() for b in per_bits}
+    found |= {str(b) for b in report.get("settings", {}).get("bits", [])}
+    return sorted(int(b) if float(b).is_integer() else float(b) for b in found)
 
 
 def value(report: dict[str, Any], method: str, bits: int, metric: str) -> float:
@@ -125,10 +126,12 @@ def mlflow_metrics(report: dict[str, Any]) -> list[tuple[str, float, int]]:
     """(key, value, step=bits) triples: "<method>/<metric>" and "delta_vs_<other>/<metric>".
 
     The base model's metrics repeat at every step so it plots as a reference line. NaNs dropped.
+    MLflow steps are integers, so only integer widths are rows here; a fractional precision's
+    figures go to its own child run (anyprec.tasks.tracking).
     """
     rows = []
     metrics = [*metric_names(report), "objective"]
-    for b in bits_of(report):
+    for b in (b for b in bits_of(report) if isinstance(b, int)):
         for method in methods_of(report):
             rows += [(f"{method}/{m}", value(report, method, b, m), b) for m in metrics]
         for other, per_bits in deltas(report).items():

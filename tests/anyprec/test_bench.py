@@ -37,13 +37,23 @@ def test_parse_shape() -> None:
 
 def test_decode_bench_rows(tiny_artifact: Path, tmp_path: Path) -> None:
     out = tmp_path / "decode.json"
-    argv = ["decode", str(tiny_artifact), "--bits", "3", "8", "--tokens", "4", "--repeats", "1",
+    argv = ["decode", str(tiny_artifact), "--bits", "3", "4.5", "8", "--tokens", "4", "--repeats", "1",
             "--threads", "1", "--json", str(out)]
     assert main(argv) == 0
     rows = json.loads(out.read_text())["rows"]
-    assert [(r["kind"], r["bits"]) for r in rows] == [("anyprec", 3), ("anyprec", 8), ("base_fp32", 32)]
+    assert [(r["kind"], r["bits"]) for r in rows] == [("anyprec", 3), ("anyprec", 4.5), ("anyprec", 8),
+                                                      ("base_fp32", 32)]
     for row in rows:
         assert row["tokens"] == 4 and row["tokens_per_s"] > 0 and row["speedup_vs_base"] > 0
+
+
+def test_native_decode_bench_refuses_a_plan_clearly(tiny_artifact: Path) -> None:
+    from anyprec.errors import PrecisionError, UsageError
+
+    with pytest.raises(UsageError, match="native engine runs integer bit-widths only"):
+        main(["decode", str(tiny_artifact), "--bits", "4", "4.5", "--engine", "native"])
+    with pytest.raises(PrecisionError, match="--bits 9: outside 3..8"):
+        main(["decode", str(tiny_artifact), "--bits", "4", "9"])
 
 
 def test_step_timer_excludes_prompt_and_prefill() -> None:

@@ -35,7 +35,7 @@ def test_ppl_on_text_file_writes_json_with_base(tiny_artifact, tmp_path, capsys)
 
 def test_ppl_rejects_bits_outside_artifact(tiny_artifact, capsys):
     assert main(["ppl", str(tiny_artifact), "--bits", "2"]) == 2
-    assert "holds 3..8 bits" in capsys.readouterr().err
+    assert "--bits 2: outside 3..8; this artifact holds bit-widths 3..8" in capsys.readouterr().err
 
 
 def test_ppl_rejects_non_utf8_text(tiny_artifact, tmp_path):

@@ -55,7 +55,7 @@ def test_unloaded_precision_is_refused(tiny_artifact, ids):
     assert small.bits_available == [3, 4] and small.current_precision == 4
     layer = next(m for m in small.model.modules() if isinstance(m, AnyPrecisionLinear))
     assert layer.planes.shape[0] == 4 and not hasattr(layer, "lut5")
-    with pytest.raises(ValueError, match=r"precision 6 is not loaded"):
+    with pytest.raises(ValueError, match=r"set_precision 6: 6 bits is not loaded \(the artifact holds 3..8"):
         small.set_precision(6)
     with pytest.raises(ValueError, match="not loaded"):
         small(ids, precision=8)

@@ -100,3 +100,12 @@ def test_every_corpus_gets_a_plot_and_the_title_names_what_is_shown(runs_frame, 
     one = render_dashboard(frame[frame["model"] == "a"], tmp_path / "one")
     assert "<h1>anyprec: a, perplexity on news and wiki" in one.read_text()
     assert "other base models" not in one.read_text()
+
+
+def test_fractional_precisions_sort_between_the_integer_widths(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    synthetic_runs(uri, models=("a",), bits=(3, 4.5, 4, 4.25))
+    frame = load_runs(uri, "anyprec")
+    assert frame["bits"].tolist() == [3, 4, 4.25, 4.5]
+    html = render_dashboard(frame, tmp_path / "dash").read_text()
+    assert "4.25" in html and (tmp_path / "dash" / "pareto.png").is_file()

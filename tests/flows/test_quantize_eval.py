@@ -195,3 +195,26 @@ def test_interrupted_layer_stage_resumes_from_its_files(first_run, pipeline_root
     assert layers[0].stat().st_mtime_ns == kept_mtime  # finished layer neither deleted nor redone
     assert layers[1].is_file()
     assert states["packed"] == "Cached"  # same seed content -> same downstream keys
+
+
+def test_bits_parameter_evaluates_a_fractional_precision(first_run, pipeline_root):
+    import mlflow
+
+    from anyprec.flows.quantize_eval import quantize_eval
+    from anyprec.packed import artifact_sizes
+
+    state = quantize_eval(model="tiny", params_file=str(pipeline_root / "params.yaml"), bits=[3, 3.5],
+                          return_state=True)
+    summary, states = state.result(), task_states(state.state_details.flow_run_id)
+    assert all(states[name] == "Cached" for name in STAGES), states  # only evaluation is new
+    assert set(summary.reports["ppl"]["bits"]) == {"3", "3.5"}
+    layout = Layout.from_file(pipeline_root / "params.yaml")
+    mlflow.set_tracking_uri(layout.tracking_uri)
+    children = mlflow.search_runs(experiment_names=["anyprec"], output_format="list",
+                                  filter_string=f"tags.mlflow.parentRunId = '{summary.mlflow_parent_run_id}'")
+    by_name = {run.info.run_name: run for run in children}
+    assert sorted(by_name) == ["tiny 3-bit", "tiny 3.5-bit", "tiny 4-bit"]  # 4: benchmark.bits
+    plan = by_name["tiny 3.5-bit"]
+    assert plan.data.params["bits"] == "3.5" and plan.data.metrics["ppl_news"] > 0
+    per_bits = artifact_sizes(summary.artifact)["per_bits"]
+    assert per_bits[3]["total"] < plan.data.metrics["bytes_in_memory"] < per_bits[4]["total"]

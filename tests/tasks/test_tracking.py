@@ -42,3 +42,19 @@ def test_compare_link_lists_the_runs():
     assert url.startswith("http://127.0.0.1:5000/#/compare-runs?runs=")
     assert json.loads(unquote(url.split("runs=")[1].split("&")[0])) == ["r1", "r2"]
     assert compare_link("http://mlflow.example:5000/", "7", ["r"]).startswith("http://mlflow.example:5000/#/")
+
+
+def test_a_fractional_precision_gets_its_own_child_run_with_its_plan_bytes(tiny_artifact):
+    from anyprec.packed import artifact_sizes
+    from anyprec.precision import resolve_precision
+    from anyprec.tasks.tracking import _bits_measured, child_metrics
+
+    measured = {"ppl": {"bits": {"4": {"wiki": 30.0}, "4.5": {"wiki": 28.0}, "10": {"wiki": 20.0}}},
+                "bench": {"bits": {"3": {"decode_tok_s": 9.0}}}}
+    assert _bits_measured(measured, {}) == [3, 4, 4.5, 10]  # numeric order, not text order
+    sizes = artifact_sizes(tiny_artifact)
+    plan = child_metrics(measured, sizes, 4.5, str(tiny_artifact))
+    expected = resolve_precision(tiny_artifact, 4.5).quantized_bytes + sizes["per_bits"][3]["dense"]
+    assert plan == {"ppl_wiki": 28.0, "bytes_in_memory": float(expected)}
+    assert sizes["per_bits"][4]["total"] < expected < sizes["per_bits"][5]["total"]
+    assert child_metrics(measured, sizes, 4)["bytes_in_memory"] == sizes["per_bits"][4]["total"]

@@ -8,8 +8,10 @@ import json
 
 import pytest
 
+from anyprec.config import EvaluationConfig
 from anyprec.eval_cli import add_eval_parser
 from anyprec.evaluation import runner
+from anyprec.runtime import load_anyprec
 
 BITS = [3, 8]
 
@@ -31,7 +33,7 @@ def test_eval_command_end_to_end(tiny_quantized, bb_sdist, tmp_path, monkeypatch
     artifact, work = tiny_quantized
     monkeypatch.setenv("ANYPREC_CACHE", str(tmp_path / "cache"))  # converted tasks go here
     out = tmp_path / "eval.json"
-    args = _parse(["eval", str(artifact), "--bits", *map(str, BITS), "--tasks", "social_iqa",
+    args = _parse(["eval", str(artifact), "--bits", "3", "4.5", "8", "--tasks", "social_iqa",
                    "--limit", "2", "--bigbench-source", str(bb_sdist), "--corpus", "news",
                    "--ppl-max-tokens", "300", "--window", "64", "--batch-size", "2",
                    "--work-dir", str(work), "--json", str(out), "--markdown", str(tmp_path / "eval.md"),
@@ -39,8 +41,9 @@ def test_eval_command_end_to_end(tiny_quantized, bb_sdist, tmp_path, monkeypatch
     assert args.func(args) == 0
     report = json.loads(out.read_text())
     assert set(report["methods"]) == {"rtn", "dedicated", "reference", "ours"}
-    for per_bits in report["methods"].values():
-        assert set(per_bits) == {str(b) for b in BITS}
+    for method, per_bits in report["methods"].items():
+        # a fractional precision is a plan of the packed artifact: ours only
+        assert set(per_bits) == {"3", "8"} | ({"4.5"} if method == "ours" else set())
         for metrics in per_bits.values():
             assert set(metrics) >= {"ppl_news", "acc_social_iqa", "acc_mean"}
     base = report["base"]["ppl_news"]
@@ -51,23 +54,27 @@ def test_eval_command_end_to_end(tiny_quantized, bb_sdist, tmp_path, monkeypatch
     for b in BITS:
         assert report["objective"]["ours"][str(b)]["total"] == pytest.approx(
             float(manifest["objective"][str(b)]), rel=1e-6)
-    assert "dedicated" in report["deltas"] and "### ppl_news" in capsys.readouterr().out
+    plan = load_anyprec(artifact).resolve_precision(4.5)
+    ours = report["objective"]["ours"]
+    assert ours["4.5"]["total"] == pytest.approx(plan.objective, rel=1e-6)
+    assert ours["8"]["total"] < ours["4.5"]["total"] < ours["3"]["total"]
+    out_text = capsys.readouterr().out
+    assert "dedicated" in report["deltas"] and "### ppl_news" in out_text and "| 4.5 |" in out_text
     assert (tmp_path / "plots" / "ppl_news.png").is_file()
 
 
 def test_ours_in_process_matches_artifact(tiny_quantized, tiny_llama):
     from anyprec.eval_cli import load_fisher
     from anyprec.packed import read_manifest
-    from anyprec.runtime import load_anyprec
 
     artifact, work = tiny_quantized
     manifest = read_manifest(artifact)
     fisher, _ = load_fisher(manifest, work, progress=False)
     model, tok = copy.deepcopy(tiny_llama[0]), tiny_llama[1]
-    settings = runner.EvalSettings(bits=BITS, methods=["ours"], tasks=[], corpora=["news"],
-                                   window=64, ppl_max_tokens=300, progress=False)
-    in_process = runner.run_evaluation(model, tok, fisher, settings)
-    packed = runner.run_evaluation(model, tok, fisher, settings, load_anyprec(artifact, bits=BITS))
+    config = EvaluationConfig(bits=BITS, tasks=[], ppl_corpora=["news"], ppl_window=64, ppl_max_tokens=300)
+    in_process = runner.run_evaluation(model, tok, fisher, config, manifest, ["ours"], progress=False)
+    packed = runner.run_evaluation(model, tok, fisher, config, manifest, ["ours"],
+                                   load_anyprec(artifact, bits=BITS), progress=False)
     for b in map(str, BITS):
         # fp16 LUTs in the artifact against float32 in process: close, not bit-equal.
         assert packed["methods"]["ours"][b]["ppl_news"] == pytest.approx(
