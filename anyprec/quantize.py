@@ -159,22 +159,31 @@ def _per_layer(
     work: Callable[[int, list[str], dict[str, torch.Tensor]], dict[str, torch.Tensor]],
     desc: str,
     progress: bool,
+    layers: list[int] | None = None,
 ) -> Path:
-    """Run `work(layer_index, module_names, weights)` for every decoder layer not already done;
-    `weights` {module: float32 [out, in]} holds that layer's quantized weights only."""
+    """Run `work(layer_index, module_names, weights)` for every decoder layer (or those in `layers`)
+    not already done; `weights` {module: float32 [out, in]} holds that layer's quantized weights only."""
     from anyprec.layer_weights import ModelWeights
 
     out_dir.mkdir(parents=True, exist_ok=True)
     source = ModelWeights(model_ref)
     groups = source.groups
-    todo = [i for i in range(len(groups)) if _done_key(out_dir / LAYER_FILE.format(i)) != key]
-    if len(todo) < len(groups):
-        log.info("%s: %d of %d layers already done in %s, resuming", desc, len(groups) - len(todo), len(groups), out_dir)
+    wanted = range(len(groups)) if layers is None else _check_layers(layers, len(groups))
+    todo = [i for i in wanted if _done_key(out_dir / LAYER_FILE.format(i)) != key]
+    if len(todo) < len(wanted):
+        log.info("%s: %d of %d layers already done in %s, resuming", desc, len(wanted) - len(todo), len(wanted), out_dir)
     for index in tqdm(todo, desc=desc, unit="layer", disable=not progress):
         out = work(index, groups[index], source.weights(groups[index]))
         save_tensors_atomic(out, out_dir / LAYER_FILE.format(index), metadata={"key": key})
         log.info("%s: layer %d of %d written", desc, index + 1, len(groups))
     return out_dir
+
+
+def _check_layers(layers: list[int], count: int) -> list[int]:
+    bad = [i for i in layers if not 0 <= i < count]
+    if bad:
+        raise ValueError(f"layer index {bad[0]} out of range: the model has {count} decoder layers")
+    return list(layers)
 
 
 def _importance(w: torch.Tensor, fisher: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -186,9 +195,12 @@ def _importance(w: torch.Tensor, fisher: torch.Tensor) -> tuple[np.ndarray, np.n
 
 
 def run_seed_quantization(
-    model_ref: str, sens_dir: str | Path, quant: QuantizationConfig, out_dir: str | Path, progress: bool = True
+    model_ref: str, sens_dir: str | Path, quant: QuantizationConfig, out_dir: str | Path, progress: bool = True,
+    layers: list[int] | None = None,
 ) -> Path:
-    """Seed codes per layer: {"<m>.codes": uint8[N, K], "<m>.lut": f32[N, 2**seed]}; resumable."""
+    """Seed codes per layer: {"<m>.codes": uint8[N, K], "<m>.lut": f32[N, 2**seed]}; resumable.
+
+    layers: only these decoder layers (one task of a flow mapped over layers); default all."""
     from anyprec.clustering import ClusterMethod, quantize_seed
     from anyprec.sensitivity import load_sensitivity
 
@@ -205,7 +217,7 @@ def run_seed_quantization(
             out[f"{name}.lut"] = torch.from_numpy(np.ascontiguousarray(lut, dtype=np.float32))
         return out
 
-    return _per_layer(model_ref, Path(out_dir), key, work, f"seed {quant.seed_bits}-bit", progress)
+    return _per_layer(model_ref, Path(out_dir), key, work, f"seed {quant.seed_bits}-bit", progress, layers)
 
 
 def run_upscaling(
@@ -215,8 +227,12 @@ def run_upscaling(
     quant: QuantizationConfig,
     out_dir: str | Path,
     progress: bool = True,
+    layers: list[int] | None = None,
 ) -> Path:
-    """Nested parent codes + one LUT per bit-width, per layer; writes objective.json at the end."""
+    """Nested parent codes + one LUT per bit-width, per layer; writes objective.json at the end.
+
+    layers: only these decoder layers, and no objective (one task of a flow mapped over layers;
+    the stage's own run then finds them done and writes the objective)."""
     from anyprec.clustering import ClusterMethod, upscale
     from anyprec.sensitivity import load_sensitivity
 
@@ -241,7 +257,9 @@ def run_upscaling(
                 out[f"{name}.lut{b}"] = torch.from_numpy(np.ascontiguousarray(lut, dtype=np.float32))
         return out
 
-    _per_layer(model_ref, out_dir, key, work, f"upscale {quant.seed_bits}->{quant.parent_bits}", progress)
+    _per_layer(model_ref, out_dir, key, work, f"upscale {quant.seed_bits}->{quant.parent_bits}", progress, layers)
+    if layers is not None:
+        return out_dir
     per_module = module_objectives(model_ref, sens_dir, out_dir, quant)
     write_json_atomic(out_dir / MODULE_OBJECTIVE_FILE, per_module)
     write_json_atomic(out_dir / OBJECTIVE_FILE, objective_totals(per_module))
