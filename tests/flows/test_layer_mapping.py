@@ -8,7 +8,6 @@ import os
 from pathlib import Path
 
 import pytest
-import yaml
 from prefect import flow
 
 from anyprec import stages
