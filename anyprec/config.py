@@ -141,6 +141,9 @@ class PipelineConfig(_Strict):
     task_runner_address: str | None = Field(
         None, description="existing Dask scheduler / Ray cluster address; None starts a local one"
     )
+    task_runner_workers: int | None = Field(
+        None, ge=1, description="worker processes of the local Dask cluster (None: Dask's default)"
+    )
     inbox_dir: str = "inbox"
     schedule_cron: str = "0 3 * * *"
     results_dir: str = Field(".prefect-results", description="Prefect task results + cache records")

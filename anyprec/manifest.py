@@ -9,6 +9,7 @@ manifest declares before anything is allocated.
 from __future__ import annotations
 
 import json
+import re
 import struct
 from pathlib import Path
 from typing import Any, Literal
@@ -18,12 +19,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from anyprec.errors import AnyprecError
 
 FORMAT_NAME = "anyprec"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # what the writer writes
+READABLE_VERSIONS = (1, 2)  # 1: every module in QUANTIZED_FILE; 2: one shard per decoder layer
 MANIFEST = "manifest.json"
 QUANTIZED_FILE = "quantized.safetensors"
 DENSE_FILE = "dense.safetensors"
 CONFIG_FILE = "config.json"
-REQUIRED_FILES = (QUANTIZED_FILE, DENSE_FILE, CONFIG_FILE)
+REQUIRED_FILES = (DENSE_FILE, CONFIG_FILE)
+SHARD_PATTERN = re.compile(r"^quantized-(\d{5})-of-(\d{5})\.safetensors$")
 MAX_HEADER_BYTES = 100 * 2**20  # safetensors' own limit; a larger claim is a damaged file
 DAMAGED = "the file is damaged: restore it (e.g. `dvc pull`) or re-run `anyprec quantize`"
 DTYPE_BYTES = {"F16": 2, "BF16": 2, "F32": 4, "F64": 8, "I32": 4, "I64": 8, "U8": 1, "I8": 1, "BOOL": 1, "I16": 2}
@@ -50,12 +53,16 @@ class ModuleEntry(_Model):
 
 
 class Manifest(BaseModel):
-    """manifest.json, format version 1 (docs/DESIGN.md). Unknown extra keys are kept."""
+    """manifest.json, format version 1 or 2 (docs/DESIGN.md, docs/SCALE.md). Unknown extra keys are kept.
+
+    Version 1 keeps every module's planes and LUTs in QUANTIZED_FILE; version 2 in shards
+    `quantized-KKKKK-of-NNNNN.safetensors`, `shards` naming each module's one.
+    """
 
     model_config = ConfigDict(extra="allow", frozen=True, strict=True)
 
     format: Literal["anyprec"]
-    format_version: Literal[1]
+    format_version: Literal[1, 2]
     seed_bits: int = Field(ge=1, le=8)
     parent_bits: int = Field(ge=1, le=8)
     lut_dtype: Literal["float16"]
@@ -64,6 +71,7 @@ class Manifest(BaseModel):
     tied: dict[str, str] = Field(default_factory=dict)
     files: dict[str, FileEntry]
     inputs: dict[str, Any]
+    shards: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("files")
     @classmethod
@@ -81,6 +89,36 @@ class Manifest(BaseModel):
             raise ValueError(f"seed_bits={self.seed_bits} > parent_bits={self.parent_bits}")
         return self
 
+    @model_validator(mode="after")
+    def _quantized_files(self) -> "Manifest":
+        if self.format_version == 1:
+            if QUANTIZED_FILE not in self.files:
+                raise ValueError(f"no entry for the required file(s) {[QUANTIZED_FILE]}")
+            if self.shards:
+                raise ValueError("format_version 1 has no shards; version 2 names them")
+            return self
+        unmapped = sorted(set(self.modules) - set(self.shards))
+        if unmapped or set(self.shards) - set(self.modules):
+            raise ValueError(f"shards must name the shard of every module and no other: {unmapped[:3]} unmapped")
+        bad = sorted({f for f in self.shards.values() if not SHARD_PATTERN.match(f) or f not in self.files})
+        if bad:
+            raise ValueError(f"shard file(s) {bad[:3]} are not quantized-KKKKK-of-NNNNN.safetensors listed in files")
+        return self
+
+    def quantized_files(self) -> dict[str, list[str]]:
+        """{tensor file: the modules it holds, in manifest order}."""
+        if self.format_version == 1:
+            return {QUANTIZED_FILE: list(self.modules)}
+        out: dict[str, list[str]] = {}
+        for name in self.modules:
+            out.setdefault(self.shards[name], []).append(name)
+        return out
+
+
+def shard_name(index: int, count: int) -> str:
+    """File name of quantized shard `index` (0-based) of `count`: quantized-00001-of-000NN.safetensors."""
+    return f"quantized-{index + 1:05d}-of-{count:05d}.safetensors"
+
 
 def check_plain_name(name: str) -> str:
     """A file name the loader may open: no separator, no '..', not absolute, not hidden-empty."""
@@ -91,10 +129,10 @@ def check_plain_name(name: str) -> str:
 
 def parse_manifest(raw: Any, path: Path) -> Manifest:
     """Validate the decoded JSON of manifest.json; any problem is one ArtifactError naming the field."""
-    if isinstance(raw, dict) and raw.get("format") == FORMAT_NAME and raw.get("format_version") != FORMAT_VERSION:
+    if isinstance(raw, dict) and raw.get("format") == FORMAT_NAME and raw.get("format_version") not in READABLE_VERSIONS:
         raise ArtifactError(
-            f"{path}: unknown format_version {raw.get('format_version')!r}; this anyprec reads version "
-            f"{FORMAT_VERSION}. Upgrade anyprec or re-quantize the model with this version."
+            f"{path}: unknown format_version {raw.get('format_version')!r}; this anyprec reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))}. Upgrade anyprec or re-quantize the model with this version."
         )
     try:
         return Manifest.model_validate(raw)
@@ -163,10 +201,12 @@ def _check_entry(path: Path, name: str, entry: Any, data_bytes: int) -> None:
         )
 
 
-def check_quantized_header(path: Path, manifest: Manifest) -> None:
-    """Every module's planes and LUTs are present with the dtypes and shapes the manifest implies."""
+def check_quantized_header(path: Path, manifest: Manifest, modules: list[str] | None = None) -> None:
+    """Every module's (or `modules`') planes and LUTs are in the file at `path` with the dtypes and
+    shapes the manifest implies."""
     header = read_safetensors_header(path)
-    for name, meta in manifest.modules.items():
+    for name in manifest.modules if modules is None else modules:
+        meta = manifest.modules[name]
         expected = {f"{name}.planes": ("I32", [manifest.parent_bits, meta.out_features, (meta.in_features + 31) // 32])}
         for b in range(manifest.seed_bits, manifest.parent_bits + 1):
             expected[f"{name}.lut{b}"] = ("F16", [meta.out_features, 2**b])

@@ -1,11 +1,14 @@
 """The packed artifact: one directory holding every bit-width from seed to parent.
 
-Layout (format version 1, see docs/DESIGN.md):
-    manifest.json           written last; names every file with its sha256 and size
-    quantized.safetensors   "<module>.planes" int32[parent, N, ceil(K/32)], "<module>.lut<b>" float16[N, 2**b]
+Layout (format version 2; docs/DESIGN.md, docs/SCALE.md):
+    manifest.json           written last; names every file with its sha256 and size, and each
+                            module's shard
+    quantized-KKKKK-of-NNNNN.safetensors   one per decoder layer: "<module>.planes"
+                            int32[parent, N, ceil(K/32)], "<module>.lut<b>" float16[N, 2**b]
     dense.safetensors       every other tensor of the model (fp16, or fp32 where fp16 would overflow)
     config.json, generation_config.json, tokenizer files
 
+Version 1 (every module in one quantized.safetensors, as written before) still loads.
 Only safetensors and JSON are ever read: nothing is unpickled. The manifest's schema and the
 checks made before any tensor is read live in anyprec.manifest; an output folder is replaced
 only when it is exactly one of our artifacts (`check_replaceable`).
@@ -45,6 +48,7 @@ from anyprec.manifest import (  # the format's names stay importable from here, 
     check_quantized_header,
     parse_manifest,
     read_safetensors_header,
+    shard_name,
 )
 
 PLANE_LAYOUT = {
@@ -89,80 +93,94 @@ def _dense_tensors(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tens
     return out, tied
 
 
-def save_packed(
-    out_dir: str | Path,
-    model: torch.nn.Module,
-    tokenizer: Any,
-    modules: dict[str, QuantizedModule],
-    seed_bits: int,
-    parent_bits: int,
-    inputs: dict[str, Any],
-    extra: dict[str, Any] | None = None,
-    json_files: dict[str, Any] | None = None,
-) -> Path:
-    """Write the artifact atomically: a temp directory renamed into place, manifest last.
+class PackedWriter:
+    """Writes an artifact (format version 2) one decoder layer at a time.
 
-    `model` supplies config and dense tensors (its quantized weights are skipped: the names in
-    `modules` + ".weight" / ".bias"). An interrupted write leaves only a `.tmp-*` directory,
-    which never loads as an artifact. `json_files` ({flat file name: JSON value}) are written
-    beside the tensors and hashed in the manifest like them.
+    Use as a context manager: `add_layer` packs a layer's modules into the next shard
+    `quantized-KKKKK-of-NNNNN.safetensors` and hashes it, so only that layer's codes are in
+    memory; `finish` writes the dense tensors, config, tokenizer and manifest (last) into the
+    temp folder and renames it into place. Leaving the block without `finish` (an error, a
+    kill) removes the temp folder; a killed process leaves only a `.tmp-*` folder, which never
+    loads as an artifact.
     """
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    check_replaceable(out_dir)
-    remove_orphan_temp_dirs(out_dir)
-    tmp = make_temp_dir(out_dir)
-    try:
-        quantized: dict[str, torch.Tensor] = {}
-        module_meta: dict[str, Any] = {}
+
+    def __init__(self, out_dir: str | Path, n_shards: int, seed_bits: int, parent_bits: int):
+        self.out_dir, self.n_shards = Path(out_dir), n_shards
+        self.seed_bits, self.parent_bits = seed_bits, parent_bits
+        self.module_meta: dict[str, Any] = {}
+        self.shards: dict[str, str] = {}
+        self.files: dict[str, dict[str, Any]] = {}
+        self.tmp: Path | None = None
+
+    def __enter__(self) -> "PackedWriter":
+        self.out_dir.parent.mkdir(parents=True, exist_ok=True)
+        check_replaceable(self.out_dir)
+        remove_orphan_temp_dirs(self.out_dir)
+        self.tmp = make_temp_dir(self.out_dir)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.tmp is not None and self.tmp.exists():
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def _record(self, path: Path) -> None:
+        self.files[path.name] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+
+    def add_layer(self, modules: dict[str, QuantizedModule]) -> None:
+        """Write the next shard: "<m>.planes" int32[parent, N, ceil(K/32)], "<m>.lut<b>" float16[N, 2**b]."""
+        assert self.tmp is not None, "use PackedWriter as a context manager"
+        index = len(set(self.shards.values()))
+        if index >= self.n_shards:
+            raise ValueError(f"more layers than the {self.n_shards} shards announced")
+        shard = shard_name(index, self.n_shards)
+        tensors: dict[str, torch.Tensor] = {}
         for name, qm in modules.items():
-            if qm.planes.shape[0] != parent_bits:
-                raise ValueError(f"{name}: {qm.planes.shape[0]} planes, expected parent_bits={parent_bits}")
-            quantized[f"{name}.planes"] = qm.planes.to(torch.int32).contiguous()
-            for b in range(seed_bits, parent_bits + 1):
-                quantized[f"{name}.lut{b}"] = qm.luts[b].to(torch.float16).contiguous()
-            module_meta[name] = {
-                "out_features": int(qm.planes.shape[1]),
-                "in_features": int(qm.in_features),
-                "bias": qm.bias is not None,
-                "conv1d": bool(qm.conv1d),
-            }
-        skip = {f"{n}.weight" for n in modules}
-        state = {k: v for k, v in model.state_dict().items() if k not in skip}
-        dense, tied = _dense_tensors(state)
-        save_tensors(quantized, tmp / QUANTIZED_FILE, metadata={"format": FORMAT_NAME})
-        save_tensors(dense, tmp / DENSE_FILE, metadata={"format": FORMAT_NAME})
-        model.config.save_pretrained(tmp)
-        if getattr(model, "generation_config", None) is not None:
-            model.generation_config.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+            if qm.planes.shape[0] != self.parent_bits:
+                raise ValueError(f"{name}: {qm.planes.shape[0]} planes, expected parent_bits={self.parent_bits}")
+            tensors[f"{name}.planes"] = qm.planes.to(torch.int32).contiguous()
+            for b in range(self.seed_bits, self.parent_bits + 1):
+                tensors[f"{name}.lut{b}"] = qm.luts[b].to(torch.float16).contiguous()
+            self.module_meta[name] = {"out_features": int(qm.planes.shape[1]), "in_features": int(qm.in_features),
+                                      "bias": qm.bias is not None, "conv1d": bool(qm.conv1d)}
+            self.shards[name] = shard
+        save_tensors(tensors, self.tmp / shard, metadata={"format": FORMAT_NAME})
+        self._record(self.tmp / shard)
+
+    def finish(self, config: Any, generation_config: Any, tokenizer: Any, state: dict[str, torch.Tensor],
+               inputs: dict[str, Any], extra: dict[str, Any] | None = None,
+               json_files: dict[str, Any] | None = None) -> Path:
+        """Write everything else and move the artifact into place; returns its folder.
+
+        `state`: the model's tensors by state-dict name; the quantized modules' weights are
+        skipped, tied aliases (the same tensor object) are recorded in `tied`. `json_files`
+        ({flat file name: JSON value}) are written beside the tensors and hashed like them.
+        """
+        assert self.tmp is not None, "use PackedWriter as a context manager"
+        written = len(set(self.shards.values()))
+        if written != self.n_shards:
+            raise ValueError(f"{written} layers written, {self.n_shards} shards announced")
+        skip = {f"{n}.weight" for n in self.module_meta}
+        dense, tied = _dense_tensors({k: v for k, v in state.items() if k not in skip})
+        save_tensors(dense, self.tmp / DENSE_FILE, metadata={"format": FORMAT_NAME})
+        config.save_pretrained(self.tmp)
+        if generation_config is not None:
+            generation_config.save_pretrained(self.tmp)
+        tokenizer.save_pretrained(self.tmp)
         for file_name, value in (json_files or {}).items():
-            write_json_atomic(tmp / file_name, value)
-        files = {
-            p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
-            for p in sorted(tmp.iterdir())
-            if p.is_file() and p.name != TEMP_MARKER
-        }
+            write_json_atomic(self.tmp / file_name, value)
+        for path in sorted(self.tmp.iterdir()):
+            if path.is_file() and path.name not in self.files and path.name != TEMP_MARKER:
+                self._record(path)
         manifest = {
-            "format": FORMAT_NAME,
-            "format_version": FORMAT_VERSION,
-            "seed_bits": seed_bits,
-            "parent_bits": parent_bits,
-            "plane_layout": PLANE_LAYOUT,
-            "lut_dtype": "float16",
-            "model_type": model.config.model_type,
-            "modules": module_meta,
-            "tied": tied,
-            "files": files,
-            "inputs": inputs,
-            **(extra or {}),
+            "format": FORMAT_NAME, "format_version": FORMAT_VERSION,
+            "seed_bits": self.seed_bits, "parent_bits": self.parent_bits,
+            "plane_layout": PLANE_LAYOUT, "lut_dtype": "float16", "model_type": config.model_type,
+            "modules": self.module_meta, "shards": self.shards, "tied": tied,
+            "files": dict(sorted(self.files.items())), "inputs": inputs, **(extra or {}),
         }
-        write_json_atomic(tmp / MANIFEST, manifest)
-        _replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out_dir
+        write_json_atomic(self.tmp / MANIFEST, manifest)
+        _replace_dir(self.tmp, self.out_dir)
+        return self.out_dir
 
 
 def foreign_entries(path: Path) -> list[str] | None:
@@ -292,9 +310,11 @@ def check_no_remote_code(artifact_dir: Path, manifest: dict[str, Any]) -> None:
 
 
 def check_headers(artifact_dir: str | Path, manifest: dict[str, Any]) -> None:
-    """Both tensor files' headers are sound and the quantized one matches the manifest's modules."""
+    """Every tensor file's header is sound and each quantized file holds its modules as declared."""
     artifact_dir = Path(artifact_dir)
-    check_quantized_header(artifact_file(artifact_dir, QUANTIZED_FILE), Manifest.model_validate(manifest))
+    parsed = Manifest.model_validate(manifest)
+    for file_name, names in parsed.quantized_files().items():
+        check_quantized_header(artifact_file(artifact_dir, file_name), parsed, names)
     read_safetensors_header(artifact_file(artifact_dir, DENSE_FILE))
 
 
@@ -328,16 +348,18 @@ def load_packed_tensors(
     check_no_remote_code(artifact_dir, manifest)
     check_headers(artifact_dir, manifest)
     top = max(wanted)
-    modules: dict[str, QuantizedModule] = {}
-    with safe_open(artifact_file(artifact_dir, QUANTIZED_FILE), framework="pt") as qf, safe_open(
-        artifact_file(artifact_dir, DENSE_FILE), framework="pt"
-    ) as df:
+    with safe_open(artifact_file(artifact_dir, DENSE_FILE), framework="pt") as df:
         dense = {k: df.get_tensor(k) for k in df.keys()}
-        for name, meta in manifest["modules"].items():
-            planes = qf.get_slice(f"{name}.planes")[:top].contiguous()
-            luts = {b: qf.get_tensor(f"{name}.lut{b}") for b in wanted}
-            bias = dense.pop(f"{name}.bias", None)
-            modules[name] = QuantizedModule(planes, luts, meta["in_features"], bias, meta["conv1d"])
+    modules: dict[str, QuantizedModule] = {}
+    # one quantized file mapped at a time (a shard per layer in version 2), closed before the next
+    for file_name, names in Manifest.model_validate(manifest).quantized_files().items():
+        with safe_open(artifact_file(artifact_dir, file_name), framework="pt") as qf:
+            for name in names:
+                meta = manifest["modules"][name]
+                planes = qf.get_slice(f"{name}.planes")[:top].contiguous()
+                luts = {b: qf.get_tensor(f"{name}.lut{b}") for b in wanted}
+                bias = dense.pop(f"{name}.bias", None)
+                modules[name] = QuantizedModule(planes, luts, meta["in_features"], bias, meta["conv1d"])
     return manifest, modules, dense
 
 

@@ -156,53 +156,68 @@ def _per_layer(
     model_ref: str,
     out_dir: Path,
     key: str,
-    work: Callable[[int, list[str], Any], dict[str, torch.Tensor]],
+    work: Callable[[int, list[str], dict[str, torch.Tensor]], dict[str, torch.Tensor]],
     desc: str,
     progress: bool,
+    layers: list[int] | None = None,
 ) -> Path:
-    """Run `work(layer_index, module_names, model)` for every decoder layer not already done."""
-    from anyprec.models import load_model
+    """Run `work(layer_index, module_names, weights)` for every decoder layer (or those in `layers`)
+    not already done; `weights` {module: float32 [out, in]} holds that layer's quantized weights only."""
+    from anyprec.layer_weights import ModelWeights
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    model, _ = load_model(model_ref)
-    groups = archs.layer_groups(model)
-    todo = [i for i in range(len(groups)) if _done_key(out_dir / LAYER_FILE.format(i)) != key]
-    if len(todo) < len(groups):
-        log.info("%s: %d of %d layers already done in %s, resuming", desc, len(groups) - len(todo), len(groups), out_dir)
+    source = ModelWeights(model_ref)
+    groups = source.groups
+    wanted = range(len(groups)) if layers is None else _check_layers(layers, len(groups))
+    todo = [i for i in wanted if _done_key(out_dir / LAYER_FILE.format(i)) != key]
+    if len(todo) < len(wanted):
+        log.info("%s: %d of %d layers already done in %s, resuming", desc, len(wanted) - len(todo), len(wanted), out_dir)
     for index in tqdm(todo, desc=desc, unit="layer", disable=not progress):
-        save_tensors_atomic(work(index, groups[index], model), out_dir / LAYER_FILE.format(index), metadata={"key": key})
+        out = work(index, groups[index], source.weights(groups[index]))
+        save_tensors_atomic(out, out_dir / LAYER_FILE.format(index), metadata={"key": key})
         log.info("%s: layer %d of %d written", desc, index + 1, len(groups))
     return out_dir
 
 
-def _weights_and_importance(model: Any, name: str, fisher: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+def _check_layers(layers: list[int], count: int) -> list[int]:
+    bad = [i for i in layers if not 0 <= i < count]
+    if bad:
+        raise ValueError(f"layer index {bad[0]} out of range: the model has {count} decoder layers")
+    return list(layers)
+
+
+def _importance(w: torch.Tensor, fisher: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """(weights, clustering importance) as numpy arrays, both [out, in]."""
     from anyprec.clustering import sample_weights
 
-    w = archs.get_weight(model.get_submodule(name)).numpy()
+    w = w.numpy()
     return w, sample_weights(w, fisher.numpy())
 
 
 def run_seed_quantization(
-    model_ref: str, sens_dir: str | Path, quant: QuantizationConfig, out_dir: str | Path, progress: bool = True
+    model_ref: str, sens_dir: str | Path, quant: QuantizationConfig, out_dir: str | Path, progress: bool = True,
+    layers: list[int] | None = None,
 ) -> Path:
-    """Seed codes per layer: {"<m>.codes": uint8[N, K], "<m>.lut": f32[N, 2**seed]}; resumable."""
+    """Seed codes per layer: {"<m>.codes": uint8[N, K], "<m>.lut": f32[N, 2**seed]}; resumable.
+
+    layers: only these decoder layers (one task of a flow mapped over layers); default all."""
     from anyprec.clustering import ClusterMethod, quantize_seed
     from anyprec.sensitivity import load_sensitivity
 
     sens_dir = Path(sens_dir)
     key = _key(_sensitivity_key(sens_dir), "seed", str(quant.seed_bits), quant.method)
 
-    def work(index: int, names: list[str], model: Any) -> dict[str, torch.Tensor]:
+    def work(index: int, names: list[str], weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         fisher = load_sensitivity(sens_dir, names)
         out: dict[str, torch.Tensor] = {}
         for name in names:
-            w, imp = _weights_and_importance(model, name, fisher[name])
+            w, imp = _importance(weights.pop(name), fisher.pop(name))
             codes, lut = quantize_seed(w, imp, quant.seed_bits, ClusterMethod(quant.method))
             out[f"{name}.codes"] = torch.from_numpy(np.ascontiguousarray(codes))
             out[f"{name}.lut"] = torch.from_numpy(np.ascontiguousarray(lut, dtype=np.float32))
         return out
 
-    return _per_layer(model_ref, Path(out_dir), key, work, f"seed {quant.seed_bits}-bit", progress)
+    return _per_layer(model_ref, Path(out_dir), key, work, f"seed {quant.seed_bits}-bit", progress, layers)
 
 
 def run_upscaling(
@@ -212,15 +227,19 @@ def run_upscaling(
     quant: QuantizationConfig,
     out_dir: str | Path,
     progress: bool = True,
+    layers: list[int] | None = None,
 ) -> Path:
-    """Nested parent codes + one LUT per bit-width, per layer; writes objective.json at the end."""
+    """Nested parent codes + one LUT per bit-width, per layer; writes objective.json at the end.
+
+    layers: only these decoder layers, and no objective (one task of a flow mapped over layers;
+    the stage's own run then finds them done and writes the objective)."""
     from anyprec.clustering import ClusterMethod, upscale
     from anyprec.sensitivity import load_sensitivity
 
     sens_dir, seed_dir, out_dir = Path(sens_dir), Path(seed_dir), Path(out_dir)
     key = _key(_sensitivity_key(sens_dir), "nested", str(quant.seed_bits), str(quant.parent_bits), quant.method)
 
-    def work(index: int, names: list[str], model: Any) -> dict[str, torch.Tensor]:
+    def work(index: int, names: list[str], weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         seed_file = seed_dir / LAYER_FILE.format(index)
         if not seed_file.is_file():
             raise FileNotFoundError(f"{seed_file} is missing: run the seed quantization stage first")
@@ -228,7 +247,7 @@ def run_upscaling(
         fisher = load_sensitivity(sens_dir, names)
         out: dict[str, torch.Tensor] = {}
         for name in names:
-            w, imp = _weights_and_importance(model, name, fisher[name])
+            w, imp = _importance(weights.pop(name), fisher.pop(name))
             codes, luts = upscale(
                 w, imp, seed[f"{name}.codes"].numpy(), seed[f"{name}.lut"].numpy(),
                 quant.seed_bits, quant.parent_bits, ClusterMethod(quant.method),
@@ -238,7 +257,9 @@ def run_upscaling(
                 out[f"{name}.lut{b}"] = torch.from_numpy(np.ascontiguousarray(lut, dtype=np.float32))
         return out
 
-    _per_layer(model_ref, out_dir, key, work, f"upscale {quant.seed_bits}->{quant.parent_bits}", progress)
+    _per_layer(model_ref, out_dir, key, work, f"upscale {quant.seed_bits}->{quant.parent_bits}", progress, layers)
+    if layers is not None:
+        return out_dir
     per_module = module_objectives(model_ref, sens_dir, out_dir, quant)
     write_json_atomic(out_dir / MODULE_OBJECTIVE_FILE, per_module)
     write_json_atomic(out_dir / OBJECTIVE_FILE, objective_totals(per_module))
@@ -262,18 +283,21 @@ def objective_totals(per_module: dict[str, dict[str, float]]) -> dict[str, float
 def module_objectives(
     model_ref: str, sens_dir: Path, nested_dir: Path, quant: QuantizationConfig
 ) -> dict[str, dict[str, float]]:
-    """Weighted objective sum_j f_j (w_j - c_j)^2 of every quantized module: {module: {bits: value}}."""
+    """Weighted objective sum_j f_j (w_j - c_j)^2 of every quantized module: {module: {bits: value}}.
+
+    Reads one decoder layer's weights, Fisher and codes at a time."""
     from anyprec.clustering import weighted_objective
-    from anyprec.models import load_model
+    from anyprec.layer_weights import ModelWeights
     from anyprec.sensitivity import load_sensitivity
 
-    model, _ = load_model(model_ref)
+    source = ModelWeights(model_ref)
     table: dict[str, dict[str, float]] = {}
-    for index, names in enumerate(archs.layer_groups(model)):
+    for index, names in enumerate(source.groups):
         layer = load_file(str(nested_dir / LAYER_FILE.format(index)))
         fisher = load_sensitivity(sens_dir, names)
+        weights = source.weights(names)
         for name in names:
-            w, imp = _weights_and_importance(model, name, fisher[name])
+            w, imp = _importance(weights.pop(name), fisher.pop(name))
             parent = layer[f"{name}.codes"].numpy()
             table[name] = {}
             for b in quant.bit_widths:
@@ -282,38 +306,45 @@ def module_objectives(
     return table
 
 
+def _packed_layer(layer: dict[str, torch.Tensor], names: list[str], quant: QuantizationConfig,
+                  source: Any) -> dict[str, Any]:
+    """{module: QuantizedModule} of one decoder layer from its nested codes + LUTs (upscaling output)."""
+    from anyprec.kernels import pack_bitplanes
+    from anyprec.packed import QuantizedModule
+
+    out = {}
+    for name in names:
+        codes = layer.pop(f"{name}.codes")
+        out[name] = QuantizedModule(planes=pack_bitplanes(codes, quant.parent_bits),
+                                    luts={b: layer[f"{name}.lut{b}"] for b in quant.bit_widths},
+                                    in_features=int(codes.shape[1]), conv1d=source.conv1d(name))
+    return out
+
+
 def run_packing(
     model_ref: str, nested_dir: str | Path, quant: QuantizationConfig, out_dir: str | Path, inputs: dict[str, Any]
 ) -> Path:
-    """Pack nested codes into bitplanes + LUTs and write the artifact (anyprec.packed)."""
-    from anyprec.kernels import pack_bitplanes
-    from anyprec.models import load_model
-    from anyprec.packed import QuantizedModule, save_packed
+    """Pack nested codes into bitplanes + LUTs and write the artifact (anyprec.packed, format 2):
+    one shard per decoder layer, written as it is packed, so one layer's codes are in memory."""
+    from anyprec.layer_weights import ModelWeights
+    from anyprec.packed import PackedWriter
 
     nested_dir = Path(nested_dir)
-    model, tokenizer = load_model(model_ref)
-    modules: dict[str, QuantizedModule] = {}
-    for index, names in enumerate(tqdm(archs.layer_groups(model), desc="pack", unit="layer")):
-        layer_file = nested_dir / LAYER_FILE.format(index)
-        if not layer_file.is_file():
-            raise FileNotFoundError(f"{layer_file} is missing: run the upscaling stage first")
-        layer = load_file(str(layer_file))
-        for name in names:
-            module = model.get_submodule(name)
-            modules[name] = QuantizedModule(
-                planes=pack_bitplanes(layer[f"{name}.codes"], quant.parent_bits),
-                luts={b: layer[f"{name}.lut{b}"] for b in quant.bit_widths},
-                in_features=int(layer[f"{name}.codes"].shape[1]),
-                conv1d=archs.is_conv1d(module),
-            )
-    objective_path = nested_dir / OBJECTIVE_FILE
-    extra = {"objective": _read_json(objective_path)} if objective_path.is_file() else {}
-    extra["method"] = quant.method
-    # The per-module table lets fractional precisions be planned from the artifact alone.
-    per_module_path = nested_dir / MODULE_OBJECTIVE_FILE
-    json_files = {MODULE_OBJECTIVE_FILE: _read_json(per_module_path)} if per_module_path.is_file() else {}
-    return save_packed(out_dir, model, tokenizer, modules, quant.seed_bits, quant.parent_bits, inputs, extra,
-                       json_files=json_files)
+    source = ModelWeights(model_ref)
+    with PackedWriter(out_dir, len(source.groups), quant.seed_bits, quant.parent_bits) as writer:
+        for index, names in enumerate(tqdm(source.groups, desc="pack", unit="layer")):
+            layer_file = nested_dir / LAYER_FILE.format(index)
+            if not layer_file.is_file():
+                raise FileNotFoundError(f"{layer_file} is missing: run the upscaling stage first")
+            writer.add_layer(_packed_layer(load_file(str(layer_file)), names, quant, source))
+        objective_path = nested_dir / OBJECTIVE_FILE
+        extra = {"objective": _read_json(objective_path)} if objective_path.is_file() else {}
+        extra["method"] = quant.method
+        # The per-module table lets fractional precisions be planned from the artifact alone.
+        per_module_path = nested_dir / MODULE_OBJECTIVE_FILE
+        json_files = {MODULE_OBJECTIVE_FILE: _read_json(per_module_path)} if per_module_path.is_file() else {}
+        return writer.finish(source.meta.config, source.generation_config(), source.tokenizer(),
+                             source.dense_state(), inputs, extra, json_files)
 
 
 def check_out_dir(out_dir: Path, model_dir: Path, force: bool = False) -> None:

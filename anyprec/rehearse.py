@@ -29,6 +29,7 @@ from typing import Any
 
 GIB = 2**30
 STAGES = ("calibration", "sensitivity", "seed", "upscaling", "packing")
+MAPPED = ("seed", "upscaling")  # the flow maps these over decoder layers (task runs on the workers)
 
 
 class RssSampler:
@@ -181,7 +182,7 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def extrapolate(runs: list[dict[str, Any]], target: int) -> dict[str, Any]:
+def extrapolate(runs: list[dict[str, Any]], target: int, machines: Sequence[int] = (1, 2, 4, 8)) -> dict[str, Any]:
     """Straight line through the two largest runs: peak RSS, seconds, per stage, at `target` layers."""
     small, large = sorted(runs, key=lambda r: r["layers"])[-2:]
     span = large["layers"] - small["layers"]
@@ -197,7 +198,19 @@ def extrapolate(runs: list[dict[str, Any]], target: int) -> dict[str, Any]:
         slope, value = line(small["stages"][name]["seconds"], large["stages"][name]["seconds"])
         out["stages"][name] = {"seconds_per_added_layer": round(slope, 1), "seconds": round(value, 1)}
     out["seconds_total"] = round(sum(s["seconds"] for s in out["stages"].values()), 1)
+    out["seconds_on_machines"] = {str(n): round(machines_estimate(out, n), 1) for n in machines}
     return out
+
+
+def machines_estimate(ext: dict[str, Any], machines: int) -> float:
+    """Seconds at ext's depth on `machines` such machines (Dask, one worker each): the clustering
+    stages (seed, upscaling) are mapped over layers, so each machine takes ceil(layers / machines)
+    of them; calibration, sensitivity and packing stay on one. The objective pass (inside
+    upscaling here) runs in the flow's process, so this is an optimistic bound."""
+    layers = ext["target_layers"]
+    per_layer = sum(ext["stages"][name]["seconds"] for name in MAPPED) / layers
+    serial = sum(v["seconds"] for name, v in ext["stages"].items() if name not in MAPPED)
+    return serial + per_layer * -(-layers // machines)
 
 
 def _child(args: argparse.Namespace, layers: int, json_path: Path) -> dict[str, Any]:
@@ -231,6 +244,8 @@ def run_rehearsal(args: argparse.Namespace) -> int:
         print(f"extrapolated to {ext['target_layers']} layers from {ext['from_layers']}: peak RSS "
               f"{ext['peak_rss_gib']:.1f} GiB (+{ext['peak_rss_gib_per_layer']:.2f} GiB/layer), "
               f"{ext['seconds_total'] / 3600:.1f} h")
+        print("  on N such machines (Dask, clustering mapped over layers): "
+              + ", ".join(f"N={n}: {sec / 3600:.1f} h" for n, sec in ext["seconds_on_machines"].items()))
     if args.json:
         write_json_atomic(args.json, result)
         print(f"wrote {args.json}")

@@ -57,6 +57,9 @@ class StageSpec:
     code: tuple[str, ...] = ()
     version: str = "1"
     resumable: bool = False  # per-layer files are kept across re-runs so a killed run resumes
+    # One decoder layer's share of `run` (a flow maps it over layers as separate task runs; `run`
+    # then finds those layers done and only finishes the stage).
+    layer: Callable[[StageRun, int], None] | None = field(default=None, compare=False)
     digest: Callable[[Path], str] | None = field(default=None, compare=False)
 
     @property
@@ -85,6 +88,19 @@ def _seed(r: StageRun) -> Path:
     from anyprec.quantize import run_seed_quantization
 
     return run_seed_quantization(r.base.path, r.inputs[SENSITIVITY], r.settings["quantization"], r.out, r.progress)
+
+
+def _seed_layer(r: StageRun, index: int) -> None:
+    from anyprec.quantize import run_seed_quantization
+
+    run_seed_quantization(r.base.path, r.inputs[SENSITIVITY], r.settings["quantization"], r.out, False, [index])
+
+
+def _nested_layer(r: StageRun, index: int) -> None:
+    from anyprec.quantize import run_upscaling
+
+    run_upscaling(r.base.path, r.inputs[SENSITIVITY], r.inputs[SEED], r.settings["quantization"], r.out, False,
+                  [index])
 
 
 def _nested(r: StageRun) -> Path:
@@ -125,12 +141,19 @@ STAGES: list[StageSpec] = [
     StageSpec(SENSITIVITY, _sensitivity, inputs=(CALIB,), params=("quantization.sensitivity",),
               code=("anyprec/sensitivity.py", "anyprec/streamed_sensitivity.py"), resumable=True),
     StageSpec(SEED, _seed, inputs=(SENSITIVITY,), params=("quantization.seed_bits", "quantization.method"),
-              code=("anyprec/clustering.py",), resumable=True),
+              code=("anyprec/clustering.py",), resumable=True, layer=_seed_layer),
     StageSpec(NESTED, _nested, inputs=(SENSITIVITY, SEED), params=("quantization",),
-              code=("anyprec/clustering.py",), resumable=True),
+              code=("anyprec/clustering.py",), resumable=True, layer=_nested_layer),
     StageSpec(PACKED, _packed, inputs=(CALIB, NESTED), params=("calibration", "quantization"),
               code=("anyprec/packed.py", "kernels/bitplanes.py"), digest=artifact_digest),
 ]
+
+
+def layer_count(model_dir: str | Path) -> int:
+    """Number of decoder layers of the model in `model_dir` (from a meta-device model: no weights read)."""
+    from anyprec.layer_weights import ModelWeights
+
+    return len(ModelWeights(model_dir).groups)
 
 
 def stage(name: str) -> StageSpec:

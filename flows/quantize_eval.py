@@ -1,6 +1,7 @@
 """The `quantize-eval` flow: one base model through every stage, tracked in MLflow.
 
-    resolve -> calib -> sensitivity -> seed -> nested -> packed   (anyprec.stages.STAGES)
+    resolve -> calib -> sensitivity -> seed -> nested -> packed   (anyprec.stages.STAGES;
+               seed and nested mapped over decoder layers as separate task runs)
             -> ppl -> eval -> bench                            (anyprec.tasks.pipeline.EVAL_STAGES)
             -> MLflow parent + child runs -> registry -> dashboard -> Prefect summary
             -> dvc commit (opt-in: pipeline.dvc_commit)
@@ -15,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, unmapped
 from prefect.runtime import flow_run
 from pydantic import BaseModel
 
@@ -26,8 +27,8 @@ from anyprec.tasks.caching import BaseModelInfo, StageOutput
 from anyprec.tasks.layout import Layout, require_model
 from anyprec.tasks.pipeline import EVAL_STAGES, sections
 from anyprec.tasks.publish import publish
-from anyprec.tasks.quantize import resolve_base_model, stage_task
-from anyprec.tasks.runner import run_stage
+from anyprec.tasks.quantize import LayerRun, layer_task, resolve_base_model, stage_task
+from anyprec.tasks.runner import is_fresh, run_stage
 
 FLOW_NAME = "quantize-eval"
 
@@ -46,16 +47,37 @@ class PipelineSummary(BaseModel):
     reports: dict[str, dict[str, Any]]
 
 
-def quantize_stages(layout: Layout, base: BaseModelInfo) -> dict[str, StageOutput]:
-    """Every stage of anyprec.stages.STAGES, in order; {stage name: output}."""
+def quantize_stages(layout: Layout, base: BaseModelInfo,
+                    layer_runs: list[LayerRun] | None = None) -> dict[str, StageOutput]:
+    """Every stage of anyprec.stages.STAGES, in order; {stage name: output}.
+
+    A per-layer stage (seed, nested) not yet current is first mapped over the decoder layers as
+    separate task runs (on the task runner's workers); its own task then only finishes it.
+    Each layer's LayerRun is appended to `layer_runs` when given."""
     done: dict[str, StageOutput] = {}
     for spec in stages.STAGES:
-        done[spec.name] = run_stage(
-            stage_task(spec), layout, layout.stage_path(base.name, spec.name), base=base,
-            upstream={name: done[name] for name in spec.inputs},
-            settings=stages.settings_for(spec, sections(layout.params)),
-        )
+        out = layout.stage_path(base.name, spec.name)
+        inputs = {"base": base, "upstream": {name: done[name] for name in spec.inputs},
+                  "settings": stages.settings_for(spec, sections(layout.params))}
+        if spec.layer is not None and not is_fresh(stage_task(spec), layout, out, **inputs):
+            runs = map_layers(spec, out, **inputs)
+            if layer_runs is not None:
+                layer_runs.extend(runs)
+        done[spec.name] = run_stage(stage_task(spec), layout, out, **inputs)
     return done
+
+
+def map_layers(spec: stages.StageSpec, out: Path, base: BaseModelInfo, upstream: dict[str, StageOutput],
+               settings: dict[str, BaseModel]) -> list[LayerRun]:
+    """Submit one task run per decoder layer of `spec` and wait for all of them."""
+    count = stages.layer_count(base.location)
+    futures = layer_task(spec).map(base=unmapped(base), upstream=unmapped(upstream), settings=unmapped(settings),
+                                   out=unmapped(str(out)), layer=list(range(count)))
+    runs = [future.result() for future in futures]
+    workers = sorted({(run.host, run.pid) for run in runs})
+    get_run_logger().info("%s: %d layers ran as separate tasks on %d worker process(es), %.1f s of work",
+                          spec.name, count, len(workers), sum(run.seconds for run in runs))
+    return runs
 
 
 def evaluation_stages(layout: Layout, base: BaseModelInfo, packed: StageOutput) -> dict[str, dict[str, Any]]:

@@ -2,7 +2,8 @@
 
 - thread (default): Prefect's ThreadPoolTaskRunner in the flow process.
 - dask: prefect-dask's DaskTaskRunner; `task_runner_address` names an existing scheduler
-  (e.g. tcp://10.0.0.5:8786), else a local cluster is started.
+  (e.g. tcp://10.0.0.5:8786), else a local cluster of `task_runner_workers` processes (one
+  thread each) is started.
 - ray: prefect-ray's RayTaskRunner; `task_runner_address` is the Ray address (ray://...).
 Dask and Ray are optional extras (see docs/OPERATIONS.md); nothing here schedules by itself.
 """
@@ -27,7 +28,11 @@ def make_task_runner(pipeline: PipelineConfig) -> Any:
         if kind == "dask":
             from prefect_dask import DaskTaskRunner
 
-            return DaskTaskRunner(address=address) if address else DaskTaskRunner()
+            if address:
+                return DaskTaskRunner(address=address)
+            workers = pipeline.task_runner_workers
+            local = {"n_workers": workers, "threads_per_worker": 1, "processes": True} if workers else {}
+            return DaskTaskRunner(cluster_kwargs=local)
         from prefect_ray import RayTaskRunner
 
         return RayTaskRunner(address=address) if address else RayTaskRunner()

@@ -9,10 +9,14 @@ nothing here deletes.
 
 from __future__ import annotations
 
+import os
+import socket
+import time
 from functools import lru_cache
 from pathlib import Path
 
 from prefect import Task, task
+from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
 from anyprec.stages import StageRun, StageSpec
@@ -51,3 +55,33 @@ def stage_task(spec: StageSpec) -> Task:
 
     run.__doc__ = f"Stage {spec.name!r} of anyprec.stages.STAGES."
     return task(name=spec.name, **{**CACHED, "version": spec.version})(run)
+
+
+class LayerRun(BaseModel):
+    """Where and how long one decoder layer's share of a stage ran (a mapped task run)."""
+
+    stage: str
+    layer: int
+    host: str
+    pid: int
+    seconds: float
+
+
+@lru_cache(maxsize=None)
+def layer_task(spec: StageSpec) -> Task:
+    """The Prefect task doing one decoder layer of a per-layer stage (`spec.layer`); the flow maps it
+    over layers, so a Dask or Ray task runner spreads the layers over its workers. Not cached: the
+    layer files resume themselves (written atomically, skipped when done for the same inputs)."""
+    if spec.layer is None:
+        raise ValueError(f"stage {spec.name!r} has no per-layer work")
+
+    def run(base: BaseModelInfo, upstream: dict[str, StageOutput], settings: dict[str, BaseModel], out: str,
+            layer: int) -> LayerRun:
+        start = time.perf_counter()
+        spec.layer(StageRun(base.ref(), settings, {n: Path(o.path) for n, o in upstream.items()}, Path(out), False),
+                   layer)
+        return LayerRun(stage=spec.name, layer=layer, host=socket.gethostname(), pid=os.getpid(),
+                        seconds=round(time.perf_counter() - start, 3))
+
+    run.__doc__ = f"One decoder layer of stage {spec.name!r}."
+    return task(name=f"{spec.name}-layer", cache_policy=NO_CACHE)(run)

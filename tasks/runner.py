@@ -28,6 +28,11 @@ def _rebind(result: R, out: Path) -> R:
     return result
 
 
+def is_fresh(task: Task, layout: Layout, out: Path, **params: Any) -> bool:
+    """Whether `out` already holds `task`'s result for these inputs (run_stage will not recompute)."""
+    return is_current(layout.results_dir, out, stage_key(task.name, task.version, params))
+
+
 def run_stage(task: Task[..., R], layout: Layout, out: Path, **params: Any) -> R:
     """Call a stage task writing to `out` (cached on its inputs' content) and stamp the output."""
     bound, key = _prepared(task, layout, out, params)

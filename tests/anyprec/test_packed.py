@@ -14,11 +14,11 @@ from anyprec.kernels import dequantize, unpack_bitplanes
 from anyprec.packed import (
     DENSE_FILE,
     MANIFEST,
-    QUANTIZED_FILE,
     ArtifactError,
     artifact_sizes,
     load_packed_tensors,
     read_manifest,
+    shard_name,
 )
 from anyprec.quantize import LAYER_FILE
 
@@ -68,8 +68,9 @@ def test_sizes_split_codes_luts_dense(tiny_artifact):
 
 def test_truncated_file_is_refused(tiny_artifact, tmp_path):
     art = _copy(tiny_artifact, tmp_path)
-    data = (art / QUANTIZED_FILE).read_bytes()
-    (art / QUANTIZED_FILE).write_bytes(data[: len(data) // 2])
+    shard = art / shard_name(1, 2)
+    data = shard.read_bytes()
+    shard.write_bytes(data[: len(data) // 2])
     with pytest.raises(ArtifactError, match="truncated"):
         load_packed_tensors(art)
 

@@ -54,3 +54,12 @@ def test_extrapolation_is_the_line_through_the_two_deepest_runs():
     assert ext["peak_rss_gib"] == pytest.approx(3.0 + 28 * 0.5)
     assert ext["stages"]["seed"]["seconds"] == pytest.approx(321.0)
     assert ext["seconds_total"] == pytest.approx(321.0 * len(STAGES))
+
+
+def test_machines_estimate_splits_only_the_mapped_clustering_stages():
+    ext = extrapolate([_run(2, 2.0, 10.0), _run(4, 3.0, 10.0)], target=32, machines=(1, 4, 5))
+    per_stage = 321.0  # 10 s per layer x 32 + 1 s
+    serial = per_stage * (len(STAGES) - 2)
+    assert ext["seconds_on_machines"]["1"] == pytest.approx(ext["seconds_total"])
+    assert ext["seconds_on_machines"]["4"] == pytest.approx(serial + 2 * per_stage / 32 * 8, abs=0.1)
+    assert ext["seconds_on_machines"]["5"] == pytest.approx(serial + 2 * per_stage / 32 * 7, abs=0.1)  # ceil(32 / 5)

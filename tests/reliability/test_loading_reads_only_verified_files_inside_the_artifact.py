@@ -17,11 +17,13 @@ import pytest
 
 from anyprec.cli import main
 from anyprec.fileio import sha256_file
-from anyprec.manifest import DENSE_FILE, MANIFEST, QUANTIZED_FILE, ArtifactError
+from anyprec.manifest import DENSE_FILE, MANIFEST, ArtifactError, shard_name
 from anyprec.packed import load_packed_tensors
 from anyprec.runtime import load_anyprec
 
 from .conftest import assert_short_error
+
+SHARD = shard_name(0, 2)  # the tiny model's first decoder layer
 
 
 def _edit_manifest(artifact: Path, edit) -> None:
@@ -54,10 +56,10 @@ def test_deleting_a_files_entry_does_not_switch_off_its_hash_check(artifact_copy
 
 
 def test_a_missing_entry_for_a_required_file_is_an_error(artifact_copy, capsys):
-    _edit_manifest(artifact_copy, lambda m: m["files"].pop(QUANTIZED_FILE))
-    (artifact_copy / QUANTIZED_FILE).unlink()
+    _edit_manifest(artifact_copy, lambda m: m["files"].pop(SHARD))
+    (artifact_copy / SHARD).unlink()
     assert main(["info", str(artifact_copy)]) == 2
-    assert_short_error(capsys.readouterr().err, "required file", QUANTIZED_FILE)
+    assert_short_error(capsys.readouterr().err, "listed in files", SHARD)
 
 
 @pytest.mark.parametrize("name", ["../../../../etc/passwd", "/etc/passwd", "sub/config.json", ".."])
@@ -137,11 +139,11 @@ def test_tensor_shapes_must_match_the_manifests_modules(artifact_copy, capsys):
 def test_info_verify_checks_every_hash_and_info_says_whether_it_did(artifact_copy, capsys):
     assert main(["info", str(artifact_copy), "--verify"]) == 0
     assert "verified: every file's size and sha256 match" in capsys.readouterr().out
-    _flip_last_byte(artifact_copy / QUANTIZED_FILE)
+    _flip_last_byte(artifact_copy / SHARD)
     assert main(["info", str(artifact_copy)]) == 0
     assert "add --verify to check every file's sha256" in capsys.readouterr().out
     assert main(["info", str(artifact_copy), "--verify"]) == 2
-    assert_short_error(capsys.readouterr().err, QUANTIZED_FILE, "sha256")
+    assert_short_error(capsys.readouterr().err, SHARD, "sha256")
 
 
 def test_info_catches_a_truncated_file_without_verify(artifact_copy, capsys):
