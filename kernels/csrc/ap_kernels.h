@@ -46,6 +46,20 @@ typedef struct {
     int64_t ystride;
 } ap_half_gemv_args;
 
+typedef struct {
+    const int8_t *w;         /* int8 [n_rows, k], row-contiguous (per-row symmetric) */
+    const float *scale;      /* float32 [n_rows]: W[n, k] ~= scale[n] * w[n, k] */
+    int64_t n_rows, k;
+    const float *x;          /* [T, xstride] fp32 activations */
+    int64_t xstride;
+    const int8_t *x8;        /* NULL: fp32 activations; else int8 [T, x8stride] (ap_quantize_acts_int8) */
+    const float *sx;         /* [T] activation scales when x8 is set */
+    int64_t x8stride;
+    int tokens;              /* 1..AP_MAX_TOKENS */
+    float *y;                /* [T, ystride] */
+    int64_t ystride;
+} ap_int8_gemv_args;
+
 /* Row-range workers: each computes rows [row0, row1). */
 typedef void (*ap_gemv_fn)(const ap_gemv_args *a, int64_t row0, int64_t row1);
 
@@ -73,6 +87,10 @@ void ap_dequant_rows_avx512(const ap_dequant_args *a, int64_t row0, int64_t row1
 void ap_half_gemv_rows_portable(const ap_half_gemv_args *a, int64_t row0, int64_t row1);
 void ap_half_gemv_rows_avx2(const ap_half_gemv_args *a, int64_t row0, int64_t row1);
 void ap_half_gemv_rows_avx512(const ap_half_gemv_args *a, int64_t row0, int64_t row1);
+
+void ap_quantize_acts_int8(const ap_int8_gemv_args *a, int8_t *x8, float *sx, int64_t kpad);
+void ap_int8_gemv_rows_portable(const ap_int8_gemv_args *a, int64_t row0, int64_t row1);
+void ap_int8_gemv_rows_avx2(const ap_int8_gemv_args *a, int64_t row0, int64_t row1);
 
 void ap_prepare_x_avx512(const float *src, float *dst, int64_t K, int64_t kpad, const int64_t cols[AP_CHUNK]);
 void ap_gemv_rows_avx512_vbmi(const ap_gemv_args *a, int64_t row0, int64_t row1);
