@@ -79,6 +79,7 @@ static inline void ap_gemv_token_groups(const ap_gemv_args *a, int64_t row0, int
 
 void ap_gemv_rows_portable(const ap_gemv_args *a, int64_t row0, int64_t row1);
 void ap_gemv_rows_avx2(const ap_gemv_args *a, int64_t row0, int64_t row1);
+int ap_avx2_x_order(const ap_gemv_args *a);  /* AP_X_PERM4_32, or AP_X_NATURAL (5..8 bits, fp16 LUT) */
 void ap_gemv_rows_avx512(const ap_gemv_args *a, int64_t row0, int64_t row1);
 void ap_dequant_rows_portable(const ap_dequant_args *a, int64_t row0, int64_t row1, int64_t out_row0);
 void ap_dequant_rows_avx2(const ap_dequant_args *a, int64_t row0, int64_t row1, int64_t out_row0);
@@ -100,7 +101,8 @@ enum { AP_X_NATURAL = 0, AP_X_PERM4 = 1, AP_X_PERM16 = 2, AP_X_PERM4_32 = 3 };
 /* PERM4 (AVX-512, bits <= 5): position 16j + i holds column 4i + j.
  * PERM16 (AVX-512 VBMI, bits >= 6, fp16 lut): position 16j + i holds column
  * 16 * (2 * (j % 2) + i / 8) + 8 * (j / 2) + i % 8.
- * PERM4_32 (AVX2): in each 32-column half h, position 32h + 8j + i holds column 32h + 4i + j. */
+ * PERM4_32 (AVX2, bits <= 4 or an fp32 LUT): in each 32-column half h, position 32h + 8j + i
+ * holds column 32h + 4i + j. */
 
 uint64_t ap_xor_words(const uint64_t *data, int64_t n_words);
 float ap_half_to_float(uint16_t h);

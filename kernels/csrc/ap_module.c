@@ -24,6 +24,7 @@ static int has_vbmi(void) { return 0; }
 #define ap_gemv_rows_avx512_vbmi ap_gemv_rows_portable
 #define ap_gemv_rows_avx512 ap_gemv_rows_portable
 #define ap_gemv_rows_avx2 ap_gemv_rows_portable
+#define ap_avx2_x_order(a) AP_X_NATURAL
 #define ap_dequant_rows_avx512 ap_dequant_rows_portable
 #define ap_dequant_rows_avx2 ap_dequant_rows_portable
 #define ap_prepare_x_avx512(src, dst, K, kpad, cols) ((void)0)
@@ -106,12 +107,17 @@ static int pick_gemv_kernel(const ap_gemv_args *a) {
     return isa == ISA_AVX2 ? K_AVX2 : K_PORTABLE;
 }
 
+/* Column order in which `kernel` reads x for a call like `a` (ap_kernels.h). */
+static int x_order(int kernel, const ap_gemv_args *a) {
+    if (kernel == K_VBMI) return AP_X_PERM16;
+    if (kernel == K_AVX512 && a->bits <= 5) return AP_X_PERM4;
+    if (kernel == K_AVX2) return ap_avx2_x_order(a);
+    return AP_X_NATURAL;
+}
+
 static int run_gemv(ap_gemv_args *a, const float *x, int64_t xstride, int nthreads) {
     const int kernel = pick_gemv_kernel(a);
-    const int order = kernel == K_VBMI                         ? AP_X_PERM16
-                      : (kernel == K_AVX512 && a->bits <= 5) ? AP_X_PERM4
-                      : kernel == K_AVX2                     ? AP_X_PERM4_32
-                                                             : AP_X_NATURAL;
+    const int order = x_order(kernel, a);
     int64_t kpad = 0;
     float *buf = prepare_x(x, a->tokens, xstride, a->in_features, a->words, order, &kpad);
     if (!buf) return -1;
@@ -148,10 +154,7 @@ static int run_gemv_groups(ap_gemv_args *groups, int n_groups, int nthreads) {
     for (int g = 0; g < n_groups; g++) {
         ap_gemv_args *a = &groups[g];
         kernels[g] = pick_gemv_kernel(a);
-        const int order = kernels[g] == K_VBMI                          ? AP_X_PERM16
-                          : (kernels[g] == K_AVX512 && a->bits <= 5) ? AP_X_PERM4
-                          : kernels[g] == K_AVX2                     ? AP_X_PERM4_32
-                                                                     : AP_X_NATURAL;
+        const int order = x_order(kernels[g], a);
         int64_t kpad = 0;
         bufs[g] = prepare_x(a->x, a->tokens, a->xstride, a->in_features, a->words, order, &kpad);
         failed |= !bufs[g];
