@@ -15,7 +15,7 @@ from anyprec.kernels import cpu
 HEAD_MODES = ("fp16", "int8w", "int8")  # index = the C enum AP_HEAD_* (ap_engine.h)
 # fp16: the stored head, exact. int8w: int8 weights x fp32 activations.
 # int8: int8 weights x int8 activations (per token, symmetric), int32 sums.
-DEFAULT_HEAD = "fp16"
+DEFAULT_HEAD = "int8w"  # chosen by `anyprec bench head`: +0.02..0.26% perplexity, half the head bytes (docs/ENGINE.md)
 
 
 def quantize_head_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
