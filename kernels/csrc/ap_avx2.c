@@ -7,9 +7,10 @@
  * <= 3 bits one `vpermps` per 8 columns, 4 bits two `vpermps` picked by the code's top bit.
  * 5..8 bits with an fp16 LUT (the artifact's): the LUT is split into 16-entry tables of low
  * and high bytes; `vpshufb` looks the code's low nibble up in each (32 columns at once) and
- * a `vpblendvb` tree on the code's upper bits picks the table, then the fp16 bytes are
- * re-paired and widened exactly (x in natural order). Gathers cost ~16 cycles per 8 columns
- * on this family of CPUs, 3x the nibble path at 5 bits; 8 bits and fp32 LUTs still use them.
+ * the table is picked by the code's upper bits (a `vpblendvb` tree at 5 bits, an equality
+ * blend per table at 6..8), then the fp16 bytes are re-paired and widened exactly (x in
+ * natural order). Gathers cost ~16 cycles per 8 columns on this family of CPUs (3x the
+ * nibble path at 5 bits, 1.4x at 8); fp32 LUTs still use them.
  */
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -55,10 +56,31 @@ INLINE void nibble_tables(const uint16_t *lut, int bits, __m256i *tabs) {
     }
 }
 
+/* fp16 low / high bytes of 32 columns -> fp32, columns 8q..8q+7 in w[q] (exact). */
+INLINE void nibble_widen(__m256i lob, __m256i hib, __m256 w[4]) {
+    const __m256i a = _mm256_unpacklo_epi8(lob, hib), b = _mm256_unpackhi_epi8(lob, hib);
+    w[0] = _mm256_cvtph_ps(_mm256_castsi256_si128(a));       /* columns 0-7 */
+    w[1] = _mm256_cvtph_ps(_mm256_castsi256_si128(b));       /* 8-15 */
+    w[2] = _mm256_cvtph_ps(_mm256_extracti128_si256(a, 1));  /* 16-23 */
+    w[3] = _mm256_cvtph_ps(_mm256_extracti128_si256(b, 1));  /* 24-31 */
+}
+
+#define STREAM_BITS 6 /* measured: the tree wins at 5 bits (240 vs 260 us), equality at 6..8 */
 /* fp32 centroids of 32 byte codes, columns 8q..8q+7 in w[q]. */
 INLINE void nibble_lookup32(__m256i codes, const __m256i *tabs, int bits, __m256 w[4]) {
     const __m256i lo = _mm256_and_si256(codes, _mm256_set1_epi8(0x0f));
-    __m256i lob[1 << (AP_MAX_BITS - 4)], hib[1 << (AP_MAX_BITS - 4)];  /* candidates, halved per tree level */
+    if (bits >= STREAM_BITS) {  /* select by equality, streaming (a tree keeps many vectors live) */
+        const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(codes, 4), _mm256_set1_epi8(0x0f));
+        __m256i rl = _mm256_setzero_si256(), rh = _mm256_setzero_si256();
+        for (int h = 0; h < 1 << (bits - 4); h++) {
+            const __m256i m = _mm256_cmpeq_epi8(hi, _mm256_set1_epi8((char)h));
+            rl = _mm256_blendv_epi8(rl, _mm256_shuffle_epi8(tabs[2 * h], lo), m);
+            rh = _mm256_blendv_epi8(rh, _mm256_shuffle_epi8(tabs[2 * h + 1], lo), m);
+        }
+        nibble_widen(rl, rh, w);
+        return;
+    }
+    __m256i lob[1 << (STREAM_BITS - 5)], hib[1 << (STREAM_BITS - 5)];  /* candidates, halved per tree level */
     int n = 1 << (bits - 4);
     for (int h = 0; h < n; h++) {
         lob[h] = _mm256_shuffle_epi8(tabs[2 * h], lo);
@@ -71,11 +93,7 @@ INLINE void nibble_lookup32(__m256i codes, const __m256i *tabs, int bits, __m256
             hib[h] = _mm256_blendv_epi8(hib[2 * h], hib[2 * h + 1], sel);
         }
     }
-    const __m256i a = _mm256_unpacklo_epi8(lob[0], hib[0]), b = _mm256_unpackhi_epi8(lob[0], hib[0]);
-    w[0] = _mm256_cvtph_ps(_mm256_castsi256_si128(a));       /* columns 0-7 */
-    w[1] = _mm256_cvtph_ps(_mm256_castsi256_si128(b));       /* 8-15 */
-    w[2] = _mm256_cvtph_ps(_mm256_extracti128_si256(a, 1));  /* 16-23 */
-    w[3] = _mm256_cvtph_ps(_mm256_extracti128_si256(b, 1));  /* 24-31 */
+    nibble_widen(lob[0], hib[0], w);
 }
 
 INLINE void avx2_rows_nibble(const ap_gemv_args *a, int64_t row0, int64_t row1, int bits, int T) {
@@ -146,9 +164,8 @@ INLINE void avx2_rows_impl(const ap_gemv_args *a, int64_t row0, int64_t row1, in
     }
 }
 
-/* The nibble path for 5..7 bits; at 8 bits its 16 tables and 16-way blend tree cost more
- * than the gathers (measured 1.3 ms vs 1.05 ms per 1536x576 mat-vec). */
-#define NIBBLE(B, a) ((B) >= 5 && (B) <= 7 && (a)->lut_f16)
+/* The nibble path: 5..8 bits with an fp16 LUT. */
+#define NIBBLE(B, a) ((B) >= 5 && (B) <= 8 && (a)->lut_f16)
 
 /* bits and token count (1..4) as constants, so accumulators stay in registers */
 #define AVX2_VARIANT(B, T)                                                          \
