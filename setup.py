@@ -17,6 +17,7 @@ SOURCES = [
     "kernels/csrc/ap_half.c",
     "kernels/csrc/ap_avx2.c",
     "kernels/csrc/ap_engine.c",
+    "kernels/csrc/ap_int8.c",
 ]
 
 setup(

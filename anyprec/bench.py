@@ -261,6 +261,9 @@ def _add_decode(sub: argparse._SubParsersAction) -> None:
                    choices=["Q3_K_M", "Q4_0", "Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0"])
     p.add_argument("--prefill-tokens", type=int, default=128, help="prompt length of the --vs prompt figures")
     p.add_argument("--gguf-dir", help="where the llama.cpp GGUFs are made (default: the anyprec cache)")
+    from anyprec.bench_engine import add_head_option
+
+    add_head_option(p)
     p.set_defaults(func=run_decode)
 
 

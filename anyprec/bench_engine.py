@@ -193,7 +193,7 @@ def _load(args, kinds: Sequence[str]):
     if args.threads:
         torch.set_num_threads(args.threads)
     apm = load_anyprec(args.dir, sorted(set(args.bits)))
-    return apm, {k: open_engine(apm, kind=k, max_batch=16) for k in kinds}
+    return apm, {k: open_engine(apm, kind=k, max_batch=16, head=args.head) for k in kinds}
 
 
 def _print_rows(title: str, rows: list[dict], unit: str) -> None:
@@ -298,8 +298,57 @@ def run_batch(args) -> int:
     return 0
 
 
+def run_head(args) -> int:
+    """`bench head`: perplexity on the held-out corpora with each output head mode, plus the
+    head's ms per decode token (T=1) per mode, to pick the engine's default head."""
+    from anyprec.bench import _write_json
+    from anyprec.calibration import heldout_split
+    from anyprec.engine.head import HEAD_MODES, head_logits, head_perplexity, quantize_head_int8
+    from anyprec.packed import read_manifest
+    from anyprec.perplexity import heldout_streams
+    from anyprec.runtime import load_anyprec
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    frac, seed = heldout_split(read_manifest(args.dir)["inputs"])
+    apm = load_anyprec(args.dir, sorted(set(args.bits)))
+    streams = heldout_streams(apm.tokenizer, args.corpora, frac, seed, args.max_tokens)
+    rows = []
+    for b in args.bits:
+        for corpus, ids in streams.items():
+            ppl = head_perplexity(apm, b, ids, args.window)
+            rows.append({"bits": b, "corpus": corpus, "tokens": int(ids.numel()), **{f"ppl_{m}": v for m, v in ppl.items()}})
+            print(f"{b} bits {corpus} ({ids.numel()} tokens): " + ", ".join(f"{m} {v:.4f}" for m, v in ppl.items()))
+    weight = apm.model.lm_head.weight_f16
+    q, scale = quantize_head_int8(weight)
+    x = torch.randn(1, weight.shape[1])
+    times = {m: [] for m in HEAD_MODES}
+    interleave({m: (lambda m=m: times[m].append(_timed(lambda: head_logits(x, m, weight, q, scale)))) for m in HEAD_MODES},
+               args.repeats)
+    head_ms = {m: _spread(t)["ms"] for m, t in times.items()}
+    print("head ms per decode token: " + ", ".join(f"{m} {v:.2f}" for m, v in head_ms.items()))
+    _write_json(args.json, {"dir": str(args.dir), "threads": torch.get_num_threads(), "rows": rows,
+                            "head_ms": head_ms})
+    return 0
+
+
+def _timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def add_head_option(p) -> None:
+    """--head: the native engine's output head (anyprec.engine.head)."""
+    from anyprec.engine.head import DEFAULT_HEAD, HEAD_MODES
+
+    p.add_argument("--head", choices=HEAD_MODES, default=DEFAULT_HEAD,
+                   help="native engine output head: fp16 (exact), int8 (int8 weights and activations), "
+                        "int8w (int8 weights, fp32 activations)")
+
+
 def add_engine_benches(sub) -> None:
-    """Add `bench prefill` and `bench batch` to the bench subparsers."""
+    """Add `bench prefill`, `bench batch` and `bench head` to the bench subparsers."""
     from anyprec.bench import DEFAULT_BITS
 
     p = sub.add_parser("prefill", help="prompt tok/s: native engine vs transformers")
@@ -310,6 +359,7 @@ def add_engine_benches(sub) -> None:
     p.add_argument("--repeats", type=int, default=5, help="interleaved rounds (median)")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--json", help="write the rows to this JSON file")
+    add_head_option(p)
     p.set_defaults(func=run_prefill)
     p = sub.add_parser("batch", help="total tok/s of a mixed-precision batch vs one sequence")
     p.add_argument("dir", help="packed artifact directory")
@@ -321,4 +371,15 @@ def add_engine_benches(sub) -> None:
     p.add_argument("--repeats", type=int, default=3, help="interleaved rounds (median)")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--json", help="write the result to this JSON file")
+    add_head_option(p)
     p.set_defaults(func=run_batch)
+    p = sub.add_parser("head", help="perplexity and speed of the engine's output head modes (fp16, int8, int8x8)")
+    p.add_argument("dir", help="packed artifact directory")
+    p.add_argument("--bits", type=int, nargs="+", default=[3, 4, 8], choices=range(1, 9))
+    p.add_argument("--corpora", nargs="+", default=["wiki", "news"], choices=["wiki", "news"])
+    p.add_argument("--max-tokens", type=int, default=4096, help="first N held-out tokens per corpus")
+    p.add_argument("--window", type=int, default=2048)
+    p.add_argument("--repeats", type=int, default=20, help="timed head calls per mode (interleaved)")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--json", help="write the rows to this JSON file")
+    p.set_defaults(func=run_head)

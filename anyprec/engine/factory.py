@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import torch
 
 from anyprec.engine.base import DecodeEngine, EngineError, TransformersEngine
+from anyprec.engine.head import DEFAULT_HEAD
 from anyprec.engine.native import NativeEngine, unsupported_reason
 from anyprec.runtime import AnyPrecisionModel
 
@@ -15,16 +16,19 @@ KINDS = ("auto", "native", "transformers")
 log = logging.getLogger(__name__)
 
 
-def open_engine(apm: AnyPrecisionModel, kind: str = "auto", max_batch: int = 16) -> DecodeEngine:
+def open_engine(apm: AnyPrecisionModel, kind: str = "auto", max_batch: int = 16,
+                head: str = DEFAULT_HEAD) -> DecodeEngine:
     """An engine over `apm`: kind 'native' (error if unsupported), 'transformers', or 'auto'
-    (native for llama / mistral / qwen2 artifacts it supports, transformers otherwise)."""
+    (native for llama / mistral / qwen2 artifacts it supports, transformers otherwise).
+    head: the native engine's output head, 'fp16' | 'int8' | 'int8w' (anyprec.engine.head);
+    the transformers engine always uses the model's own head."""
     if kind not in KINDS:
         raise EngineError(f"engine kind {kind!r} is not one of {', '.join(KINDS)}")
     if kind == "transformers":
         return TransformersEngine(apm, max_batch=max_batch)
     reason = unsupported_reason(apm)
     if reason is None:
-        return NativeEngine(apm, max_batch=max_batch)
+        return NativeEngine(apm, max_batch=max_batch, head=head)
     if kind == "native":
         raise EngineError(f"the native engine cannot run this model: {reason}; use kind='transformers' or 'auto'")
     log.info("native engine unavailable (%s); using the transformers engine", reason)

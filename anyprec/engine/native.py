@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import torch
 
 from anyprec.engine.base import EngineError, SlotPool
+from anyprec.engine.head import DEFAULT_HEAD, HEAD_MODES, quantize_head_int8
 from anyprec.kernels import cpu
 from anyprec.runtime import AnyPrecisionLinear, AnyPrecisionModel, HalfStoredHead
 
@@ -91,15 +92,21 @@ def _rope_tables(rotary, positions: int, head_dim: int) -> tuple[torch.Tensor, t
 class NativeEngine(SlotPool):
     """`DecodeEngine` on the native C step (llama / mistral / qwen2 artifacts).
 
-    Attributes: max_batch, context_length, vocab_size (the contract), threads (OpenMP
+    head: the output head the engine reads: "fp16" (the stored head, exact), "int8" (a
+    per-row int8 copy made at load, activations int8 per token) or "int8w" (the int8 copy,
+    fp32 activations); see anyprec/engine/head.py and docs/ENGINE.md.
+    Attributes: max_batch, context_length, vocab_size (the contract), head, threads (OpenMP
     threads per call; 0: torch's), timings (float64[len(PARTS)] seconds per part, summed
     over calls while `profile` is True). Not thread-safe: one caller drives it.
     """
 
-    def __init__(self, apm: AnyPrecisionModel, max_batch: int = 16, threads: int = 0) -> None:
+    def __init__(self, apm: AnyPrecisionModel, max_batch: int = 16, threads: int = 0, head: str = DEFAULT_HEAD) -> None:
         reason = unsupported_reason(apm)
         if reason:
             raise EngineError(f"the native engine cannot run this model: {reason}; use kind='transformers'")
+        if head not in HEAD_MODES:
+            raise EngineError(f"head {head!r} is not one of {', '.join(HEAD_MODES)}")
+        self.head = head
         super().__init__(max_batch)
         model, config = apm.model, apm.model.config
         self.apm = apm
@@ -131,15 +138,19 @@ class NativeEngine(SlotPool):
         cos, sin = _rope_tables(model.model.rotary_emb, self.context_length, self._head_dim)
         embed = model.model.embed_tokens.weight.detach()
         final = model.model.norm.weight.detach().float().contiguous()
-        head = model.lm_head.weight_f16
-        keep.extend([cos, sin, embed, final, head])
+        f16 = model.lm_head.weight_f16
+        # int8 modes keep only the int8 copy (the fp16 head stays the runtime's, not ours)
+        head = (f16, None) if self.head == "fp16" else quantize_head_int8(f16)
+        keep.extend([cos, sin, embed, final, *head])
         self._keep = keep  # every pointer in the records stays valid while the engine lives
         eps = float(layers[0].input_layernorm.variance_epsilon)
         header = struct.pack(
             "<14q2d", self._n_layers, config.hidden_size, self._n_heads, self._n_kv, self._head_dim,
             layers[0].mlp.gate_proj.out_features, self.vocab_size, embed.data_ptr(), final.data_ptr(),
-            head.data_ptr(), cos.data_ptr(), sin.data_ptr(), self.context_length, self._layers.data_ptr(),
-            eps, float(attn.scaling))
+            f16.data_ptr() if self.head == "fp16" else 0, cos.data_ptr(), sin.data_ptr(), self.context_length,
+            self._layers.data_ptr(), eps, float(attn.scaling))
+        i8, scale = (0, 0) if self.head == "fp16" else (head[0].data_ptr(), head[1].data_ptr())
+        header += struct.pack("<3q", HEAD_MODES.index(self.head), i8, scale)
         self._model = torch.frombuffer(bytearray(header), dtype=torch.uint8)
 
     # -- the contract -------------------------------------------------------------------

@@ -4,8 +4,8 @@
  * rotary embedding from the caller's cos/sin tables (computed by torch exactly as
  * transformers does), keys/values appended to each row's slot cache, grouped-query
  * attention over the slot's cache up to the row's position, o_proj, residual, SiLU-gated
- * MLP, residual; then the final norm and the fp16 output head for the rows that want
- * logits. All math is fp32, so results equal the transformers fp32 forward to rounding.
+ * MLP, residual; then the final norm and the output head (fp16, or its per-row int8 copy)
+ * for the rows that want logits. All math is fp32, so results equal the transformers fp32 forward to rounding.
  *
  * Rows of one slot may share a call (prefill chunks): every row's key/value is written
  * before any row attends, and row i attends to positions 0..pos_i only (causal).
@@ -217,9 +217,18 @@ static int head(const ap_eng_model *m, const ap_eng_row *rows, int64_t R, scratc
             rmsnorm(s.x + r * E, (const float *)(intptr_t)m->final_norm, s.h + o++ * E, E, m->eps);
     for (int64_t o0 = 0; o0 < n_out; o0 += AP_MAX_TOKENS) {
         const int64_t t = n_out - o0 < AP_MAX_TOKENS ? n_out - o0 : AP_MAX_TOKENS;
-        ap_half_gemv_args a = {(const uint16_t *)(intptr_t)m->head_f16, V, E, s.h + o0 * E, E, (int)t,
-                               out + o0 * V, V};
-        ap_run_half_gemv(&a, nt);
+        if (m->head_mode == AP_HEAD_FP16) {
+            ap_half_gemv_args a = {(const uint16_t *)(intptr_t)m->head_f16, V, E, s.h + o0 * E, E, (int)t,
+                                   out + o0 * V, V};
+            ap_run_half_gemv(&a, nt);
+            continue;
+        }
+        ap_int8_gemv_args a = {(const int8_t *)(intptr_t)m->head_i8, (const float *)(intptr_t)m->head_scale, V, E,
+                               s.h + o0 * E, E, NULL, NULL, 0, (int)t, out + o0 * V, V};
+        if (ap_run_int8_gemv(&a, m->head_mode == AP_HEAD_INT8, nt)) {
+            free(out);
+            return -1;
+        }
     }
     o = 0;
     for (int64_t r = 0; r < R; r++)

@@ -34,7 +34,13 @@ typedef struct {
     int64_t layers;          /* ap_eng_layer [n_layers] */
     double eps;              /* RMSNorm epsilon */
     double attn_scale;       /* softmax scale of q.k */
+    int64_t head_mode;       /* AP_HEAD_FP16 (head_f16), AP_HEAD_INT8W / AP_HEAD_INT8 (head_i8, head_scale) */
+    int64_t head_i8;         /* int8 [vocab, hidden] or 0 */
+    int64_t head_scale;      /* float32 [vocab] or 0 */
 } ap_eng_model;
+
+/* Output head modes: fp16 weights (exact); int8 weights x fp32 activations; int8 x int8. */
+enum { AP_HEAD_FP16 = 0, AP_HEAD_INT8W = 1, AP_HEAD_INT8 = 2 };
 
 typedef struct {
     int64_t token, bits;
@@ -60,5 +66,6 @@ int ap_engine_step(const ap_eng_model *m, const ap_eng_row *rows, int64_t n_rows
  * Returns 0, -1 (out of memory) or -2 (n_groups outside 1..AP_ENGINE_MAX_GROUPS). */
 int ap_run_gemv_groups(ap_gemv_args *groups, int n_groups, int nthreads);
 void ap_run_half_gemv(const ap_half_gemv_args *a, int nthreads);
+int ap_run_int8_gemv(const ap_int8_gemv_args *a, int act_int8, int nthreads);
 
 #endif

@@ -46,6 +46,20 @@ typedef struct {
     int64_t ystride;
 } ap_half_gemv_args;
 
+typedef struct {
+    const int8_t *w;         /* int8 [n_rows, k], row-contiguous (per-row symmetric) */
+    const float *scale;      /* float32 [n_rows]: W[n, k] ~= scale[n] * w[n, k] */
+    int64_t n_rows, k;
+    const float *x;          /* [T, xstride] fp32 activations */
+    int64_t xstride;
+    const int8_t *x8;        /* NULL: fp32 activations; else int8 [T, x8stride] (ap_quantize_acts_int8) */
+    const float *sx;         /* [T] activation scales when x8 is set */
+    int64_t x8stride;
+    int tokens;              /* 1..AP_MAX_TOKENS */
+    float *y;                /* [T, ystride] */
+    int64_t ystride;
+} ap_int8_gemv_args;
+
 /* Row-range workers: each computes rows [row0, row1). */
 typedef void (*ap_gemv_fn)(const ap_gemv_args *a, int64_t row0, int64_t row1);
 
@@ -65,6 +79,7 @@ static inline void ap_gemv_token_groups(const ap_gemv_args *a, int64_t row0, int
 
 void ap_gemv_rows_portable(const ap_gemv_args *a, int64_t row0, int64_t row1);
 void ap_gemv_rows_avx2(const ap_gemv_args *a, int64_t row0, int64_t row1);
+int ap_avx2_x_order(const ap_gemv_args *a);  /* AP_X_PERM4_32, or AP_X_NATURAL (5..8 bits, fp16 LUT) */
 void ap_gemv_rows_avx512(const ap_gemv_args *a, int64_t row0, int64_t row1);
 void ap_dequant_rows_portable(const ap_dequant_args *a, int64_t row0, int64_t row1, int64_t out_row0);
 void ap_dequant_rows_avx2(const ap_dequant_args *a, int64_t row0, int64_t row1, int64_t out_row0);
@@ -74,6 +89,10 @@ void ap_half_gemv_rows_portable(const ap_half_gemv_args *a, int64_t row0, int64_
 void ap_half_gemv_rows_avx2(const ap_half_gemv_args *a, int64_t row0, int64_t row1);
 void ap_half_gemv_rows_avx512(const ap_half_gemv_args *a, int64_t row0, int64_t row1);
 
+void ap_quantize_acts_int8(const ap_int8_gemv_args *a, int8_t *x8, float *sx, int64_t kpad);
+void ap_int8_gemv_rows_portable(const ap_int8_gemv_args *a, int64_t row0, int64_t row1);
+void ap_int8_gemv_rows_avx2(const ap_int8_gemv_args *a, int64_t row0, int64_t row1);
+
 void ap_prepare_x_avx512(const float *src, float *dst, int64_t K, int64_t kpad, const int64_t cols[AP_CHUNK]);
 void ap_gemv_rows_avx512_vbmi(const ap_gemv_args *a, int64_t row0, int64_t row1);
 
@@ -82,7 +101,8 @@ enum { AP_X_NATURAL = 0, AP_X_PERM4 = 1, AP_X_PERM16 = 2, AP_X_PERM4_32 = 3 };
 /* PERM4 (AVX-512, bits <= 5): position 16j + i holds column 4i + j.
  * PERM16 (AVX-512 VBMI, bits >= 6, fp16 lut): position 16j + i holds column
  * 16 * (2 * (j % 2) + i / 8) + 8 * (j / 2) + i % 8.
- * PERM4_32 (AVX2): in each 32-column half h, position 32h + 8j + i holds column 32h + 4i + j. */
+ * PERM4_32 (AVX2, bits <= 4 or an fp32 LUT): in each 32-column half h, position 32h + 8j + i
+ * holds column 32h + 4i + j. */
 
 uint64_t ap_xor_words(const uint64_t *data, int64_t n_words);
 float ap_half_to_float(uint16_t h);

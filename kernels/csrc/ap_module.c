@@ -24,11 +24,13 @@ static int has_vbmi(void) { return 0; }
 #define ap_gemv_rows_avx512_vbmi ap_gemv_rows_portable
 #define ap_gemv_rows_avx512 ap_gemv_rows_portable
 #define ap_gemv_rows_avx2 ap_gemv_rows_portable
+#define ap_avx2_x_order(a) AP_X_NATURAL
 #define ap_dequant_rows_avx512 ap_dequant_rows_portable
 #define ap_dequant_rows_avx2 ap_dequant_rows_portable
 #define ap_prepare_x_avx512(src, dst, K, kpad, cols) ((void)0)
 #define ap_half_gemv_rows_avx512 ap_half_gemv_rows_portable
 #define ap_half_gemv_rows_avx2 ap_half_gemv_rows_portable
+#define ap_int8_gemv_rows_avx2 ap_int8_gemv_rows_portable
 #else
 static int best_isa(void) {
     __builtin_cpu_init();
@@ -105,12 +107,17 @@ static int pick_gemv_kernel(const ap_gemv_args *a) {
     return isa == ISA_AVX2 ? K_AVX2 : K_PORTABLE;
 }
 
+/* Column order in which `kernel` reads x for a call like `a` (ap_kernels.h). */
+static int x_order(int kernel, const ap_gemv_args *a) {
+    if (kernel == K_VBMI) return AP_X_PERM16;
+    if (kernel == K_AVX512 && a->bits <= 5) return AP_X_PERM4;
+    if (kernel == K_AVX2) return ap_avx2_x_order(a);
+    return AP_X_NATURAL;
+}
+
 static int run_gemv(ap_gemv_args *a, const float *x, int64_t xstride, int nthreads) {
     const int kernel = pick_gemv_kernel(a);
-    const int order = kernel == K_VBMI                         ? AP_X_PERM16
-                      : (kernel == K_AVX512 && a->bits <= 5) ? AP_X_PERM4
-                      : kernel == K_AVX2                     ? AP_X_PERM4_32
-                                                             : AP_X_NATURAL;
+    const int order = x_order(kernel, a);
     int64_t kpad = 0;
     float *buf = prepare_x(x, a->tokens, xstride, a->in_features, a->words, order, &kpad);
     if (!buf) return -1;
@@ -147,10 +154,7 @@ static int run_gemv_groups(ap_gemv_args *groups, int n_groups, int nthreads) {
     for (int g = 0; g < n_groups; g++) {
         ap_gemv_args *a = &groups[g];
         kernels[g] = pick_gemv_kernel(a);
-        const int order = kernels[g] == K_VBMI                          ? AP_X_PERM16
-                          : (kernels[g] == K_AVX512 && a->bits <= 5) ? AP_X_PERM4
-                          : kernels[g] == K_AVX2                     ? AP_X_PERM4_32
-                                                                     : AP_X_NATURAL;
+        const int order = x_order(kernels[g], a);
         int64_t kpad = 0;
         bufs[g] = prepare_x(a->x, a->tokens, a->xstride, a->in_features, a->words, order, &kpad);
         failed |= !bufs[g];
@@ -202,6 +206,39 @@ static void run_half_gemv(const ap_half_gemv_args *a, int nthreads) {
         else if (isa == ISA_AVX2) ap_half_gemv_rows_avx2(a, r0, r1);
         else ap_half_gemv_rows_portable(a, r0, r1);
     }
+}
+
+/* Int8 head mat-vec; act_int8: quantize the activations per token first (ap_int8.c).
+ * Returns 0 or -1 (out of memory). */
+static int run_int8_gemv(const ap_int8_gemv_args *in, int act_int8, int nthreads) {
+    ap_int8_gemv_args a = *in;
+    int8_t *x8 = NULL;
+    float sx[AP_MAX_TOKENS];
+    if (act_int8) {
+        const int64_t kpad = (a.k + 31) / 32 * 32;
+        x8 = aligned_alloc(64, (size_t)(a.tokens * kpad));
+        if (!x8) return -1;
+        ap_quantize_acts_int8(&a, x8, sx, kpad);
+        a.x8 = x8;
+        a.sx = sx;
+        a.x8stride = kpad;
+    } else {
+        a.x8 = NULL;
+    }
+    const int isa = current_isa();
+    const int64_t blocks = (a.n_rows + ROW_BLOCK - 1) / ROW_BLOCK;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads) if (nthreads > 1)
+    for (int64_t blk = 0; blk < blocks; blk++) {
+        const int64_t r0 = blk * ROW_BLOCK, r1 = r0 + ROW_BLOCK < a.n_rows ? r0 + ROW_BLOCK : a.n_rows;
+        if (isa != ISA_PORTABLE) ap_int8_gemv_rows_avx2(&a, r0, r1);  /* AVX-512 CPUs run the AVX2 build */
+        else ap_int8_gemv_rows_portable(&a, r0, r1);
+    }
+    free(x8);
+    return 0;
+}
+
+int ap_run_int8_gemv(const ap_int8_gemv_args *a, int act_int8, int nthreads) {
+    return run_int8_gemv(a, act_int8, nthreads);
 }
 
 int ap_run_gemv_groups(ap_gemv_args *groups, int n_groups, int nthreads) {
@@ -288,6 +325,25 @@ static PyObject *py_half_gemv(PyObject *self, PyObject *const *args, Py_ssize_t 
     Py_RETURN_NONE;
 }
 
+/* int8_gemv(w, scale, n_rows, k, x, tokens, x_stride, y, y_stride, act_int8, nthreads) */
+static PyObject *py_int8_gemv(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    int64_t v[11];
+    if (parse_ints(args, nargs, 11, v, "int8_gemv") || check_common(1, v[10])) return NULL;
+    if (v[5] < 1 || v[5] > AP_MAX_TOKENS) {
+        PyErr_Format(PyExc_ValueError, "tokens=%lld must be in 1..%d", (long long)v[5], AP_MAX_TOKENS);
+        return NULL;
+    }
+    ap_int8_gemv_args a = {(const int8_t *)(intptr_t)v[0], (const float *)(intptr_t)v[1], v[2], v[3],
+                           (const float *)(intptr_t)v[4], v[6], NULL, NULL, 0, (int)v[5],
+                           (float *)(intptr_t)v[7], v[8]};
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = run_int8_gemv(&a, (int)v[9], (int)v[10]);
+    Py_END_ALLOW_THREADS
+    if (rc) return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
 /* engine_step(model, rows, n_rows, logits, nthreads, timings): one native decode engine
  * step (ap_engine.h); the Python side (anyprec/engine/native.py) owns every pointer. */
 static PyObject *py_engine_step(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
@@ -349,6 +405,7 @@ static PyObject *py_set_isa(PyObject *self, PyObject *arg) {
 static PyMethodDef METHODS[] = {
     {"gemv", (PyCFunction)(void (*)(void))py_gemv, METH_FASTCALL, "bitplane-LUT mat-vec for 1..8 tokens"},
     {"half_gemv", (PyCFunction)(void (*)(void))py_half_gemv, METH_FASTCALL, "fp16-stored dense mat-vec, fp32 math"},
+    {"int8_gemv", (PyCFunction)(void (*)(void))py_int8_gemv, METH_FASTCALL, "per-row int8 head mat-vec"},
     {"dequant", (PyCFunction)(void (*)(void))py_dequant, METH_FASTCALL, "dense rows from bitplanes + LUT"},
     {"engine_step", (PyCFunction)(void (*)(void))py_engine_step, METH_FASTCALL, "one native decode engine step"},
     {"read_bytes", (PyCFunction)(void (*)(void))py_read_bytes, METH_FASTCALL, "stream-read a buffer"},

@@ -32,7 +32,7 @@ def apm():
 @pytest.mark.timeout(1800)  # transformers' generate: seconds on a quiet machine, minutes on a busy one
 @pytest.mark.parametrize("bits", [3, 4, 5, 6, 7, 8])
 def test_default_model_logits_and_greedy_tokens_match_transformers(apm, bits):
-    engine = NativeEngine(apm, max_batch=1)
+    engine = NativeEngine(apm, max_batch=1, head="fp16")
     ids = apm.tokenizer(PROMPT).input_ids
     slot, logits = engine.add(ids, bits)
     engine.release(slot)

@@ -28,7 +28,7 @@ def apm(request):
 
 
 def test_prefill_and_16_steps_match_transformers_at_every_bit_width(apm):
-    engine = NativeEngine(apm)
+    engine = NativeEngine(apm, head="fp16")
     for bits in BITS:
         slot, logits = engine.add(PROMPT, bits)
         torch.testing.assert_close(logits, full_logits(apm, PROMPT, bits), **TOL)
@@ -44,7 +44,7 @@ def test_prefill_and_16_steps_match_transformers_at_every_bit_width(apm):
 
 
 def test_steps_match_the_transformers_engine(apm):
-    engine, oracle = NativeEngine(apm), TransformersEngine(apm)
+    engine, oracle = NativeEngine(apm, head="fp16"), TransformersEngine(apm)
     slot, logits = engine.add(PROMPT, 5)
     ref_slot, ref = oracle.add(PROMPT, 5)
     torch.testing.assert_close(logits, ref, **TOL)
@@ -55,11 +55,11 @@ def test_steps_match_the_transformers_engine(apm):
 def test_mixed_precision_batch_rows_equal_their_single_runs(apm):
     batch_bits = [8, 3, 5, 3, 6, 4, 7, 8]  # unsorted, repeated: the engine groups them
     prompts = [PROMPT[: 2 + i] for i in range(len(batch_bits))]
-    engine = NativeEngine(apm, max_batch=len(batch_bits))
+    engine = NativeEngine(apm, max_batch=len(batch_bits), head="fp16")
     slots = [engine.add(p, b)[0] for p, b in zip(prompts, batch_bits)]
     singles = []
     for p, b in zip(prompts, batch_bits):
-        single = NativeEngine(apm, max_batch=1)
+        single = NativeEngine(apm, max_batch=1, head="fp16")
         singles.append((single, single.add(p, b)[0]))
     for step in range(5):
         tokens = [(11 * step + 3 * i) % 300 for i in range(len(slots))]
@@ -78,7 +78,7 @@ def test_long_prompt_in_chunks_and_growing_cache(apm, monkeypatch):
     monkeypatch.setattr(native, "PREFILL_CHUNK", 16)
     monkeypatch.setattr(native, "FIRST_CAPACITY", 8)
     ids = [(7 * i) % 300 for i in range(70)]
-    engine = NativeEngine(apm)
+    engine = NativeEngine(apm, head="fp16")
     slot, logits = engine.add(ids, 4)
     torch.testing.assert_close(logits, full_logits(apm, ids, 4), **TOL)
     out = engine.step([slot], [12], [4])
@@ -86,14 +86,14 @@ def test_long_prompt_in_chunks_and_growing_cache(apm, monkeypatch):
 
 
 def test_greedy_generation_equals_transformers_generate(apm):
-    engine = NativeEngine(apm)
+    engine = NativeEngine(apm, head="fp16")
     for bits in (3, 5, 8) if apm.model.config.model_type == "llama" else (4,):
         ours = greedy(engine, PROMPT, bits, 32)
         assert_same_greedy(apm, PROMPT, bits, ours, greedy_reference(apm, PROMPT, bits, 32))
 
 
 def test_errors_are_clear(apm):
-    engine = NativeEngine(apm, max_batch=2)
+    engine = NativeEngine(apm, max_batch=2, head="fp16")
     slot, _ = engine.add([1, 2], 3)
     with pytest.raises(EngineError, match="not loaded"):
         engine.step([slot], [1], [2])
@@ -111,7 +111,7 @@ def test_errors_are_clear(apm):
     with pytest.raises(EngineError, match="slots are in use"):
         engine.add([1], 3)
     assert engine.length(slot) == 2  # failed calls left the slot as it was
-    full = NativeEngine(apm, max_batch=1)
+    full = NativeEngine(apm, max_batch=1, head="fp16")
     s, _ = full.add([1] * (full.context_length - 1), 3)
     full.step([s], [1], [3])
     with pytest.raises(EngineError, match="full"):
@@ -134,7 +134,7 @@ def test_mixed_batch_on_layers_split_over_threads():
     """Layers above the one-thread size: the grouped pass is shared by OpenMP threads."""
     apm = build_apm(tiny_config("llama", hidden_size=320, intermediate_size=544, num_hidden_layers=1))
     bits = [3, 8, 5, 3, 4, 4, 4, 4, 4, 4, 4, 4, 4, 6]  # 4 bits: more than one group of 8 rows
-    engine = NativeEngine(apm, max_batch=len(bits), threads=2)
+    engine = NativeEngine(apm, max_batch=len(bits), threads=2, head="fp16")
     slots = [engine.add([i + 1, 2 * i + 3], b)[0] for i, b in enumerate(bits)]
     out = engine.step(slots, list(range(len(bits))), bits)
     for i, b in enumerate(bits):
@@ -153,7 +153,7 @@ def test_every_kernel_family_gives_the_same_step(isa):
     before = cpu.isa()
     cpu.set_isa(isa)
     try:
-        engine = NativeEngine(apm, threads=2)
+        engine = NativeEngine(apm, threads=2, head="fp16")
         bits = [6, 3, 8, 5]
         slots = [engine.add([i + 4, 9], b)[0] for i, b in enumerate(bits)]
         out = engine.step(slots, [1, 2, 3, 4], bits)

@@ -1,0 +1,122 @@
+/* Int8 mat-vec for the output head: y[t, n] = scale[n] * sum_k W8[n, k] * x[t, k].
+ *
+ * W8 is the head quantized per row, symmetric (anyprec/engine/head.py makes it once, at
+ * engine load): a quarter of the fp32 head's bytes, half of the fp16 copy's. Two ways to
+ * take the activations, both measured (docs/ENGINE.md):
+ *   act_int8 = 0: fp32 x times widened int8 weights, fp32 sums (the weights' rounding only);
+ *   act_int8 = 1: x quantized per token, symmetric, round-half-even (x8 = rint(x / sx),
+ *                 sx = max|x| / 127), int8 x int8 products summed exactly in int32, then
+ *                 y = sum * sx * scale[n] (llama.cpp's trick: 32 products per `vpmaddubsw`).
+ * AVX2 and portable builds, picked at run time like the other kernels.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include "ap_kernels.h"
+
+/* Per-token activation scale and int8 copy; x8 is [T, kpad] (kpad: k rounded up to 32, zeros). */
+void ap_quantize_acts_int8(const ap_int8_gemv_args *a, int8_t *x8, float *sx, int64_t kpad) {
+    for (int t = 0; t < a->tokens; t++) {
+        const float *x = a->x + t * a->xstride;
+        float top = 0.0f;
+        for (int64_t k = 0; k < a->k; k++) top = fabsf(x[k]) > top ? fabsf(x[k]) : top;
+        sx[t] = top / 127.0f;
+        int8_t *dst = x8 + t * kpad;
+        for (int64_t k = 0; k < kpad; k++) dst[k] = (k < a->k && top > 0.0f) ? (int8_t)nearbyintf(x[k] / sx[t]) : 0;
+    }
+}
+
+void ap_int8_gemv_rows_portable(const ap_int8_gemv_args *a, int64_t row0, int64_t row1) {
+    for (int64_t n = row0; n < row1; n++) {
+        const int8_t *w = a->w + n * a->k;
+        for (int t = 0; t < a->tokens; t++) {
+            if (a->x8) {
+                const int8_t *x = a->x8 + t * a->x8stride;
+                int32_t acc = 0;
+                for (int64_t k = 0; k < a->k; k++) acc += (int32_t)w[k] * x[k];
+                a->y[t * a->ystride + n] = (float)acc * a->sx[t] * a->scale[n];
+            } else {
+                const float *x = a->x + t * a->xstride;
+                float acc = 0.0f;
+                for (int64_t k = 0; k < a->k; k++) acc += (float)w[k] * x[k];
+                a->y[t * a->ystride + n] = acc * a->scale[n];
+            }
+        }
+    }
+}
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#define AVX2 __attribute__((target("avx2,fma")))
+
+AVX2 static inline float hsum_ps(__m256 v) {
+    const __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    const __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+    return _mm_cvtss_f32(_mm_add_ss(s2, _mm_movehdup_ps(s2)));
+}
+
+AVX2 static inline int32_t hsum_epi32(__m256i v) {
+    const __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    const __m128i s2 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4e));
+    return _mm_cvtsi128_si32(_mm_add_epi32(s2, _mm_shuffle_epi32(s2, 0xb1)));
+}
+
+/* int8 x int8: |w| (unsigned) times x carrying w's sign, pairs summed to int16 (at most
+ * 2 * 127 * 127, no saturation), then to int32. k must be a multiple of 32 here. */
+AVX2 static void rows_i8i8(const ap_int8_gemv_args *a, int64_t row0, int64_t row1) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    for (int64_t n = row0; n < row1; n++) {
+        const int8_t *w = a->w + n * a->k;
+        __m256i acc[AP_MAX_TOKENS];
+        for (int t = 0; t < a->tokens; t++) acc[t] = _mm256_setzero_si256();
+        for (int64_t k = 0; k < a->k; k += 32) {
+            const __m256i wv = _mm256_loadu_si256((const __m256i *)(w + k));
+            const __m256i wabs = _mm256_sign_epi8(wv, wv);
+            for (int t = 0; t < a->tokens; t++) {
+                const __m256i xv = _mm256_loadu_si256((const __m256i *)(a->x8 + t * a->x8stride + k));
+                const __m256i p16 = _mm256_maddubs_epi16(wabs, _mm256_sign_epi8(xv, wv));
+                acc[t] = _mm256_add_epi32(acc[t], _mm256_madd_epi16(p16, ones));
+            }
+        }
+        for (int t = 0; t < a->tokens; t++)
+            a->y[t * a->ystride + n] = (float)hsum_epi32(acc[t]) * a->sx[t] * a->scale[n];
+    }
+}
+
+/* fp32 x times int8 w widened to fp32 (8 columns per step; k a multiple of 8 here). */
+AVX2 static void rows_f32i8(const ap_int8_gemv_args *a, int64_t row0, int64_t row1) {
+    for (int64_t n = row0; n < row1; n++) {
+        const int8_t *w = a->w + n * a->k;
+        if (a->tokens == 1) {  /* two chains: one would wait on the FMA latency */
+            __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+            int64_t k = 0;
+            for (; k + 16 <= a->k; k += 16) {
+                const __m256i w16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(w + k)));
+                const __m256 lo = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(w16)));
+                const __m256 hi = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm256_extracti128_si256(w16, 1)));
+                acc0 = _mm256_fmadd_ps(lo, _mm256_loadu_ps(a->x + k), acc0);
+                acc1 = _mm256_fmadd_ps(hi, _mm256_loadu_ps(a->x + k + 8), acc1);
+            }
+            for (; k < a->k; k += 8) {
+                const __m256 wk = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(w + k))));
+                acc0 = _mm256_fmadd_ps(wk, _mm256_loadu_ps(a->x + k), acc0);
+            }
+            a->y[n] = hsum_ps(_mm256_add_ps(acc0, acc1)) * a->scale[n];
+            continue;
+        }
+        __m256 acc[AP_MAX_TOKENS];
+        for (int t = 0; t < a->tokens; t++) acc[t] = _mm256_setzero_ps();
+        for (int64_t k = 0; k < a->k; k += 8) {
+            const __m256 wk = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(w + k))));
+            for (int t = 0; t < a->tokens; t++)
+                acc[t] = _mm256_fmadd_ps(wk, _mm256_loadu_ps(a->x + t * a->xstride + k), acc[t]);
+        }
+        for (int t = 0; t < a->tokens; t++) a->y[t * a->ystride + n] = hsum_ps(acc[t]) * a->scale[n];
+    }
+}
+
+void ap_int8_gemv_rows_avx2(const ap_int8_gemv_args *a, int64_t row0, int64_t row1) {
+    if (a->x8 && a->k % 32 == 0) rows_i8i8(a, row0, row1);
+    else if (!a->x8 && a->k % 8 == 0) rows_f32i8(a, row0, row1);
+    else ap_int8_gemv_rows_portable(a, row0, row1);
+}
+#endif /* __x86_64__ */
