@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from anyprec.kernels import Backend, cpu, dequantize, matmul
-from kernels_testlib import ODD_SHAPES, oracle, random_layer
+from tests.kernels.kernels_testlib import ODD_SHAPES, oracle, random_layer
 
 needs_native = pytest.mark.skipif(not cpu.is_available(), reason="native CPU kernels not built")
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from anyprec.kernels import Backend, cpu, decode_plan, half_decode_plan, matmul, native_available, resolve_backend
-from kernels_testlib import random_layer
+from tests.kernels.kernels_testlib import random_layer
 
 needs_native = pytest.mark.skipif(not native_available(), reason="native CPU kernels not built")
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from anyprec.kernels import Backend, dequantize, matmul, resolve_backend
-from kernels_testlib import ODD_SHAPES, oracle, random_layer
+from tests.kernels.kernels_testlib import ODD_SHAPES, oracle, random_layer
 
 
 @pytest.mark.parametrize("shape", ODD_SHAPES)

@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from kernels_testlib import oracle, random_layer
+from tests.kernels.kernels_testlib import oracle, random_layer
 
 triton = pytest.importorskip("triton")
 if os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available():
