@@ -191,9 +191,16 @@ def _optimal_bounds(x, f, k, bounds, lam):
     by divide & conquer, the last layer only at i = K, then backtrack the argmins.
     lam < 0: the plain seed. lam >= 0 (joint seed): a cluster costs lam * its cost plus
     the cost of its best split in two, so the bounds minimise
-    lam * objective(seed) + objective(seed + 1 after the optimal split).
+    lam * objective(seed) + objective(seed + 1 after the optimal split); lam = 0 is the
+    optimum of 2k clusters, paired.
     """
     n = x.shape[0]
+    if lam == 0.0 and n >= 2 * k:
+        # Only objective(seed + 1) counts: its exact optimum, clusters paired (no table needed).
+        finer = np.empty(2 * k + 1, dtype=np.int64)
+        _optimal_bounds(x, f, 2 * k, finer, -1.0)
+        bounds[:] = finer[::2]
+        return
     W = np.empty(n + 1)
     S1 = np.empty(n + 1)
     S2 = np.empty(n + 1)
