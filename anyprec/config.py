@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer, model_validator
 
 DEFAULT_MODEL = "smollm2-135m"
 
@@ -62,6 +62,14 @@ class QuantizationConfig(_Strict):
                 "set quantization.joint_weight: null to use method=lloyd"
             )
         return self
+
+    @model_serializer(mode="wrap")
+    def _omit_plain_seed(self, handler: Any) -> dict[str, Any]:
+        # Without a joint seed, dumps (cache keys, manifests) stay byte-identical to earlier ones.
+        data = handler(self)
+        if self.joint_weight is None:
+            data.pop("joint_weight", None)
+        return data
 
     @property
     def bit_widths(self) -> list[int]:

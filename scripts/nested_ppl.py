@@ -1,10 +1,13 @@
 """Perplexity and per-module objective of a whole model quantized in memory, nested 3..8.
 
 usage: python scripts/nested_ppl.py --work-dir WORK --variant plain|joint:W [--bits 4 3 5]
-           [--corpus wiki news] [--max-tokens 4096] [--out result.json]
+           [--corpus wiki news] [--max-tokens 4096] [--lut-int8] [--head-int8] [--out result.json]
 plain reads the nested codes the quantization wrote (WORK/quantized/nested); joint:W
 re-runs the seed with joint_weight=W and upscales. Weights are set to the fp16-rounded
 LUT value of each code (what the artifact stores); results are written after every width.
+--lut-int8: each LUT row stored as int8 codes on a uniform grid from its min to its max
+(per-row fp16 scale and offset); --head-int8: the tied embedding / output head as int8
+per row (symmetric, fp16 scale per row). Both simulate a format, they do not change one.
 """
 
 import argparse
@@ -48,9 +51,26 @@ def quantize_all(model, work: Path, variant: str) -> tuple[dict, dict]:
     return out, table
 
 
-def set_width(model, quantized: dict, bits: int) -> None:
+def int8_rows(lut: np.ndarray) -> np.ndarray:
+    """LUT rows through int8 with a per-row fp16 offset (the min) and scale ((max - min) / 255)."""
+    lo = lut.min(axis=1, keepdims=True).astype(np.float16).astype(np.float32)
+    scale = ((lut.max(axis=1, keepdims=True) - lo) / 255).astype(np.float16).astype(np.float32)
+    q = np.clip(np.rint((lut - lo) / np.where(scale > 0, scale, 1)), 0, 255)
+    return lo + q * scale
+
+
+def head_int8(model) -> None:
+    """The output head's weight (tied to the embedding) through symmetric int8 per row."""
+    w = model.get_output_embeddings().weight
+    scale = (w.abs().amax(dim=1, keepdim=True) / 127).half().float().clamp_min(1e-12)
+    with torch.no_grad():
+        w.copy_(torch.clamp(torch.round(w / scale), -127, 127) * scale)
+
+
+def set_width(model, quantized: dict, bits: int, lut_int8: bool = False) -> None:
     for name, (codes, luts) in quantized.items():
-        lut = torch.from_numpy(luts[bits].astype(np.float16).astype(np.float32))
+        table = luts[bits].astype(np.float16).astype(np.float32)
+        lut = torch.from_numpy(int8_rows(table) if lut_int8 else table)
         w = torch.take_along_dim(lut, torch.from_numpy((codes >> (PARENT - bits)).astype(np.int64)), dim=1)
         archs.set_weight(model.get_submodule(name), w)
 
@@ -63,12 +83,17 @@ def main() -> None:
     ap.add_argument("--bits", type=int, nargs="+", default=[4, 3, 5])
     ap.add_argument("--corpus", nargs="+", default=["wiki", "news"])
     ap.add_argument("--max-tokens", type=int, default=4096)
+    ap.add_argument("--lut-int8", action="store_true")
+    ap.add_argument("--head-int8", action="store_true")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     model, tok = load_model(args.model)
+    if args.head_int8:
+        head_int8(model)
     start = time.perf_counter()
     quantized, table = quantize_all(model, args.work_dir, args.variant)
-    result = {"variant": args.variant, "max_tokens": args.max_tokens, "quantize_s": time.perf_counter() - start,
+    result = {"variant": args.variant, "lut_int8": args.lut_int8, "head_int8": args.head_int8,
+              "max_tokens": args.max_tokens, "quantize_s": time.perf_counter() - start,
               "objective_totals": {b: sum(r[b] for r in table.values()) for b in range(SEED, PARENT + 1)},
               "objective_modules": table, "ppl": {}}
     write_json_atomic(args.out, result)
@@ -76,7 +101,7 @@ def main() -> None:
     frac, seed = heldout_split({"calibration": calib})
     streams = heldout_streams(tok, args.corpus, frac, seed, args.max_tokens)
     for b in args.bits:
-        set_width(model, quantized, b)
+        set_width(model, quantized, b, args.lut_int8)
         result["ppl"][b] = {c: perplexity(model, ids, 2048, progress=False) for c, ids in streams.items()}
         print(b, result["ppl"][b], flush=True)
         write_json_atomic(args.out, result)

@@ -103,3 +103,24 @@ def test_config_refuses_joint_with_lloyd():
     with pytest.raises(ValidationError, match="joint_weight: null"):
         QuantizationConfig(method="lloyd", joint_weight=0.25)
     assert QuantizationConfig(method="lloyd", joint_weight=None).joint_weight is None
+
+
+def test_plain_seed_dumps_stay_as_before():
+    """Cache keys and manifests of plain-seed quantizations do not change with the new key."""
+    assert "joint_weight" not in QuantizationConfig().model_dump()
+    assert QuantizationConfig(joint_weight=0.5).model_dump()["joint_weight"] == 0.5
+
+
+def test_pipeline_quantizes_with_a_joint_seed(tiny_model_dir, tiny_artifact, tmp_path):
+    from anyprec.config import CalibrationConfig
+    from anyprec.packed import read_manifest
+    from anyprec.quantize import quantize_model
+    from tests.conftest import TINY_CALIB
+
+    out = quantize_model(str(tiny_model_dir), tmp_path / "packed", CalibrationConfig(**TINY_CALIB),
+                         QuantizationConfig(joint_weight=0.0), work_dir=tmp_path / "work", progress=False)
+    joint, plain = read_manifest(out), read_manifest(tiny_artifact)
+    assert joint["inputs"]["quantization"]["joint_weight"] == 0.0
+    # weight 0: 4 bits are exactly optimal, so never worse than the plain seed's 4 bits
+    assert joint["objective"]["4"] <= plain["objective"]["4"] * (1 + 1e-9)
+    assert joint["objective"]["3"] >= plain["objective"]["3"] * (1 - 1e-9)
