@@ -81,7 +81,7 @@ def llamacpp_rows(base_ref: str, score: Scorer, folder: Path, types: tuple[str, 
         import llama_cpp  # noqa: F401  (only probing that the optional extra is installed)
     except ImportError:
         return [], "llama-cpp-python is not installed (pip install -e .[compare]); llama.cpp rows skipped"
-    if base_ref not in DEFAULT_ALIASES and Path(base_ref).name != "smollm2-135m":
+    if base_ref not in DEFAULT_ALIASES:
         return [], f"llama.cpp rows need a GGUF of the base model; only the embedded default has one ({base_ref})"
     from anyprec.bench_llamacpp import make_ggufs
 

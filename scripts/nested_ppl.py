@@ -35,18 +35,19 @@ def quantize_all(model, work: Path, variant: str) -> tuple[dict, dict]:
     out, table = {}, {}
     joint = None if variant == "plain" else float(variant.split(":")[1])
     for index, names in enumerate(archs.layer_groups(model)):
-        fisher = load_sensitivity(work / "sensitivity", names)
+        fisher = load_sensitivity(work / "sensitivity", names) if joint is not None else None
         stored = load_file(str(work / "quantized" / "nested" / LAYER_FILE.format(index))) if joint is None else None
         for name in names:
             w = archs.get_weight(model.get_submodule(name)).numpy()
-            f = sample_weights(w, fisher[name].numpy())
             if stored is None:
+                f = sample_weights(w, fisher[name].numpy())
                 codes, luts = quantize_nested(w, f, SEED, PARENT, joint_weight=joint)
             else:
                 codes = stored[f"{name}.codes"].numpy()
                 luts = {b: stored[f"{name}.lut{b}"].numpy() for b in range(SEED, PARENT + 1)}
             out[name] = (codes, luts)
-            table[name] = {b: float(weighted_objective(w, f, codes >> (PARENT - b), luts[b]).sum()) for b in luts}
+            if joint is not None:  # plain objectives are already in the work dir's nested/objective.json
+                table[name] = {b: float(weighted_objective(w, f, codes >> (PARENT - b), luts[b]).sum()) for b in luts}
         print(f"layer {index} quantized", flush=True)
     return out, table
 
@@ -94,7 +95,7 @@ def main() -> None:
     quantized, table = quantize_all(model, args.work_dir, args.variant)
     result = {"variant": args.variant, "lut_int8": args.lut_int8, "head_int8": args.head_int8,
               "max_tokens": args.max_tokens, "quantize_s": time.perf_counter() - start,
-              "objective_totals": {b: sum(r[b] for r in table.values()) for b in range(SEED, PARENT + 1)},
+              "objective_totals": {b: sum(r[b] for r in table.values()) for b in range(SEED, PARENT + 1)} if table else None,
               "objective_modules": table, "ppl": {}}
     write_json_atomic(args.out, result)
     calib = json.loads((args.work_dir / "calib" / "calib.json").read_text())["config"]
