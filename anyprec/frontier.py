@@ -142,6 +142,8 @@ def check_out(out: Path) -> None:
     """Refuse an --out whose frontier files were not written by this command (never overwrite them)."""
     import json
 
+    from anyprec.errors import OutputError
+
     mine = out / FILES[0]
     try:
         ours = mine.is_file() and json.loads(mine.read_text(encoding="utf-8")).get("format") == FORMAT
@@ -149,7 +151,7 @@ def check_out(out: Path) -> None:
         ours = False
     clash = [name for name in FILES if (out / name).exists()]
     if clash and not ours:
-        raise FileExistsError(f"--out {out} already holds {', '.join(clash)} not written by `anyprec frontier`; "
+        raise OutputError(f"--out {out} already holds {', '.join(clash)} not written by `anyprec frontier`; "
                               "choose another folder")
 
 

@@ -62,3 +62,20 @@ def test_foreign_files_in_out_are_not_overwritten(tiny_artifact, tmp_path, capsy
     assert main(["frontier", str(tiny_artifact), "--out", str(tmp_path), "--max-tokens", "32"]) != 0
     assert "not written by `anyprec frontier`" in capsys.readouterr().err
     assert (tmp_path / "frontier.md").read_text() == "someone else's notes"
+
+
+@pytest.mark.slow
+def test_gguf_rows_load_into_the_base_config():
+    """The embedded GGUF through load_gguf_model gives the base model's logits (rope_theta kept)."""
+    import torch
+
+    from anyprec.frontier import load_gguf_model
+    from anyprec.models import find_embedded_gguf, load_model, resolve_model_dir
+
+    base, tok = load_model("default")
+    model = load_gguf_model(find_embedded_gguf(), resolve_model_dir("default"))
+    assert model.config.to_dict().get("rope_parameters", {}).get("rope_theta", 100000.0) == \
+        base.config.to_dict().get("rope_parameters", {}).get("rope_theta", 100000.0)
+    ids = tok("The council met on Tuesday to discuss the budget.", return_tensors="pt")["input_ids"]
+    with torch.inference_mode():
+        torch.testing.assert_close(model(ids).logits, base(ids).logits, rtol=1e-4, atol=1e-4)
