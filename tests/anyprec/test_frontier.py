@@ -65,6 +65,7 @@ def test_foreign_files_in_out_are_not_overwritten(tiny_artifact, tmp_path, capsy
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # transformers dequantizes the GGUF in Python: minutes on a busy machine
 def test_gguf_rows_load_into_the_base_config():
     """The embedded GGUF through load_gguf_model gives the base model's logits (rope_theta kept)."""
     import torch
