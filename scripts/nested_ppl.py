@@ -1,7 +1,8 @@
 """Perplexity and per-module objective of a whole model quantized in memory, nested 3..8.
 
 usage: python scripts/nested_ppl.py --work-dir WORK --variant plain|joint:W [--bits 4 3 5]
-           [--corpus wiki news] [--max-tokens 4096] [--lut-int8] [--head-int8] [--out result.json]
+           [--corpus wiki news] [--max-tokens 4096] [--lut-int8] [--head-int8] [--no-objectives]
+           [--out result.json]
 plain reads the nested codes the quantization wrote (WORK/quantized/nested); joint:W
 re-runs the seed with joint_weight=W and upscales. Weights are set to the fp16-rounded
 LUT value of each code (what the artifact stores); results are written after every width.
@@ -30,7 +31,7 @@ from anyprec.sensitivity import LAYER_FILE, load_sensitivity
 SEED, PARENT = 3, 8
 
 
-def quantize_all(model, work: Path, variant: str) -> tuple[dict, dict]:
+def quantize_all(model, work: Path, variant: str, objectives: bool = True) -> tuple[dict, dict]:
     """({module: (codes, {b: lut})}, {module: {b: objective}}) for every quantized module."""
     out, table = {}, {}
     joint = None if variant == "plain" else float(variant.split(":")[1])
@@ -46,7 +47,7 @@ def quantize_all(model, work: Path, variant: str) -> tuple[dict, dict]:
                 codes = stored[f"{name}.codes"].numpy()
                 luts = {b: stored[f"{name}.lut{b}"].numpy() for b in range(SEED, PARENT + 1)}
             out[name] = (codes, luts)
-            if joint is not None:  # plain objectives are already in the work dir's nested/objective.json
+            if joint is not None and objectives:  # plain objectives are already in the work dir's nested/objective.json
                 table[name] = {b: float(weighted_objective(w, f, codes >> (PARENT - b), luts[b]).sum()) for b in luts}
         print(f"layer {index} quantized", flush=True)
     return out, table
@@ -86,13 +87,14 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=4096)
     ap.add_argument("--lut-int8", action="store_true")
     ap.add_argument("--head-int8", action="store_true")
+    ap.add_argument("--no-objectives", action="store_true", help="skip the objective table (faster)")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     model, tok = load_model(args.model)
     if args.head_int8:
         head_int8(model)
     start = time.perf_counter()
-    quantized, table = quantize_all(model, args.work_dir, args.variant)
+    quantized, table = quantize_all(model, args.work_dir, args.variant, not args.no_objectives)
     result = {"variant": args.variant, "lut_int8": args.lut_int8, "head_int8": args.head_int8,
               "max_tokens": args.max_tokens, "quantize_s": time.perf_counter() - start,
               "objective_totals": {b: sum(r[b] for r in table.values()) for b in range(SEED, PARENT + 1)} if table else None,
