@@ -2,7 +2,7 @@
 
 usage: python scripts/nested_ppl.py --work-dir WORK --variant plain|joint:W [--bits 4 3 5]
            [--corpus wiki news] [--max-tokens 4096] [--lut-int8] [--head-int8] [--no-objectives]
-           [--out result.json]
+           [--layers N] [--out result.json]
 plain reads the nested codes the quantization wrote (WORK/quantized/nested); joint:W
 re-runs the seed with joint_weight=W and upscales. Weights are set to the fp16-rounded
 LUT value of each code (what the artifact stores); results are written after every width.
@@ -31,11 +31,14 @@ from anyprec.sensitivity import LAYER_FILE, load_sensitivity
 SEED, PARENT = 3, 8
 
 
-def quantize_all(model, work: Path, variant: str, objectives: bool = True) -> tuple[dict, dict]:
-    """({module: (codes, {b: lut})}, {module: {b: objective}}) for every quantized module."""
+def quantize_all(model, work: Path, variant: str, objectives: bool = True,
+                 layers: int | None = None) -> tuple[dict, dict]:
+    """({module: (codes, {b: lut})}, {module: {b: objective}}) for every quantized module;
+    `layers`: only the first N decoder layers get the variant, the others keep the stored codes."""
     out, table = {}, {}
-    joint = None if variant == "plain" else float(variant.split(":")[1])
     for index, names in enumerate(archs.layer_groups(model)):
+        chosen = variant if layers is None or index < layers else "plain"
+        joint = None if chosen == "plain" else float(chosen.split(":")[1])
         fisher = load_sensitivity(work / "sensitivity", names) if joint is not None else None
         stored = load_file(str(work / "quantized" / "nested" / LAYER_FILE.format(index))) if joint is None else None
         for name in names:
@@ -88,14 +91,15 @@ def main() -> None:
     ap.add_argument("--lut-int8", action="store_true")
     ap.add_argument("--head-int8", action="store_true")
     ap.add_argument("--no-objectives", action="store_true", help="skip the objective table (faster)")
+    ap.add_argument("--layers", type=int, default=None, help="variant in the first N decoder layers only")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     model, tok = load_model(args.model)
     if args.head_int8:
         head_int8(model)
     start = time.perf_counter()
-    quantized, table = quantize_all(model, args.work_dir, args.variant, not args.no_objectives)
-    result = {"variant": args.variant, "lut_int8": args.lut_int8, "head_int8": args.head_int8,
+    quantized, table = quantize_all(model, args.work_dir, args.variant, not args.no_objectives, args.layers)
+    result = {"variant": args.variant, "layers": args.layers, "lut_int8": args.lut_int8, "head_int8": args.head_int8,
               "max_tokens": args.max_tokens, "quantize_s": time.perf_counter() - start,
               "objective_totals": {b: sum(r[b] for r in table.values()) for b in range(SEED, PARENT + 1)} if table else None,
               "objective_modules": table, "ppl": {}}
