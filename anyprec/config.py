@@ -41,7 +41,7 @@ class QuantizationConfig(_Strict):
     method: Literal["optimal", "lloyd"] = "optimal"
     # Joint seed (optimal method only; docs/QUALITY.md): None keeps the seed width exactly
     # optimal (the paper); w >= 0 picks seed clusters minimising w * objective(seed) +
-    # objective(seed + 1), which closes most of the nested-vs-dedicated gap at seed + 1.
+    # objective(seed + 1), lowering the gap to a dedicated seed + 1 (w = 0: none left).
     joint_weight: float | None = Field(None, ge=0.0)
     # How the Fisher is computed, not what: both passes give the same numbers, so the
     # choice is left out of dumps and hashes (cache keys, manifests stay as they were).
