@@ -11,8 +11,9 @@ Two methods: OPTIMAL (exact DP seed, exact best split when upscaling) and LLOYD
 seed can also be *joint* (`joint_weight` w): its clusters then minimise
 w * objective(seed) + objective(seed + 1), the next width being each cluster's best
 split, instead of objective(seed) alone; this lowers the objective gap to a dedicated
-quantization one bit above the seed (to 0 at w = 0; docs/QUALITY.md). It costs O(K^2) time and 8 (K + 1)^2 bytes of
-scratch per row and thread, against O(2**bits K log K) for the plain seed. The heavy loops
+quantization one bit above the seed (to 0 at w = 0; docs/QUALITY.md). w > 0 costs O(K^2)
+time and 8 (K + 1)^2 bytes of scratch per row and thread, against O(2**bits K log K) for
+the plain seed (w = 0: about twice the plain seed). The heavy loops
 are numba kernels in `_clustering_kernels`, run over rows in parallel
 (NUMBA_NUM_THREADS threads).
 """
