@@ -92,11 +92,22 @@ def _cost(W, S1, S2, j, i):
     return c if c > 0.0 else 0.0
 
 
+@nb.njit(cache=True, inline="always")
+def _range_cost(W, S1, S2, T, lam, j, i):
+    """Cost of cluster [j, i) in a seed DP: the plain cost, or (joint seed, T non-empty)
+    lam * cost + T[j, i], T[j, i] the least cost of [j, i) split in two."""
+    c = _cost(W, S1, S2, j, i)
+    if T.shape[0] > 0:
+        return lam * c + T[j, i]
+    return c
+
+
 @nb.njit(cache=True)
-def _dp_level(W, S1, S2, d_prev, d_cur, opt_prev, opt_row, ilo, ihi, jlo):
+def _dp_level(W, S1, S2, T, lam, d_prev, d_cur, opt_prev, opt_row, ilo, ihi, jlo):
     """One DP layer: d_cur[i] = min_{jlo <= j < i} d_prev[j] + cost(j, i) for i in [ilo, ihi].
 
-    The cost is a Monge array, so the leftmost argmin is non-decreasing in i and
+    The cost (`_range_cost`) is a Monge array (for the joint seed too: T is the min-plus
+    product of the Monge cost with itself), so the leftmost argmin is non-decreasing in i and
     divide & conquer needs O((ihi - ilo) log K) cost evaluations instead of O(K^2).
     It is also no smaller than the previous layer's argmin at the same i (with one
     more cluster the last one does not grow), which prunes each scan further.
@@ -121,7 +132,7 @@ def _dp_level(W, S1, S2, d_prev, d_cur, opt_prev, opt_row, ilo, ihi, jlo):
         best = np.inf
         bj = jstart
         for j in range(jstart, jend + 1):
-            v = d_prev[j] + _cost(W, S1, S2, j, mid)
+            v = d_prev[j] + _range_cost(W, S1, S2, T, lam, j, mid)
             if v < best:
                 best = v
                 bj = j
@@ -142,30 +153,72 @@ def _dp_level(W, S1, S2, d_prev, d_cur, opt_prev, opt_row, ilo, ihi, jlo):
 
 
 @nb.njit(cache=True)
-def _optimal_bounds(x, f, k, bounds):
+def _split_table(W, S1, S2, n):
+    """T[j, i] = least cost of [j, i) cut into two contiguous parts, for 0 <= j < i <= n.
+
+    Knuth's bound (the cost is Monge, so the best cut s(j, i) obeys
+    s(j, i - 1) <= s(j, i) <= s(j + 1, i)) visits O(n) cuts per row of T: O(n^2) in all.
+    Rows are filled from j = n - 1 down, each left to right (contiguous writes), keeping
+    the cuts of the row below. Returns f64[n + 1, n + 1] (only j < i filled).
+    """
+    T = np.zeros((n + 1, n + 1))
+    below = np.zeros(n + 1, dtype=np.int64)  # s(j + 1, i)
+    here = np.zeros(n + 1, dtype=np.int64)  # s(j, i)
+    for j in range(n - 1, -1, -1):
+        here[j + 1] = j + 1  # one value: nothing to cut, cost 0
+        for i in range(j + 2, n + 1):
+            lo = here[i - 1] if i > j + 2 else j + 1
+            hi = below[i] if i > j + 2 else j + 1
+            hi = min(max(hi, lo), i - 1)  # rounding that bends the bound never empties the scan
+            best = np.inf
+            bs = lo
+            for s in range(lo, hi + 1):
+                v = _cost(W, S1, S2, j, s) + _cost(W, S1, S2, s, i)
+                if v < best:
+                    best = v
+                    bs = s
+            T[j, i] = best
+            here[i] = bs
+        below, here = here, below
+    return T
+
+
+@nb.njit(cache=True)
+def _optimal_bounds(x, f, k, bounds, lam):
     """Exact optimal weighted k-means of a sorted row (K >= k): fills bounds[0..k].
 
     D_m[i] = least cost of the first i values in m non-empty clusters; layers 2..k-1
     by divide & conquer, the last layer only at i = K, then backtrack the argmins.
+    lam < 0: the plain seed. lam >= 0 (joint seed): a cluster costs lam * its cost plus
+    the cost of its best split in two, so the bounds minimise
+    lam * objective(seed) + objective(seed + 1 after the optimal split); lam = 0 is the
+    optimum of 2k clusters, paired.
     """
     n = x.shape[0]
+    if lam == 0.0 and n >= 2 * k:
+        # Only objective(seed + 1) counts: its exact optimum, clusters paired (no table needed).
+        finer = np.empty(2 * k + 1, dtype=np.int64)
+        _optimal_bounds(x, f, 2 * k, finer, -1.0)
+        bounds[:] = finer[::2]
+        return
     W = np.empty(n + 1)
     S1 = np.empty(n + 1)
     S2 = np.empty(n + 1)
     _prefix_centered(x, f, W, S1, S2)
+    T = _split_table(W, S1, S2, n) if lam >= 0.0 else np.zeros((0, 0))
     d_prev = np.full(n + 1, np.inf)
     d_cur = np.full(n + 1, np.inf)
     opt = np.zeros((k + 1, n + 1), dtype=np.int64)
     for i in range(1, n - k + 2):
-        d_prev[i] = _cost(W, S1, S2, 0, i)
+        d_prev[i] = _range_cost(W, S1, S2, T, lam, 0, i)
     for m in range(2, k):
         d_cur[:] = np.inf
-        _dp_level(W, S1, S2, d_prev, d_cur, opt[m - 1], opt[m], m, n - (k - m), m - 1)
+        _dp_level(W, S1, S2, T, lam, d_prev, d_cur, opt[m - 1], opt[m], m, n - (k - m), m - 1)
         d_prev, d_cur = d_cur, d_prev
     best = np.inf
     bj = max(k - 1, opt[k - 1, n - 1])
     for j in range(bj, n):
-        v = d_prev[j] + _cost(W, S1, S2, j, n)
+        v = d_prev[j] + _range_cost(W, S1, S2, T, lam, j, n)
         if v < best:
             best = v
             bj = j
@@ -286,10 +339,11 @@ def _lloyd_bounds(x, f, k, max_iter, state, bounds):
 
 
 @nb.njit(parallel=True, cache=True)
-def seed_rows(xs, fs, k, method, max_iter, rng_seed, row_offset, codes, lut):
+def seed_rows(xs, fs, k, method, max_iter, rng_seed, row_offset, lam, codes, lut):
     """Seed clustering of every sorted row into k clusters (rows in parallel).
 
-    xs, fs: f64[N, K]; codes: uint8[N, K] out (code of each sorted position);
+    xs, fs: f64[N, K]; lam: joint-seed weight (< 0: plain seed; optimal method only,
+    see `_optimal_bounds`); codes: uint8[N, K] out (code of each sorted position);
     lut: f64[N, k] out (sorted centroids). rng_seed and row_offset + row index seed
     each row's k-means++ stream, so results do not depend on chunking or threads.
     """
@@ -302,7 +356,7 @@ def seed_rows(xs, fs, k, method, max_iter, rng_seed, row_offset, codes, lut):
             for c in range(k + 1):
                 bounds[c] = min(c, n)
         elif method == METHOD_OPTIMAL:
-            _optimal_bounds(x, f, k, bounds)
+            _optimal_bounds(x, f, k, bounds, lam)
         else:
             state = np.uint64(rng_seed) * np.uint64(1000003) + np.uint64(row_offset + r)
             _lloyd_bounds(x, f, k, max_iter, state, bounds)

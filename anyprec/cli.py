@@ -226,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for module, hook in (("anyprec.bench", "add_bench_parser"), ("anyprec.eval_cli", "add_eval_parser"),
                          ("anyprec.serving.cli", "add_serve_parser"), ("anyprec.plans", "add_plan_parser"),
-                         ("anyprec.rehearse", "add_rehearse_parser")):
+                         ("anyprec.rehearse", "add_rehearse_parser"), ("anyprec.frontier", "add_frontier_parser")):
         try:
             getattr(importlib.import_module(module), hook)(sub)
         except ModuleNotFoundError as err:

@@ -7,7 +7,13 @@ centroids sorted ascending (a code is its centroid's rank) and equal to the weig
 mean of their members. See docs/ALGORITHM.md sections 3 and 4.
 
 Two methods: OPTIMAL (exact DP seed, exact best split when upscaling) and LLOYD
-(the reference: k-means++ + Lloyd seed, binary-search Lloyd split). The heavy loops
+(the reference: k-means++ + Lloyd seed, binary-search Lloyd split). With OPTIMAL the
+seed can also be *joint* (`joint_weight` w): its clusters then minimise
+w * objective(seed) + objective(seed + 1), the next width being each cluster's best
+split, instead of objective(seed) alone; this lowers the objective gap to a dedicated
+quantization one bit above the seed (to 0 at w = 0; docs/QUALITY.md). w > 0 costs O(K^2)
+time and 8 (K + 1)^2 bytes of scratch per row and thread, against O(2**bits K log K) for
+the plain seed (w = 0: about twice the plain seed). The heavy loops
 are numba kernels in `_clustering_kernels`, run over rows in parallel
 (NUMBA_NUM_THREADS threads).
 """
@@ -119,12 +125,23 @@ def _unsort(order: np.ndarray, sorted_codes: np.ndarray) -> np.ndarray:
     return codes
 
 
-def _seed_sorted(xs, fs, bits: int, method: ClusterMethod, row_offset: int):
+def _check_joint(joint_weight: float | None, method: ClusterMethod) -> float:
+    """The kernel's joint-seed weight: -1 for the plain seed, else joint_weight (>= 0)."""
+    if joint_weight is None:
+        return -1.0
+    if method != ClusterMethod.OPTIMAL:
+        raise ValueError("joint_weight needs method='optimal' (the Lloyd seed is the reference's, kept as is)")
+    if not np.isfinite(joint_weight) or joint_weight < 0:
+        raise ValueError(f"joint_weight must be a finite number >= 0 (or None for the plain seed), got {joint_weight!r}")
+    return float(joint_weight)
+
+
+def _seed_sorted(xs, fs, bits: int, method: ClusterMethod, row_offset: int, lam: float = -1.0):
     """Seed kernel on sorted rows: (sorted codes uint8[n, K], lut f64[n, 2**bits])."""
     k = 1 << bits
     codes = np.empty(xs.shape, dtype=np.uint8)
     lut = np.empty((xs.shape[0], k), dtype=np.float64)
-    kern.seed_rows(xs, fs, k, _METHOD_CODE[method], LLOYD_MAX_ITER, LLOYD_SEED, row_offset, codes, lut)
+    kern.seed_rows(xs, fs, k, _METHOD_CODE[method], LLOYD_MAX_ITER, LLOYD_SEED, row_offset, lam, codes, lut)
     return codes, lut
 
 
@@ -139,24 +156,30 @@ def _upscale_sorted(xs, fs, codes, lut, from_bits: int, to_bits: int, method: Cl
 
 
 def quantize_seed(
-    w: np.ndarray, weights: np.ndarray, bits: int, method: ClusterMethod = ClusterMethod.OPTIMAL
+    w: np.ndarray,
+    weights: np.ndarray,
+    bits: int,
+    method: ClusterMethod = ClusterMethod.OPTIMAL,
+    joint_weight: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Cluster each row into 2**bits weighted clusters.
 
     w: [N, K] weights of a layer; weights: [N, K] sample weights >= 0 (rows summing
     to 0 are treated as all ones). Returns codes uint8[N, K] and lut f32[N, 2**bits],
     sorted ascending per row. With K < 2**bits the extra clusters are empty and get
-    duplicated values that keep the LUT sorted.
+    duplicated values that keep the LUT sorted. joint_weight (OPTIMAL only): None for
+    the exact optimum at `bits`; w >= 0 for the joint seed (module docstring).
     """
     w = _check_matrix("w", w)
     weights = _ones_for_empty_rows(_check_weights(w, weights))
     bits = _check_bits("bits", bits)
     method = ClusterMethod(method)
+    lam = _check_joint(joint_weight, method)
     codes = np.empty(w.shape, dtype=np.uint8)
     lut = np.empty((w.shape[0], 1 << bits), dtype=np.float32)
     for rows in _row_chunks(*w.shape):
         order, xs, fs = _sorted_rows(w[rows], weights[rows])
-        sorted_codes, lut[rows] = _seed_sorted(xs, fs, bits, method, rows.start)
+        sorted_codes, lut[rows] = _seed_sorted(xs, fs, bits, method, rows.start, lam)
         codes[rows] = _unsort(order, sorted_codes)
     return codes, lut
 
@@ -205,10 +228,12 @@ def quantize_nested(
     seed_bits: int,
     parent_bits: int,
     method: ClusterMethod = ClusterMethod.OPTIMAL,
+    joint_weight: float | None = None,
 ) -> tuple[np.ndarray, dict[int, np.ndarray]]:
     """Seed quantization at seed_bits, then upscaling to parent_bits (one sort per row).
 
     Returns parent codes uint8[N, K] and {b: f32[N, 2**b]} for seed_bits..parent_bits.
+    joint_weight: as in `quantize_seed`.
     """
     w = _check_matrix("w", w)
     weights = _ones_for_empty_rows(_check_weights(w, weights))
@@ -217,11 +242,12 @@ def quantize_nested(
     if parent_bits < seed_bits:
         raise ValueError(f"parent_bits ({parent_bits}) must be >= seed_bits ({seed_bits})")
     method = ClusterMethod(method)
+    lam = _check_joint(joint_weight, method)
     codes = np.empty(w.shape, dtype=np.uint8)
     luts = {b: np.empty((w.shape[0], 1 << b), dtype=np.float32) for b in range(seed_bits, parent_bits + 1)}
     for rows in _row_chunks(*w.shape):
         order, xs, fs = _sorted_rows(w[rows], weights[rows])
-        seed_codes, luts[seed_bits][rows] = _seed_sorted(xs, fs, seed_bits, method, rows.start)
+        seed_codes, luts[seed_bits][rows] = _seed_sorted(xs, fs, seed_bits, method, rows.start, lam)
         lut64 = luts[seed_bits][rows].astype(np.float64)
         parent_codes, new_luts = _upscale_sorted(xs, fs, seed_codes, lut64, seed_bits, parent_bits, method)
         codes[rows] = _unsort(order, parent_codes)

@@ -206,13 +206,15 @@ def run_seed_quantization(
 
     sens_dir = Path(sens_dir)
     key = _key(_sensitivity_key(sens_dir), "seed", str(quant.seed_bits), quant.method)
+    if quant.joint_weight is not None:  # plain seeds keep their earlier key (finished layers stay valid)
+        key = _key(key, "joint", repr(quant.joint_weight))
 
     def work(index: int, names: list[str], weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         fisher = load_sensitivity(sens_dir, names)
         out: dict[str, torch.Tensor] = {}
         for name in names:
             w, imp = _importance(weights.pop(name), fisher.pop(name))
-            codes, lut = quantize_seed(w, imp, quant.seed_bits, ClusterMethod(quant.method))
+            codes, lut = quantize_seed(w, imp, quant.seed_bits, ClusterMethod(quant.method), quant.joint_weight)
             out[f"{name}.codes"] = torch.from_numpy(np.ascontiguousarray(codes))
             out[f"{name}.lut"] = torch.from_numpy(np.ascontiguousarray(lut, dtype=np.float32))
         return out
@@ -238,6 +240,8 @@ def run_upscaling(
 
     sens_dir, seed_dir, out_dir = Path(sens_dir), Path(seed_dir), Path(out_dir)
     key = _key(_sensitivity_key(sens_dir), "nested", str(quant.seed_bits), str(quant.parent_bits), quant.method)
+    if quant.joint_weight is not None:
+        key = _key(key, "joint", repr(quant.joint_weight))
 
     def work(index: int, names: list[str], weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         seed_file = seed_dir / LAYER_FILE.format(index)
