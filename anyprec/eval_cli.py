@@ -143,10 +143,8 @@ def evaluate_artifact(artifact_dir: str | Path, config: EvaluationConfig, method
 
 def run_eval(args: argparse.Namespace) -> int:
     """Run the evaluation, print the markdown tables, write --json/--markdown/--plots."""
-    from anyprec.env import apply_offline_env
     from anyprec.evaluation import table
 
-    apply_offline_env()
     config = settings_from_args(args, args.dir)
     report = evaluate_artifact(args.dir, config, args.methods, args.work_dir, progress=not args.no_progress)
     print(table.markdown_report(report))

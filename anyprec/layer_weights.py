@@ -34,10 +34,8 @@ class ModelWeights:
     def __init__(self, model_ref: str | Path):
         from transformers import AutoConfig, AutoModelForCausalLM
 
-        from anyprec.env import apply_offline_env
         from anyprec.models import resolve_model_dir
 
-        apply_offline_env()
         self.model_dir = resolve_model_dir(model_ref)
         config = AutoConfig.from_pretrained(self.model_dir, local_files_only=True)
         with torch.device("meta"):

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from anyprec import archs
 from anyprec.config import CalibrationConfig, QuantizationConfig
-from anyprec.env import apply_offline_env, cache_dir
+from anyprec.env import cache_dir
 from anyprec.errors import OutputError, UsageError
 from anyprec.fileio import apply_umask, atomic_path, save_tensors_atomic, write_json_atomic
 from anyprec.sensitivity import LAYER_FILE, LAYER_GLOB
@@ -63,7 +63,6 @@ def prepare_calibration(model_ref: str, calib: CalibrationConfig, out_dir: str |
     from anyprec.calibration import build_calibration, calibration_hash
     from anyprec.models import resolve_model_dir
 
-    apply_offline_env()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_dir(model_ref), local_files_only=True)
@@ -415,7 +414,6 @@ def quantize_model(
     `out_dir` is checked first (`check_out_dir`); `force` allows replacing an earlier artifact."""
     from anyprec import stages
 
-    apply_offline_env()
     base = stages.resolve_base(model_ref)
     check_out_dir(Path(out_dir), Path(base.path), force)
     check_seq_len(calib, Path(base.path))

@@ -15,7 +15,6 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from anyprec.env import apply_offline_env
 from anyprec.evaluation import bigbench
 
 BIGBENCH_PREFIX = "bigbench:"
@@ -79,7 +78,6 @@ def _load_builtin(name: str) -> dict:
 def build_suite(specs: list[str], bigbench_source: Path | None = None, task_dir: Path | None = None,
                 style: bigbench.PromptStyle = bigbench.PromptStyle.COMPLETION) -> ZeroShotSuite:
     """Load every task of `specs`, converting BIG-bench tasks first (cached per prompt style)."""
-    apply_offline_env()
     bb_specs, builtin = split_task_specs(specs)
     names: dict[str, str] = {}
     tasks: dict = {}

@@ -23,3 +23,12 @@ def test_importing_the_package_applies_every_offline_variable():
     assert {k: seen[k] for k in OFFLINE_ENV if k != "DO_NOT_TRACK"} == {
         k: v for k, v in OFFLINE_ENV.items() if k != "DO_NOT_TRACK"}
 
+
+
+def test_only_the_package_import_applies_the_offline_environment():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    callers = sorted(str(p.relative_to(root)) for folder in ("anyprec", "flows", "tasks", "dashboards", "kernels")
+                     for p in (root / folder).rglob("*.py") if "apply_offline_env()\n" in p.read_text())
+    assert callers == ["anyprec/__init__.py"], callers
