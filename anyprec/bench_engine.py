@@ -230,17 +230,19 @@ def run_engine_decode(args) -> dict:
     result = {"rows": rows, "breakdown_ms": breakdown, "prompt_tokens": len(ids)}
     if peers:
         result.update(_llamacpp_summary(args, apm, engines["native"], ids, rows, peers))
+    for runner in peers.values():
+        runner.close()
     return result
 
 
 def _llamacpp_runners(args, apm) -> dict:
-    from anyprec.bench_llamacpp import LlamaCppRunner, make_ggufs
+    from anyprec.bench_llamacpp import LlamaCppProcess, make_ggufs
     from anyprec.env import cache_dir
     from anyprec.models import find_embedded_gguf
 
     folder = Path(args.gguf_dir) if args.gguf_dir else cache_dir() / "llamacpp"
     paths = make_ggufs(find_embedded_gguf(), folder, args.llamacpp_types)
-    return {q: LlamaCppRunner(p, torch.get_num_threads()) for q, p in paths.items()}
+    return {q: LlamaCppProcess(p, torch.get_num_threads()) for q, p in paths.items()}
 
 
 def _llamacpp_summary(args, apm, native, ids, rows, peers) -> dict:

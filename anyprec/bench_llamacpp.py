@@ -90,6 +90,45 @@ class LlamaCppRunner:
         return times
 
 
+def _serve_runner(conn, path: str, threads: int) -> None:
+    """Child process: one LlamaCppRunner answering (method, args) calls until it gets None."""
+    runner = LlamaCppRunner(Path(path), threads)
+    for call in iter(conn.recv, None):
+        conn.send(getattr(runner, call[0])(*call[1:]))
+
+
+class LlamaCppProcess:
+    """A LlamaCppRunner in its own process, same methods. Timing llama.cpp inside our process
+    would let the two OpenMP thread pools (ours and its) contend for the same cores; in its
+    own process it runs as a user's llama.cpp would, and rounds still alternate with ours."""
+
+    def __init__(self, path: Path, threads: int) -> None:
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=_serve_runner, args=(child, str(path), threads), daemon=True)
+        self.process.start()
+        self.path = Path(path)
+
+    def _call(self, *call):
+        self.conn.send(call)
+        return self.conn.recv()
+
+    def tokenize(self, text: str) -> list[int]:
+        return self._call("tokenize", text)
+
+    def prefill_seconds(self, ids: list[int]) -> float:
+        return self._call("prefill_seconds", list(ids))
+
+    def decode_steps(self, ids: list[int], steps: int) -> list[float]:
+        return self._call("decode_steps", list(ids), steps)
+
+    def close(self) -> None:
+        self.conn.send(None)
+        self.process.join(timeout=30)
+
+
 def bits_per_weight(path: Path, n_params: int) -> float:
     """File bits per model parameter (the GGUF holds little besides the weights)."""
     return Path(path).stat().st_size * 8 / n_params
