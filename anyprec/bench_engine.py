@@ -258,7 +258,9 @@ def _llamacpp_summary(args, apm, native, ids, rows, peers) -> dict:
     interleave(runs, args.repeats)
     prompt_rows = [{"engine": n, "bits": b, "prompt_tokens": len(long_ids),
                     "tokens_per_s": len(long_ids) * 1e3 / _spread(t)["ms"]} for (n, b), t in prefill.items()]
-    n_params = sum(p.numel() for p in apm.model.parameters())
+    # the quantized weights are planes (buffers), so count them from the manifest's shapes
+    n_params = sum(p.numel() for p in apm.model.parameters()) + sum(
+        m["out_features"] * m["in_features"] for m in apm.manifest["modules"].values())
     peer_rows = {q: next(r for r in rows if r["engine"] == f"llamacpp:{q}") for q in peers}
     for q, r in peer_rows.items():
         r["bits_per_weight"] = bits_per_weight(peers[q].path, n_params)
