@@ -31,9 +31,10 @@ def ray_url(chat_artifact):
     from anyprec.config import ServingConfig
     from anyprec.serving.ray_serve import deployment
 
-    # Offline and light: no usage report, no dashboard, two CPUs for the whole local cluster.
+    # Offline and light: no usage report, no dashboard, two CPUs for the whole local cluster;
+    # address="local" starts a fresh one even where `ray start` left a cluster running.
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         port = _free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
