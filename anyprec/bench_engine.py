@@ -355,35 +355,37 @@ def add_engine_benches(sub) -> None:
     """Add `bench prefill`, `bench batch` and `bench head` to the bench subparsers."""
     from anyprec.bench import DEFAULT_BITS
 
-    p = sub.add_parser("prefill", help="prompt tok/s: native engine vs transformers")
-    p.add_argument("dir", help="packed artifact directory")
+    p = _subparser(sub, "prefill", "prompt tok/s: native engine vs transformers", "write the rows to this JSON file")
     p.add_argument("--bits", type=int, nargs="+", default=[3, 4, 8], choices=range(1, 9))
     p.add_argument("--engines", nargs="+", default=["native", "transformers"], choices=["native", "transformers"])
     p.add_argument("--prompt-tokens", type=int, default=128)
     p.add_argument("--repeats", type=int, default=5, help="interleaved rounds (median)")
-    p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--json", help="write the rows to this JSON file")
     add_head_option(p)
     p.set_defaults(func=run_prefill)
-    p = sub.add_parser("batch", help="total tok/s of a mixed-precision batch vs one sequence")
-    p.add_argument("dir", help="packed artifact directory")
+    p = _subparser(sub, "batch", "total tok/s of a mixed-precision batch vs one sequence",
+                   "write the result to this JSON file")
     p.add_argument("--batch-bits", type=int, nargs="+", default=[*DEFAULT_BITS, 3, 4], choices=range(1, 9),
                    help="one bit-width per sequence (default: 8 sequences, 3..8 bits plus 3 and 4)")
     p.add_argument("--engine", choices=["native", "transformers"], default="native")
     p.add_argument("--steps", type=int, default=16, help="decode steps per round")
     p.add_argument("--prompt-tokens", type=int, default=16)
     p.add_argument("--repeats", type=int, default=3, help="interleaved rounds (median)")
-    p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--json", help="write the result to this JSON file")
     add_head_option(p)
     p.set_defaults(func=run_batch)
-    p = sub.add_parser("head", help="perplexity and speed of the engine's output head modes (fp16, int8, int8x8)")
-    p.add_argument("dir", help="packed artifact directory")
+    p = _subparser(sub, "head", "perplexity and speed of the engine's output head modes (fp16, int8w, int8)",
+                   "write the rows to this JSON file")
     p.add_argument("--bits", type=int, nargs="+", default=[3, 4, 8], choices=range(1, 9))
     p.add_argument("--corpora", nargs="+", default=["wiki", "news"], choices=["wiki", "news"])
     p.add_argument("--max-tokens", type=int, default=4096, help="first N held-out tokens per corpus")
     p.add_argument("--window", type=int, default=2048)
     p.add_argument("--repeats", type=int, default=20, help="timed head calls per mode (interleaved)")
-    p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--json", help="write the rows to this JSON file")
     p.set_defaults(func=run_head)
+
+
+def _subparser(sub, name: str, help_text: str, json_help: str):
+    """A bench subcommand with the arguments every engine bench takes: DIR, --threads, --json."""
+    p = sub.add_parser(name, help=help_text)
+    p.add_argument("dir", help="packed artifact directory")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--json", help=json_help)
+    return p
