@@ -2,7 +2,8 @@
  *
  * Planes: int32 words, plane p of row n at planes + p * plane_stride + n * W, column k in
  * word k / 32, bit k % 32 (LSB first); plane 0 is the most significant code bit.
- * LUT: float32 or float16 [N, 2**bits], row-contiguous.
+ * LUT: float32 or float16 [N, 2**bits], row-contiguous; or uint8 codes [N, 2**bits] with a
+ * float32 lo and scale per row (value = lo + scale * q, anyprec/lutq.py), flagged by lut_u8.
  */
 #ifndef AP_KERNELS_H
 #define AP_KERNELS_H
@@ -18,13 +19,15 @@ typedef struct {
     int64_t plane_stride;    /* words between consecutive planes */
     int64_t n_rows, words, in_features;
     const void *lut;         /* [N, 2**bits] */
-    int lut_f16;             /* 1: lut is IEEE half, 0: float32 */
+    int lut_f16;             /* 1: lut is IEEE half, 0: float32 (ignored when lut_u8) */
     int bits;
     const float *x;          /* [T, xstride] padded with zeros to a multiple of AP_CHUNK */
     int64_t xstride;
     int tokens;              /* 1..AP_MAX_TOKENS */
     float *y;                /* [T, ystride] */
     int64_t ystride;
+    int lut_u8;              /* 1: lut is uint8 [N, 2**bits] codes with lut_lo / lut_scale */
+    const float *lut_lo, *lut_scale;  /* [N] each when lut_u8 */
 } ap_gemv_args;
 
 typedef struct {
@@ -34,6 +37,8 @@ typedef struct {
     int lut_f16, bits;
     void *out;               /* [row1 - row0, in_features] */
     int out_bf16;            /* 1: bfloat16 output, 0: float32 */
+    int lut_u8;              /* as in ap_gemv_args */
+    const float *lut_lo, *lut_scale;
 } ap_dequant_args;
 
 typedef struct {
