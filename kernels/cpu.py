@@ -233,3 +233,46 @@ def matmul_cpu(
     if bias is not None:
         y = y + bias.to(y.dtype)
     return y.to(x.dtype).reshape(*lead, planes.shape[1])
+
+
+ACT_GROUP = 32  # columns per int8 activation scale in `gemv_u8` (llama.cpp's Q8 block)
+
+
+def gemv_u8(
+    planes: torch.Tensor,
+    q: torch.Tensor,
+    lo: torch.Tensor,
+    scale: torch.Tensor,
+    x: torch.Tensor,
+    bits: int,
+    acts: str = "fp32",
+    act_group: int = ACT_GROUP,
+) -> torch.Tensor:
+    """y f32[T, N] = x @ (lo + scale * q[code]).T on the AVX2 uint8-LUT kernel.
+
+    planes int32[P, N, W]; q uint8[N, 2**bits], lo and scale f32[N] (anyprec/lutq.py);
+    x f32[T, K]. acts="int8" quantizes x per `act_group` columns (a multiple of 32, or >= K
+    for one scale per token) to symmetric int8 and sums q * x8 in int32 (ap_lut8_avx2.c).
+    """
+    if acts not in ("fp32", "int8"):
+        raise ValueError(f"acts={acts!r} must be 'fp32' or 'int8'")
+    if x.dim() != 2:
+        raise ValueError(f"x must be 2-D [tokens, in_features], got shape {tuple(x.shape)}")
+    k = x.shape[1]
+    _check_planes(planes, bits, k)
+    n = planes.shape[1]
+    if q.dtype != torch.uint8 or tuple(q.shape) != (n, 1 << bits):
+        raise ValueError(f"q must be uint8[{n}, {1 << bits}] for bits={bits}, got {q.dtype}{list(q.shape)}")
+    for name, t in (("lo", lo), ("scale", scale)):
+        if t.dtype != torch.float32 or tuple(t.shape) != (n,):
+            raise ValueError(f"{name} must be float32[{n}], got {t.dtype}{list(t.shape)}")
+    q, lo, scale = q.contiguous(), lo.contiguous(), scale.contiguous()
+    x = x.float().contiguous()
+    y = torch.empty((x.shape[0], n), dtype=torch.float32)
+    group = act_group if acts == "int8" else 0
+    threads = _threads(bits * n * planes.shape[2] * 4)
+    for t0 in range(0, x.shape[0], DECODE_MAX_TOKENS):
+        t = min(DECODE_MAX_TOKENS, x.shape[0] - t0)
+        _lib().gemv_u8(planes.data_ptr(), planes.stride(0), n, planes.shape[2], k, q.data_ptr(), lo.data_ptr(),
+                       scale.data_ptr(), bits, x[t0].data_ptr(), t, k, y[t0].data_ptr(), n, group, threads)
+    return y

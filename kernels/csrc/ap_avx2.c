@@ -1,9 +1,8 @@
 /* AVX2+FMA decode kernel (x86-64 CPUs without AVX-512): 32 columns per step.
  *
- * No mask registers here, so each plane's 32-bit word is spread to 32 bytes (broadcast,
- * byte shuffle, bit test) and folded into byte codes MSB-first (codes = 2 * codes + bit).
- * Dword lane i of `codes >> 8j` then holds the code of column 4i + j in its low byte; the
- * caller stores x to match (AP_X_PERM4_32). Centroids: the row's LUT widened to fp32 once;
+ * Byte codes come from the planes as in ap_avx2_codes.h. Dword lane i of `codes >> 8j`
+ * then holds the code of column 4i + j in its low byte; the caller stores x to match
+ * (AP_X_PERM4_32). Centroids: the row's LUT widened to fp32 once;
  * <= 3 bits one `vpermps` per 8 columns, 4 bits two `vpermps` picked by the code's top bit.
  * 5..8 bits with an fp16 LUT (the artifact's): the LUT is split into 16-entry tables of low
  * and high bytes; `vpshufb` looks the code's low nibble up in each (32 columns at once) and
@@ -15,23 +14,7 @@
 #if defined(__x86_64__)
 #include <immintrin.h>
 #include "ap_kernels.h"
-
-#define AVX2 __attribute__((target("avx2,fma,f16c")))
-#define INLINE static inline __attribute__((always_inline)) AVX2
-
-/* Byte k of the result = code of column k of word w (planes [0, bits), MSB first). */
-INLINE __m256i byte_codes32(const uint32_t *const src[], int64_t w, int bits) {
-    const __m256i spread = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
-                                            2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
-    const __m256i bit_of_byte = _mm256_set1_epi64x((long long)0x8040201008040201ULL);
-    __m256i codes = _mm256_setzero_si256();
-    for (int p = 0; p < bits; p++) {
-        const __m256i v = _mm256_shuffle_epi8(_mm256_set1_epi32((int)src[p][w]), spread);
-        const __m256i set = _mm256_cmpeq_epi8(_mm256_and_si256(v, bit_of_byte), bit_of_byte);
-        codes = _mm256_sub_epi8(_mm256_add_epi8(codes, codes), set);  /* set is -1 where the bit is 1 */
-    }
-    return codes;
-}
+#include "ap_avx2_codes.h"
 
 /* fp32 centroids of the 8 lanes of idx (low byte of each lane = code). */
 INLINE __m256 lookup8(__m256i idx, const float *lut, __m256 lo, __m256 hi, int bits) {

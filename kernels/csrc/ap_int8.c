@@ -13,16 +13,28 @@
 #include <stdlib.h>
 #include "ap_kernels.h"
 
-/* Per-token activation scale and int8 copy; x8 is [T, kpad] (kpad: k rounded up to 32, zeros). */
-void ap_quantize_acts_int8(const ap_int8_gemv_args *a, int8_t *x8, float *sx, int64_t kpad) {
-    for (int t = 0; t < a->tokens; t++) {
-        const float *x = a->x + t * a->xstride;
-        float top = 0.0f;
-        for (int64_t k = 0; k < a->k; k++) top = fabsf(x[k]) > top ? fabsf(x[k]) : top;
-        sx[t] = top / 127.0f;
+/* Activations x [T, k] -> int8 x8 [T, kpad] (zeros past k) and a scale per `group` columns
+ * sx [T, sx_stride] (group >= k: one per token): symmetric, sx = max|x| / 127 over the group,
+ * x8 = rint(x / sx) rounding half to even; an all-zero group gets sx = 0, x8 = 0. */
+void ap_quantize_acts_int8_groups(const float *x, int64_t xstride, int tokens, int64_t k, int64_t group,
+                                  int8_t *x8, int64_t kpad, float *sx, int64_t sx_stride) {
+    for (int t = 0; t < tokens; t++) {
+        const float *src = x + t * xstride;
         int8_t *dst = x8 + t * kpad;
-        for (int64_t k = 0; k < kpad; k++) dst[k] = (k < a->k && top > 0.0f) ? (int8_t)nearbyintf(x[k] / sx[t]) : 0;
+        for (int64_t g0 = 0, g = 0; g0 < kpad; g0 += group, g++) {
+            const int64_t g1 = g0 + group < kpad ? g0 + group : kpad;
+            float top = 0.0f;
+            for (int64_t c = g0; c < g1 && c < k; c++) top = fabsf(src[c]) > top ? fabsf(src[c]) : top;
+            const float s = top / 127.0f;
+            sx[t * sx_stride + g] = s;
+            for (int64_t c = g0; c < g1; c++) dst[c] = (c < k && top > 0.0f) ? (int8_t)nearbyintf(src[c] / s) : 0;
+        }
     }
+}
+
+/* Per-token activation scale and int8 copy for the head; x8 is [T, kpad] (kpad: k rounded up to 32, zeros). */
+void ap_quantize_acts_int8(const ap_int8_gemv_args *a, int8_t *x8, float *sx, int64_t kpad) {
+    ap_quantize_acts_int8_groups(a->x, a->xstride, a->tokens, a->k, kpad, x8, kpad, sx, 1);
 }
 
 void ap_int8_gemv_rows_portable(const ap_int8_gemv_args *a, int64_t row0, int64_t row1) {

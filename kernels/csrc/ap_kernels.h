@@ -28,6 +28,11 @@ typedef struct {
     int64_t ystride;
     int lut_u8;              /* 1: lut is uint8 [N, 2**bits] codes with lut_lo / lut_scale */
     const float *lut_lo, *lut_scale;  /* [N] each when lut_u8 */
+    /* int8 activations (uint8 LUTs, ap_lut8_avx2.c); x8 NULL: the fp32 x above */
+    const int8_t *x8;        /* [T, x8stride], x8stride a multiple of 32, zero-padded */
+    const float *x8_scale;   /* [T, x8stride / 32]: x ~= x8_scale[k / 32] * x8[k] */
+    int64_t x8stride;
+    const float *x_sum;      /* [T] sum_k x (sum_k x8_scale * x8 with x8), or NULL: the kernel sums */
 } ap_gemv_args;
 
 typedef struct {
@@ -86,6 +91,8 @@ void ap_gemv_rows_portable(const ap_gemv_args *a, int64_t row0, int64_t row1);
 void ap_gemv_rows_avx2(const ap_gemv_args *a, int64_t row0, int64_t row1);
 int ap_avx2_x_order(const ap_gemv_args *a);  /* AP_X_PERM4_32, or AP_X_NATURAL (5..8 bits, fp16 LUT) */
 void ap_gemv_rows_avx512(const ap_gemv_args *a, int64_t row0, int64_t row1);
+void ap_gemv_rows_avx2_u8(const ap_gemv_args *a, int64_t row0, int64_t row1);  /* lut_u8, x natural */
+void ap_u8_x_sums(const ap_gemv_args *a, float *sums);  /* x_sum [tokens] for a uint8-LUT call */
 void ap_dequant_rows_portable(const ap_dequant_args *a, int64_t row0, int64_t row1, int64_t out_row0);
 void ap_dequant_rows_avx2(const ap_dequant_args *a, int64_t row0, int64_t row1, int64_t out_row0);
 void ap_dequant_rows_avx512(const ap_dequant_args *a, int64_t row0, int64_t row1, int64_t out_row0);
@@ -95,6 +102,8 @@ void ap_half_gemv_rows_avx2(const ap_half_gemv_args *a, int64_t row0, int64_t ro
 void ap_half_gemv_rows_avx512(const ap_half_gemv_args *a, int64_t row0, int64_t row1);
 
 void ap_quantize_acts_int8(const ap_int8_gemv_args *a, int8_t *x8, float *sx, int64_t kpad);
+void ap_quantize_acts_int8_groups(const float *x, int64_t xstride, int tokens, int64_t k, int64_t group,
+                                  int8_t *x8, int64_t kpad, float *sx, int64_t sx_stride);
 void ap_int8_gemv_rows_portable(const ap_int8_gemv_args *a, int64_t row0, int64_t row1);
 void ap_int8_gemv_rows_avx2(const ap_int8_gemv_args *a, int64_t row0, int64_t row1);
 

@@ -344,6 +344,88 @@ static PyObject *py_int8_gemv(PyObject *self, PyObject *const *args, Py_ssize_t 
     Py_RETURN_NONE;
 }
 
+#if defined(__x86_64__)
+/* Expands one scale per `group` columns [T, ceil(kpad / group)] to one per 32-column block. */
+static void block_scales(const float *gs, int tokens, int64_t blocks, int64_t group, float *sx) {
+    const int64_t groups = (blocks * 32 + group - 1) / group;
+    for (int t = 0; t < tokens; t++)
+        for (int64_t b = 0; b < blocks; b++) sx[t * blocks + b] = gs[t * groups + b * 32 / group];
+}
+
+/* uint8-LUT mat-vec on the AVX2 kernel; act_group > 0: activations quantized to int8 with
+ * one scale per act_group columns (a multiple of 32, or >= in_features: one per token).
+ * Returns 0 or -1 (out of memory). */
+static int run_gemv_u8(ap_gemv_args *a, const float *x, int64_t xstride, int64_t act_group, int nthreads) {
+    const int T = a->tokens;
+    const int64_t blocks = a->words, k8 = 32 * blocks, groups = (k8 + act_group - 1) / (act_group ? act_group : 1);
+    int64_t kpad = 0;
+    float *buf = prepare_x(x, T, xstride, a->in_features, a->words, AP_X_NATURAL, &kpad);
+    int8_t *x8 = act_group > 0 ? aligned_alloc(64, (size_t)(T * k8)) : NULL;
+    float *gs = act_group > 0 ? malloc(sizeof(float) * (size_t)(T * groups)) : NULL;
+    float *sx = act_group > 0 ? malloc(sizeof(float) * (size_t)(T * blocks)) : NULL;
+    const int failed = !buf || (act_group > 0 && (!x8 || !gs || !sx));
+    if (!failed) {
+        a->x = buf;
+        a->xstride = kpad;
+        if (act_group > 0) {
+            ap_quantize_acts_int8_groups(buf, kpad, T, a->in_features, act_group, x8, k8, gs, groups);
+            block_scales(gs, T, blocks, act_group, sx);
+            a->x8 = x8;
+            a->x8_scale = sx;
+            a->x8stride = k8;
+        }
+        float sums[AP_MAX_TOKENS];
+        ap_u8_x_sums(a, sums);  /* once per call, not per row */
+        a->x_sum = sums;
+#pragma omp parallel num_threads(nthreads) if (nthreads > 1)
+        {
+            int64_t r0, r1;
+            split_rows(a->n_rows, omp_get_num_threads(), omp_get_thread_num(), &r0, &r1);
+            ap_gemv_rows_avx2_u8(a, r0, r1);
+        }
+    }
+    free(buf);
+    free(x8);
+    free(gs);
+    free(sx);
+    return failed ? -1 : 0;
+}
+#endif
+
+/* gemv_u8(planes, plane_stride, n_rows, words, in_features, q, lo, scale, bits,
+ *         x, tokens, x_stride, y, y_stride, act_group, nthreads): uint8-LUT mat-vec on the
+ * AVX2 kernel (ap_lut8_avx2.c); act_group 0: fp32 activations, else int8 (run_gemv_u8). */
+static PyObject *py_gemv_u8(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    int64_t v[16];
+    if (parse_ints(args, nargs, 16, v, "gemv_u8") || check_common(v[8], v[15])) return NULL;
+    if (v[10] < 1 || v[10] > AP_MAX_TOKENS) {
+        PyErr_Format(PyExc_ValueError, "tokens=%lld must be in 1..%d", (long long)v[10], AP_MAX_TOKENS);
+        return NULL;
+    }
+    if (v[14] < 0 || (v[14] % 32 && v[14] < v[4])) {
+        PyErr_Format(PyExc_ValueError, "act_group=%lld must be 0 (fp32 activations), a multiple of 32, "
+                     "or >= in_features=%lld (one scale per token)", (long long)v[14], (long long)v[4]);
+        return NULL;
+    }
+#if defined(__x86_64__)
+    if (best_isa() < ISA_AVX2) {
+#endif
+        PyErr_SetString(PyExc_RuntimeError, "gemv_u8 needs an x86-64 CPU with AVX2, FMA and F16C");
+        return NULL;
+#if defined(__x86_64__)
+    }
+    ap_gemv_args a = {(const uint32_t *)(intptr_t)v[0], v[1], v[2], v[3], v[4], (const void *)(intptr_t)v[5],
+                      0, (int)v[8], NULL, 0, (int)v[10], (float *)(intptr_t)v[12], v[13], 1,
+                      (const float *)(intptr_t)v[6], (const float *)(intptr_t)v[7]};
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = run_gemv_u8(&a, (const float *)(intptr_t)v[9], v[11], v[14], (int)v[15]);
+    Py_END_ALLOW_THREADS
+    if (rc) return PyErr_NoMemory();
+    Py_RETURN_NONE;
+#endif
+}
+
 /* engine_step(model, rows, n_rows, logits, nthreads, timings): one native decode engine
  * step (ap_engine.h); the Python side (anyprec/engine/native.py) owns every pointer. */
 static PyObject *py_engine_step(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
@@ -404,6 +486,7 @@ static PyObject *py_set_isa(PyObject *self, PyObject *arg) {
 
 static PyMethodDef METHODS[] = {
     {"gemv", (PyCFunction)(void (*)(void))py_gemv, METH_FASTCALL, "bitplane-LUT mat-vec for 1..8 tokens"},
+    {"gemv_u8", (PyCFunction)(void (*)(void))py_gemv_u8, METH_FASTCALL, "uint8-LUT mat-vec, fp32 or int8 activations"},
     {"half_gemv", (PyCFunction)(void (*)(void))py_half_gemv, METH_FASTCALL, "fp16-stored dense mat-vec, fp32 math"},
     {"int8_gemv", (PyCFunction)(void (*)(void))py_int8_gemv, METH_FASTCALL, "per-row int8 head mat-vec"},
     {"dequant", (PyCFunction)(void (*)(void))py_dequant, METH_FASTCALL, "dense rows from bitplanes + LUT"},

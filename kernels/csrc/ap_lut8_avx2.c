@@ -1,0 +1,173 @@
+/* AVX2 decode kernel for uint8 LUTs (value = lo + scale * q, anyprec/lutq.py): 32 columns
+ * per step, x in natural column order (AP_X_NATURAL).
+ *
+ * y[t, n] = lo[n] * sum_k x[t, k] + scale[n] * sum_k q[n, code[n, k]] * x[t, k]: the first sum
+ * is one per token and call (x_sum), the second runs on bytes. Codes come from the planes as
+ * in ap_avx2_codes.h; q is looked up with `vpshufb` in 16-byte tables of the row's LUT, one
+ * table at <= 4 bits, 2**(bits-4) at 5..8 picked by the code's upper bits (a `vpblendvb` tree
+ * up to AP_U8_TREE_MAX_BITS, an equality blend per table above: measured, see docs/ENGINE.md).
+ *
+ * fp32 activations: q widened to fp32, one FMA per 8 columns and token.
+ * int8 activations (a->x8): x ~= sx[block] * x8 per 32-column block. With q' = q - 128 (signed,
+ * -128..127), q * x8 = q' * x8 + 128 * x8, and `vpmaddubsw(|q'|, sign(x8, q'))` forms
+ * q'0 * x0 + q'1 * x1 in int16: |q'| <= 128 (abs of -128 is 0x80, read unsigned) and
+ * |x8| <= 127, so each pair is at most 2 * 128 * 127 = 32512 < 32767, never saturating (q
+ * itself would not fit: 2 * 255 * 127 = 64770). `vpmaddwd` with ones then sums 4 columns
+ * exactly in int32, converted to fp32 and scaled by the block's sx. The 128 * x8 part folds
+ * into the per-token sum: y = (lo + 128 * scale) * x_sum + scale * sum_b sx_b * S'_b, with
+ * x_sum = sum_b sx_b * sum_{k in b} x8[k].
+ */
+#if defined(__x86_64__)
+#include <immintrin.h>
+#include <string.h>
+#include "ap_kernels.h"
+#include "ap_avx2_codes.h"
+
+#ifndef AP_U8_TREE_MAX_BITS /* -D overrides it for measurements */
+#define AP_U8_TREE_MAX_BITS 8 /* the blend tree up to this width, equality blends above */
+#endif
+
+/* The row's q[0, 2**bits) as 16-entry byte tables, each broadcast to both lanes (entries
+ * past 2**bits read as 0: codes never reach them). */
+INLINE void u8_tables(const uint8_t *q, int bits, __m256i *tabs) {
+    if (bits < 4) {
+        uint8_t t[16] = {0};
+        memcpy(t, q, (size_t)1 << bits);
+        tabs[0] = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)t));
+        return;
+    }
+    for (int h = 0; h < 1 << (bits - 4); h++)
+        tabs[h] = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(q + 16 * h)));
+}
+
+/* q of 32 byte codes (byte k = column k). */
+INLINE __m256i u8_lookup32(__m256i codes, const __m256i *tabs, int bits) {
+    if (bits <= 4) return _mm256_shuffle_epi8(tabs[0], codes);  /* codes < 16: bit 7 clear */
+    const __m256i lo = _mm256_and_si256(codes, _mm256_set1_epi8(0x0f));
+    if (bits > AP_U8_TREE_MAX_BITS) {  /* select by equality, streaming */
+        const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(codes, 4), _mm256_set1_epi8(0x0f));
+        __m256i r = _mm256_setzero_si256();
+        for (int h = 0; h < 1 << (bits - 4); h++)
+            r = _mm256_blendv_epi8(r, _mm256_shuffle_epi8(tabs[h], lo), _mm256_cmpeq_epi8(hi, _mm256_set1_epi8((char)h)));
+        return r;
+    }
+    __m256i cand[16];  /* candidates, halved per tree level */
+    int n = 1 << (bits - 4);
+    for (int h = 0; h < n; h++) cand[h] = _mm256_shuffle_epi8(tabs[h], lo);
+    for (int bit = 4; bit < bits; bit++, n /= 2) {  /* code bit `bit` -> byte bit 7: the blend mask */
+        const __m256i sel = bit == 7 ? codes : _mm256_slli_epi16(codes, 7 - bit);
+        for (int h = 0; h < n / 2; h++) cand[h] = _mm256_blendv_epi8(cand[2 * h], cand[2 * h + 1], sel);
+    }
+    return cand[0];
+}
+
+INLINE float hsum_ps(__m256 v) {
+    const __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    const __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+    return _mm_cvtss_f32(_mm_add_ss(s2, _mm_movehdup_ps(s2)));
+}
+
+/* sum_k q * x for T fp32 tokens: q widened to fp32, columns 8j..8j+7 in acc[t][j]. */
+INLINE void dot_f32(const ap_gemv_args *a, const uint32_t *const src[], const __m256i *tabs, int bits, int T,
+                    float out[4]) {
+    __m256 acc[4][4];
+    for (int t = 0; t < T; t++)
+        for (int j = 0; j < 4; j++) acc[t][j] = _mm256_setzero_ps();
+    for (int64_t w = 0; w < a->words; w++) {
+        const __m256i q = u8_lookup32(byte_codes32(src, w, bits), tabs, bits);
+        const __m128i q0 = _mm256_castsi256_si128(q), q1 = _mm256_extracti128_si256(q, 1);
+        const __m256 wv[4] = {_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(q0)),
+                              _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(q0, 8))),
+                              _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(q1)),
+                              _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(q1, 8)))};
+        for (int t = 0; t < T; t++) {
+            const float *x = a->x + t * a->xstride + 32 * w;
+            for (int j = 0; j < 4; j++) acc[t][j] = _mm256_fmadd_ps(wv[j], _mm256_loadu_ps(x + 8 * j), acc[t][j]);
+        }
+    }
+    for (int t = 0; t < T; t++)
+        out[t] = hsum_ps(_mm256_add_ps(_mm256_add_ps(acc[t][0], acc[t][1]), _mm256_add_ps(acc[t][2], acc[t][3])));
+}
+
+/* sum_b sx_b * sum_{k in b} (q - 128) * x8 for T int8 tokens (see the top of the file). */
+INLINE void dot_i8(const ap_gemv_args *a, const uint32_t *const src[], const __m256i *tabs, int bits, int T,
+                   float out[4]) {
+    const __m256i ones = _mm256_set1_epi16(1), bias = _mm256_set1_epi8((char)0x80);
+    const int64_t sstride = a->x8stride / 32;
+    __m256 acc[4];
+    for (int t = 0; t < T; t++) acc[t] = _mm256_setzero_ps();
+    for (int64_t w = 0; w < a->words; w++) {
+        const __m256i qs = _mm256_xor_si256(u8_lookup32(byte_codes32(src, w, bits), tabs, bits), bias);
+        const __m256i qa = _mm256_abs_epi8(qs);
+        for (int t = 0; t < T; t++) {
+            const __m256i xv = _mm256_loadu_si256((const __m256i *)(a->x8 + t * a->x8stride + 32 * w));
+            const __m256i s32 = _mm256_madd_epi16(_mm256_maddubs_epi16(qa, _mm256_sign_epi8(xv, qs)), ones);
+            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32), _mm256_broadcast_ss(a->x8_scale + t * sstride + w), acc[t]);
+        }
+    }
+    for (int t = 0; t < T; t++) out[t] = hsum_ps(acc[t]);
+}
+
+/* x_sum[t] for t < a->tokens as ap_gemv_args defines it (x unpadded, or x8 and x8_scale). */
+void ap_u8_x_sums(const ap_gemv_args *a, float *sums) {
+    for (int t = 0; t < a->tokens; t++) {
+        float s = 0.0f;
+        if (a->x8) {
+            for (int64_t w = 0; w < a->words; w++) {
+                int32_t b = 0;
+                for (int c = 0; c < 32; c++) b += a->x8[t * a->x8stride + 32 * w + c];
+                s += a->x8_scale[t * (a->x8stride / 32) + w] * (float)b;
+            }
+        } else {
+            for (int64_t k = 0; k < a->in_features; k++) s += a->x[t * a->xstride + k];
+        }
+        sums[t] = s;
+    }
+}
+
+INLINE void u8_rows(const ap_gemv_args *a, int64_t row0, int64_t row1, int bits, int T) {
+    float sums[4];
+    if (a->x_sum) for (int t = 0; t < T; t++) sums[t] = a->x_sum[t];
+    else ap_u8_x_sums(a, sums);  /* a->tokens == T here */
+    const float offset = a->x8 ? 128.0f : 0.0f;  /* the int8 path sums (q - 128) * x8 */
+    __m256i tabs[1 << (AP_MAX_BITS - 4)];
+    for (int64_t n = row0; n < row1; n++) {
+        u8_tables((const uint8_t *)a->lut + (n << bits), bits, tabs);
+        const uint32_t *src[AP_MAX_BITS];
+        for (int p = 0; p < bits; p++) src[p] = a->planes + p * a->plane_stride + n * a->words;
+        float dot[4];
+        if (a->x8) dot_i8(a, src, tabs, bits, T, dot);
+        else dot_f32(a, src, tabs, bits, T, dot);
+        const float lo = a->lut_lo[n], scale = a->lut_scale[n], base = lo + offset * scale;
+        for (int t = 0; t < T; t++) a->y[t * a->ystride + n] = base * sums[t] + scale * dot[t];
+    }
+}
+
+/* bits and token count (1..4) as constants, so accumulators stay in registers */
+#define U8_VARIANT(B, T) \
+    AVX2 static void u8_b##B##_t##T(const ap_gemv_args *a, int64_t r0, int64_t r1) { u8_rows(a, r0, r1, B, T); }
+#define U8_ALL_T(B) U8_VARIANT(B, 1) U8_VARIANT(B, 2) U8_VARIANT(B, 3) U8_VARIANT(B, 4)
+U8_ALL_T(1) U8_ALL_T(2) U8_ALL_T(3) U8_ALL_T(4) U8_ALL_T(5) U8_ALL_T(6) U8_ALL_T(7) U8_ALL_T(8)
+
+#define U8_ROW(B) {u8_b##B##_t1, u8_b##B##_t2, u8_b##B##_t3, u8_b##B##_t4}
+static const ap_gemv_fn U8_TABLE[AP_MAX_BITS][4] = {U8_ROW(1), U8_ROW(2), U8_ROW(3), U8_ROW(4),
+                                                 U8_ROW(5), U8_ROW(6), U8_ROW(7), U8_ROW(8)};
+
+/* Tokens in groups of up to 4, each group's x, x8, scales, sums and y offset (the planes
+ * of these rows are in cache after the first group). */
+void ap_gemv_rows_avx2_u8(const ap_gemv_args *a, int64_t row0, int64_t row1) {
+    for (int t0 = 0; t0 < a->tokens; t0 += 4) {
+        ap_gemv_args g = *a;
+        g.tokens = a->tokens - t0 < 4 ? a->tokens - t0 : 4;
+        g.y = a->y + t0 * a->ystride;
+        if (a->x) g.x = a->x + t0 * a->xstride;
+        if (a->x8) {
+            g.x8 = a->x8 + t0 * a->x8stride;
+            g.x8_scale = a->x8_scale + t0 * (a->x8stride / 32);
+        }
+        if (a->x_sum) g.x_sum = a->x_sum + t0;
+        U8_TABLE[a->bits - 1][g.tokens - 1](&g, row0, row1);
+    }
+}
+
+#endif /* __x86_64__ */
