@@ -175,3 +175,110 @@ def format_table(result: dict) -> str:
             f"{r['ratio_floor']:>7.2f} [{r['ratio_floor_min']:.2f}]{r['ratio_bf16']:>7.2f} [{r['ratio_bf16_min']:.2f}]"
         )
     return "\n".join(lines)
+
+
+# --- uint8-LUT kernels (ap_lut8_avx2.c) against today's fp16-LUT kernel, hot, CPU time -----
+
+LUT8_KINDS = ("fp16_lut", "u8_fp32", "u8_int8")
+
+
+def _lut8_call(kind: str, n: int, k: int, bits: int, tokens: int) -> Callable[[], object]:
+    """One hot decode call of `kind` on a random [n, k] layer (codes uniform, LUT sorted), as
+    a checked-once plan makes it: the native call and the output allocation."""
+    from anyprec.kernels import cpu
+    from anyprec.lutq import quantize_lut
+
+    planes, lut = random_packed(n, k, bits, torch.Generator().manual_seed(bits))
+    x = torch.randn(tokens, k)
+    if kind == "fp16_lut":
+        plan = cpu.DecodePlan(planes, lut, bits, k)
+        return lambda: plan(x)
+    q, lo, scale = quantize_lut(lut)
+    cpu.gemv_u8(planes, q, lo, scale, x, bits)  # checks the arguments once; the timed call skips them
+    head = (planes.data_ptr(), planes.stride(0), n, planes.shape[2], k, q.data_ptr(), lo.data_ptr(),
+            scale.data_ptr(), bits, x.data_ptr(), tokens, k)
+    group = cpu.ACT_GROUP if kind == "u8_int8" else 0
+
+    def call() -> torch.Tensor:
+        y = torch.empty(tokens, n)
+        cpu._lib().gemv_u8(*head, y.data_ptr(), n, group, 1)
+        return y
+
+    call.held = (planes, q, lo, scale, x)  # the tensors behind the raw pointers in `head`
+    return call
+
+
+def cpu_us_per_call(fn: Callable[[], object], min_cpu_s: float) -> float:
+    """CPU time of this thread per call in microseconds, over >= min_cpu_s after a warm-up:
+    CPU time, not wall time, so that other processes on a shared machine count less."""
+    for _ in range(3):
+        fn()
+    calls, start = 0, time.thread_time()
+    while time.thread_time() - start < min_cpu_s:
+        fn()
+        calls += 1
+    return (time.thread_time() - start) / calls * 1e6
+
+
+def run_lut8_bench(shapes: list[tuple[int, int]], bits: list[int], rounds: int, tokens: int,
+                   min_cpu_s: float) -> dict:
+    """Rows {shape, bits, kind, us (best round), us_rounds} on one thread; rounds interleave
+    every shape, width and kind, so each round sees the same machine state."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    calls = {(n, k, b, kind): _lut8_call(kind, n, k, b, tokens) for n, k in shapes for b in bits for kind in LUT8_KINDS}
+    times: dict[tuple, list[float]] = {key: [] for key in calls}
+    try:
+        for _ in range(rounds):
+            for key, fn in calls.items():
+                times[key].append(cpu_us_per_call(fn, min_cpu_s))
+    finally:
+        torch.set_num_threads(previous)
+    rows = [{"shape": f"{n}x{k}", "bits": b, "kind": kind, "us": min(t), "us_rounds": t}
+            for (n, k, b, kind), t in times.items()]
+    with open("/proc/loadavg") as f:
+        load = f.read().split()[:3]
+    return {"tokens": tokens, "threads": 1, "loadavg": load, "rows": rows}
+
+
+def format_lut8(result: dict) -> str:
+    """One line per shape and width: microseconds per call of each kind, best of the rounds."""
+    lines = [f"1 thread, {result['tokens']} token(s), CPU us per call (best round); loadavg {result['loadavg']}",
+             f"{'shape':<12}{'bits':>5}" + "".join(f"{k:>11}" for k in LUT8_KINDS) + f"{'fp32/f16':>10}{'int8/f16':>10}"]
+    by = {(r["shape"], r["bits"], r["kind"]): r["us"] for r in result["rows"]}
+    for shape, bits in dict.fromkeys((r["shape"], r["bits"]) for r in result["rows"]):
+        us = [by[shape, bits, k] for k in LUT8_KINDS]
+        lines.append(f"{shape:<12}{bits:>5}" + "".join(f"{u:>11.1f}" for u in us)
+                     + f"{us[1] / us[0]:>10.2f}{us[2] / us[0]:>10.2f}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """python -m anyprec.kernels.bench_gemv --lut8 [--shapes NxK,...] [--bits 3,4,...] [--json PATH]"""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lut8", action="store_true", required=True,
+                        help="compare the fp16-LUT kernel with the uint8-LUT kernels (fp32 / int8 activations)")
+    parser.add_argument("--shapes", default="1536x576,576x1536,576x576", help="comma-separated OUTxIN")
+    parser.add_argument("--bits", default="3,4,5,6,7,8")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--tokens", type=int, default=1)
+    parser.add_argument("--min-cpu-s", type=float, default=0.2, help="CPU seconds per measurement")
+    parser.add_argument("--json", help="also write the result here")
+    args = parser.parse_args(argv)
+    try:
+        shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
+        bits = [int(b) for b in args.bits.split(",")]
+    except ValueError:
+        parser.error(f"--shapes {args.shapes!r} / --bits {args.bits!r}: use e.g. --shapes 576x576 --bits 3,4")
+    result = run_lut8_bench(shapes, bits, args.rounds, args.tokens, args.min_cpu_s)
+    print(format_lut8(result))
+    if args.json:
+        from anyprec.fileio import write_json_atomic
+
+        write_json_atomic(args.json, result)
+
+
+if __name__ == "__main__":
+    main()
