@@ -2,10 +2,12 @@
  * per step, x in natural column order (AP_X_NATURAL).
  *
  * y[t, n] = lo[n] * sum_k x[t, k] + scale[n] * sum_k q[n, code[n, k]] * x[t, k]: the first sum
- * is one per token and call (x_sum), the second runs on bytes. Codes come from the planes as
- * in ap_avx2_codes.h; q is looked up with `vpshufb` in 16-byte tables of the row's LUT, one
- * table at <= 4 bits, 2**(bits-4) at 5..8 picked by the code's upper bits (a `vpblendvb` tree
- * up to AP_U8_TREE_MAX_BITS, an equality blend per table above: measured, see docs/ENGINE.md).
+ * is one per token and call (x_sum), the second runs on bytes. q is looked up with `vpshufb`
+ * in 16-byte tables of the row's LUT: one table at <= 4 bits, indexed by the codes built
+ * from the planes as in ap_avx2_codes.h; at 5..8 bits 2**(bits-4) tables indexed by the low
+ * 4 code bits and a `vpblendvb` tree whose masks are the upper planes' bit masks (an
+ * equality blend per table and codes folded from all planes were measured slower, see
+ * docs/ENGINE.md).
  *
  * fp32 activations: q widened to fp32, one FMA per 8 columns and token.
  * int8 activations (a->x8): x ~= sx[block] * x8 per 32-column block. With q' = q - 128 (signed,
@@ -23,10 +25,6 @@
 #include "ap_kernels.h"
 #include "ap_avx2_codes.h"
 
-#ifndef AP_U8_TREE_MAX_BITS /* -D overrides it for measurements */
-#define AP_U8_TREE_MAX_BITS 8 /* the blend tree up to this width, equality blends above */
-#endif
-
 /* The row's q[0, 2**bits) as 16-entry byte tables, each broadcast to both lanes (entries
  * past 2**bits read as 0: codes never reach them). */
 INLINE void u8_tables(const uint8_t *q, int bits, __m256i *tabs) {
@@ -40,22 +38,17 @@ INLINE void u8_tables(const uint8_t *q, int bits, __m256i *tabs) {
         tabs[h] = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(q + 16 * h)));
 }
 
-/* q of 32 byte codes (byte k = column k). */
-INLINE __m256i u8_lookup32(__m256i codes, const __m256i *tabs, int bits) {
-    if (bits <= 4) return _mm256_shuffle_epi8(tabs[0], codes);  /* codes < 16: bit 7 clear */
-    const __m256i lo = _mm256_and_si256(codes, _mm256_set1_epi8(0x0f));
-    if (bits > AP_U8_TREE_MAX_BITS) {  /* select by equality, streaming */
-        const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(codes, 4), _mm256_set1_epi8(0x0f));
-        __m256i r = _mm256_setzero_si256();
-        for (int h = 0; h < 1 << (bits - 4); h++)
-            r = _mm256_blendv_epi8(r, _mm256_shuffle_epi8(tabs[h], lo), _mm256_cmpeq_epi8(hi, _mm256_set1_epi8((char)h)));
-        return r;
-    }
-    __m256i cand[16];  /* candidates, halved per tree level */
+/* q of the 32 columns of word w (byte k = column k). The low 4 code bits (the last 4
+ * planes) index the tables; each upper code bit's plane mask is itself the blend mask
+ * of one tree level, so those planes are never folded into codes. */
+INLINE __m256i u8_lookup32(const uint32_t *const src[], int64_t w, const __m256i *tabs, int bits) {
+    if (bits <= 4) return _mm256_shuffle_epi8(tabs[0], byte_codes32(src, w, bits));  /* codes < 16 */
+    const __m256i lo = byte_codes32(src + bits - 4, w, 4);
+    __m256i cand[1 << (AP_MAX_BITS - 4)];  /* candidates, halved per tree level */
     int n = 1 << (bits - 4);
     for (int h = 0; h < n; h++) cand[h] = _mm256_shuffle_epi8(tabs[h], lo);
-    for (int bit = 4; bit < bits; bit++, n /= 2) {  /* code bit `bit` -> byte bit 7: the blend mask */
-        const __m256i sel = bit == 7 ? codes : _mm256_slli_epi16(codes, 7 - bit);
+    for (int bit = 4; bit < bits; bit++, n /= 2) {  /* code bit `bit` lives in plane bits - 1 - bit */
+        const __m256i sel = plane_mask32(src[bits - 1 - bit], w);
         for (int h = 0; h < n / 2; h++) cand[h] = _mm256_blendv_epi8(cand[2 * h], cand[2 * h + 1], sel);
     }
     return cand[0];
@@ -74,7 +67,7 @@ INLINE void dot_f32(const ap_gemv_args *a, const uint32_t *const src[], const __
     for (int t = 0; t < T; t++)
         for (int j = 0; j < 4; j++) acc[t][j] = _mm256_setzero_ps();
     for (int64_t w = 0; w < a->words; w++) {
-        const __m256i q = u8_lookup32(byte_codes32(src, w, bits), tabs, bits);
+        const __m256i q = u8_lookup32(src, w, tabs, bits);
         const __m128i q0 = _mm256_castsi256_si128(q), q1 = _mm256_extracti128_si256(q, 1);
         const __m256 wv[4] = {_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(q0)),
                               _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(q0, 8))),
@@ -97,7 +90,7 @@ INLINE void dot_i8(const ap_gemv_args *a, const uint32_t *const src[], const __m
     __m256 acc[4];
     for (int t = 0; t < T; t++) acc[t] = _mm256_setzero_ps();
     for (int64_t w = 0; w < a->words; w++) {
-        const __m256i qs = _mm256_xor_si256(u8_lookup32(byte_codes32(src, w, bits), tabs, bits), bias);
+        const __m256i qs = _mm256_xor_si256(u8_lookup32(src, w, tabs, bits), bias);
         const __m256i qa = _mm256_abs_epi8(qs);
         for (int t = 0; t < T; t++) {
             const __m256i xv = _mm256_loadu_si256((const __m256i *)(a->x8 + t * a->x8stride + 32 * w));
