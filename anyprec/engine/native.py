@@ -96,7 +96,8 @@ class NativeEngine(SlotPool):
     per-row int8 copy made at load, activations int8 per token) or "int8w" (the int8 copy,
     fp32 activations); see anyprec/engine/head.py and docs/ENGINE.md.
     Attributes: max_batch, context_length, vocab_size (the contract), head, threads (OpenMP
-    threads per call; 0: torch's), timings (float64[len(PARTS)] seconds per part, summed
+    threads per call; 0: torch's), tile_rows (rows at one bit-width from which a layer runs
+    the tile GEMM instead of the mat-vec kernels; 0: the C default, AP_TILE_ROWS), timings (float64[len(PARTS)] seconds per part, summed
     over calls while `profile` is True). Not thread-safe: one caller drives it.
     """
 
@@ -113,6 +114,7 @@ class NativeEngine(SlotPool):
         self.context_length = _context_length(config)
         self.vocab_size = int(config.vocab_size)
         self.threads = int(threads)
+        self.tile_rows = 0
         self.profile = False
         self.timings = torch.zeros(len(PARTS), dtype=torch.float64)
         self._bits = set(apm.bits_available)
@@ -217,7 +219,7 @@ class NativeEngine(SlotPool):
         times = self.timings.data_ptr() if self.profile else 0
         threads = self.threads or torch.get_num_threads()
         cpu._lib().engine_step(self._model.data_ptr(), buf.data_ptr(), len(rows), logits.data_ptr(), threads,
-                               times)
+                               times, self.tile_rows)
 
     def _reserve(self, state: list, positions: int) -> None:
         """Grow the slot's cache (doubling, capped at the context) to hold `positions`."""

@@ -53,10 +53,15 @@ typedef struct {
 /* Seconds spent per part of a step (added to, when a timings array is given). */
 enum { AP_T_NORM, AP_T_QKV, AP_T_ATTN, AP_T_O, AP_T_MLP_UP, AP_T_MLP_DOWN, AP_T_HEAD, AP_T_COUNT };
 
+/* Rows at one bit-width from which a layer call uses the tile GEMM (ap_tiles.h) instead of
+ * the mat-vec kernels: measured crossover on AVX2 (docs/ENGINE.md, "Prefill by tiles"). */
+#define AP_TILE_ROWS 64
+
 /* Rows must be sorted by bits (rows of equal bits are contiguous). logits: float32
- * [n_logits, vocab]. Returns 0, -1 (out of memory) or -2 (a row's bit-width has no LUT). */
+ * [n_logits, vocab]. tile_rows: the tile threshold (<= 0: AP_TILE_ROWS).
+ * Returns 0, -1 (out of memory) or -2 (a row's bit-width has no LUT). */
 int ap_engine_step(const ap_eng_model *m, const ap_eng_row *rows, int64_t n_rows, float *logits,
-                   int nthreads, double *timings);
+                   int nthreads, double *timings, int64_t tile_rows);
 
 #define AP_ENGINE_MAX_GROUPS 32 /* mat-vec groups (<= AP_MAX_TOKENS rows at one bit-width) per layer call */
 

@@ -372,15 +372,16 @@ static PyObject *py_int8_gemv(PyObject *self, PyObject *const *args, Py_ssize_t 
     Py_RETURN_NONE;
 }
 
-/* engine_step(model, rows, n_rows, logits, nthreads, timings): one native decode engine
- * step (ap_engine.h); the Python side (anyprec/engine/native.py) owns every pointer. */
+/* engine_step(model, rows, n_rows, logits, nthreads, timings[, tile_rows]): one native
+ * decode engine step (ap_engine.h); the Python side (anyprec/engine/native.py) owns every
+ * pointer. tile_rows: rows at one width from which layers use the tile GEMM (0: default). */
 static PyObject *py_engine_step(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    int64_t v[6];
-    if (parse_ints(args, nargs, 6, v, "engine_step") || check_common(1, v[4])) return NULL;
+    int64_t v[7] = {0};
+    if (parse_ints(args, nargs, nargs == 7 ? 7 : 6, v, "engine_step") || check_common(1, v[4])) return NULL;
     int rc;
     Py_BEGIN_ALLOW_THREADS
     rc = ap_engine_step((const ap_eng_model *)(intptr_t)v[0], (const ap_eng_row *)(intptr_t)v[1], v[2],
-                        (float *)(intptr_t)v[3], (int)v[4], (double *)(intptr_t)v[5]);
+                        (float *)(intptr_t)v[3], (int)v[4], (double *)(intptr_t)v[5], v[6]);
     Py_END_ALLOW_THREADS
     if (rc == -1) return PyErr_NoMemory();
     if (rc == -2) {
