@@ -193,7 +193,17 @@ def _load(args, kinds: Sequence[str]):
     if args.threads:
         torch.set_num_threads(args.threads)
     apm = load_anyprec(args.dir, sorted(set(args.bits)))
-    return apm, {k: open_engine(apm, kind=k, max_batch=16, head=args.head) for k in kinds}
+    engines = {k: open_engine(apm, kind=k, max_batch=16, head=args.head) for k in kinds}
+    if getattr(args, "tile_rows", 0) and "native" in engines:
+        engines["native"].tile_rows = args.tile_rows
+    return apm, engines
+
+
+def add_tile_rows_option(p) -> None:
+    """--tile-rows: the native engine's tile GEMM threshold (compare paths in one window)."""
+    p.add_argument("--tile-rows", type=int, default=0,
+                   help="rows at one bit-width from which native layers use the tile GEMM (0: the built-in "
+                        "threshold; a huge value: mat-vec kernels only)")
 
 
 def _print_rows(title: str, rows: list[dict], unit: str) -> None:
@@ -281,7 +291,8 @@ def run_prefill(args) -> int:
     rows = measure_prefill(engines, args.bits, ids, args.repeats)
     _print_rows(f"median prefill of a {len(ids)}-token prompt over {args.repeats} interleaved rounds", rows,
                 "tok/s")
-    _write_json(args.json, {"dir": str(args.dir), "threads": torch.get_num_threads(), "rows": rows})
+    _write_json(args.json, {"dir": str(args.dir), "threads": torch.get_num_threads(), "tile_rows": args.tile_rows,
+                            "rows": rows})
     return 0
 
 
@@ -298,7 +309,7 @@ def run_batch(args) -> int:
           f"{result['ms_per_step_p90']:.2f}); one sequence {result['mean_single_tokens_per_s']:.1f} tok/s "
           f"(mean over the batch's bit-widths); ratio {result['ratio']:.2f}x")
     _write_json(args.json, {"dir": str(args.dir), "threads": torch.get_num_threads(), "engine": args.engine,
-                            **result})
+                            "tile_rows": args.tile_rows, **result})
     return 0
 
 
@@ -361,6 +372,7 @@ def add_engine_benches(sub) -> None:
     p.add_argument("--prompt-tokens", type=int, default=128)
     p.add_argument("--repeats", type=int, default=5, help="interleaved rounds (median)")
     add_head_option(p)
+    add_tile_rows_option(p)
     p.set_defaults(func=run_prefill)
     p = _subparser(sub, "batch", "total tok/s of a mixed-precision batch vs one sequence",
                    "write the result to this JSON file")
@@ -371,6 +383,7 @@ def add_engine_benches(sub) -> None:
     p.add_argument("--prompt-tokens", type=int, default=16)
     p.add_argument("--repeats", type=int, default=3, help="interleaved rounds (median)")
     add_head_option(p)
+    add_tile_rows_option(p)
     p.set_defaults(func=run_batch)
     p = _subparser(sub, "head", "perplexity and speed of the engine's output head modes (fp16, int8w, int8)",
                    "write the rows to this JSON file")

@@ -47,11 +47,11 @@ static void add_gemv_groups(const ap_eng_linear *L, int bits, int64_t r0, int64_
     }
 }
 
-/* y[r, :] = x[r, :] @ W_{bits_r}.T + bias for rows r in [0, R); rows of equal bits are
+/* y[r, :] = x[r, :] @ W_{widths[r]}.T + bias for rows r in [0, R); equal widths are
  * contiguous. A run of at least `tile_rows` rows at one width goes through the tile GEMM
  * (one dequantization per block of weight rows, shared by the run); shorter runs make
  * mat-vec groups of up to AP_MAX_TOKENS rows, which share one pass over the planes. */
-static int linear(const ap_eng_linear *L, const ap_eng_row *rows, int64_t R, const float *x, float *y,
+static int linear(const ap_eng_linear *L, const int64_t *widths, int64_t R, const float *x, float *y,
                   int nthreads, int64_t tile_rows) {
     const int64_t K = L->in_features, N = L->n_rows;
     ap_tile_group tiles[AP_MAX_BITS];
@@ -61,9 +61,9 @@ static int linear(const ap_eng_linear *L, const ap_eng_row *rows, int64_t R, con
         int n_groups = 0, widest = 0;
         int64_t r0 = c0;
         while (r0 < R) {
-            const int bits = (int)rows[r0].bits;
+            const int bits = (int)widths[r0];
             int64_t r1 = r0;
-            while (r1 < R && rows[r1].bits == bits) r1++;
+            while (r1 < R && widths[r1] == bits) r1++;
             if (bits < 1 || bits > AP_MAX_BITS || !L->lut[bits]) return -2;
             if (r1 - r0 >= tile_rows && n_tiles < AP_MAX_BITS) {
                 tiles[n_tiles++] = (ap_tile_group){dequant_args(L, bits), x + r0 * K, K, r1 - r0, y + r0 * N, N};
@@ -90,6 +90,39 @@ static int linear(const ap_eng_linear *L, const ap_eng_row *rows, int64_t R, con
             for (int64_t n = 0; n < N; n++) y[r * N + n] += b[n];
     }
     return 0;
+}
+
+/* Per-step buffers for module calls with plan rows: rows regrouped by width. */
+typedef struct {
+    int any_plan;
+    int64_t *widths, *order;  /* [R] */
+    float *xg, *yg;           /* [R, widest in/out features] */
+} plan_scratch;
+
+/* Module j of layer l for every row: each row at its own width for this module (its plan's
+ * entry, else its bits). Plan rows are gathered in width order, run, and scattered back. */
+static int module_call(const ap_eng_linear *L, int64_t l, int j, const ap_eng_row *rows, int64_t R,
+                       const float *x, float *y, int nt, int64_t tr, const plan_scratch *ps) {
+    if (!ps->any_plan) {
+        for (int64_t r = 0; r < R; r++) ps->widths[r] = rows[r].bits;
+        return linear(L, ps->widths, R, x, y, nt, tr);
+    }
+    const int64_t K = L->in_features, N = L->n_rows;
+    int64_t n = 0;
+    for (int64_t b = 1; b <= AP_MAX_BITS; b++)  /* counting sort of rows by width */
+        for (int64_t r = 0; r < R; r++) {
+            const int64_t w = rows[r].plan ? ((const int8_t *)(intptr_t)rows[r].plan)[l * AP_ENG_MODULES + j]
+                                           : rows[r].bits;
+            if (w == b) {
+                ps->order[n] = r;
+                ps->widths[n++] = b;
+            }
+        }
+    if (n != R) return -2;  /* a width outside 1..AP_MAX_BITS */
+    for (int64_t i = 0; i < R; i++) memcpy(ps->xg + i * K, x + ps->order[i] * K, (size_t)K * sizeof(float));
+    const int rc = linear(L, ps->widths, R, ps->xg, ps->yg, nt, tr);
+    for (int64_t i = 0; i < R && !rc; i++) memcpy(y + ps->order[i] * N, ps->yg + i * N, (size_t)N * sizeof(float));
+    return rc;
 }
 
 /* v[i] = v[i] * cos[i] + rotate_half(v)[i] * sin[i] for each head of `heads`. */
@@ -163,12 +196,17 @@ static void store_kv(const ap_eng_model *m, int64_t layer, const ap_eng_row *row
 
 typedef struct {
     float *x, *h, *q, *k, *v, *att, *g, *u;
+    plan_scratch ps;
 } scratch;
 
-static int alloc_scratch(scratch *s, const ap_eng_model *m, int64_t R) {
+static int alloc_scratch(scratch *s, const ap_eng_model *m, const ap_eng_row *rows, int64_t R) {
     const int64_t E = m->hidden, QD = m->n_heads * m->head_dim, KD = m->n_kv_heads * m->head_dim;
-    const int64_t I = m->intermediate, big = E > QD ? E : QD;
-    float *all = calloc((size_t)(R * (2 * E + QD + 2 * KD + big + 2 * I)), sizeof(float));
+    const int64_t I = m->intermediate, big = E > QD ? E : QD, widest = big > I ? big : I;
+    int any_plan = 0;
+    for (int64_t r = 0; r < R; r++) any_plan |= rows[r].plan != 0;
+    /* floats, then the two int64 arrays of the plan scratch */
+    const int64_t floats = R * (2 * E + QD + 2 * KD + big + 2 * I) + (any_plan ? 2 * R * widest : 0);
+    float *all = calloc((size_t)floats * sizeof(float) + (size_t)(2 * R) * sizeof(int64_t), 1);
     if (!all) return -1;
     s->x = all;
     s->h = s->x + R * E;
@@ -178,6 +216,11 @@ static int alloc_scratch(scratch *s, const ap_eng_model *m, int64_t R) {
     s->att = s->v + R * KD;
     s->g = s->att + R * big;
     s->u = s->g + R * I;
+    s->ps.any_plan = any_plan;
+    s->ps.xg = any_plan ? s->u + R * I : NULL;
+    s->ps.yg = any_plan ? s->ps.xg + R * widest : NULL;
+    s->ps.widths = (int64_t *)(void *)(all + floats);
+    s->ps.order = s->ps.widths + R;
     return 0;
 }
 
@@ -204,9 +247,9 @@ static int run_layer(const ap_eng_model *m, int64_t l, const ap_eng_row *rows, i
     int rc = 0;
     TIMED(AP_T_NORM, for (int64_t r = 0; r < R; r++)
                          rmsnorm(s.x + r * E, (const float *)(intptr_t)L->in_norm, s.h + r * E, E, m->eps));
-    TIMED(AP_T_QKV, rc = linear(&L->q, rows, R, s.h, s.q, nt, tr);
-          if (!rc) rc = linear(&L->k, rows, R, s.h, s.k, nt, tr);
-          if (!rc) rc = linear(&L->v, rows, R, s.h, s.v, nt, tr));
+    TIMED(AP_T_QKV, rc = module_call(&L->q, l, 0, rows, R, s.h, s.q, nt, tr, &s.ps);
+          if (!rc) rc = module_call(&L->k, l, 1, rows, R, s.h, s.k, nt, tr, &s.ps);
+          if (!rc) rc = module_call(&L->v, l, 2, rows, R, s.h, s.v, nt, tr, &s.ps));
     if (rc) return rc;
     TIMED(AP_T_ATTN, {
         for (int64_t r = 0; r < R; r++) {
@@ -219,16 +262,16 @@ static int run_layer(const ap_eng_model *m, int64_t l, const ap_eng_row *rows, i
         rc = attention(m, l, rows, R, s.q, s.att, nt);
     });
     if (rc) return rc;
-    TIMED(AP_T_O, rc = linear(&L->o, rows, R, s.att, s.h, nt, tr));
+    TIMED(AP_T_O, rc = module_call(&L->o, l, 3, rows, R, s.att, s.h, nt, tr, &s.ps));
     if (rc) return rc;
     TIMED(AP_T_NORM, for (int64_t i = 0; i < R * E; i++) s.x[i] += s.h[i];
           for (int64_t r = 0; r < R; r++)
               rmsnorm(s.x + r * E, (const float *)(intptr_t)L->post_norm, s.h + r * E, E, m->eps));
-    TIMED(AP_T_MLP_UP, rc = linear(&L->gate, rows, R, s.h, s.g, nt, tr);
-          if (!rc) rc = linear(&L->up, rows, R, s.h, s.u, nt, tr);
+    TIMED(AP_T_MLP_UP, rc = module_call(&L->gate, l, 4, rows, R, s.h, s.g, nt, tr, &s.ps);
+          if (!rc) rc = module_call(&L->up, l, 5, rows, R, s.h, s.u, nt, tr, &s.ps);
           for (int64_t i = 0; i < R * I; i++) s.g[i] = s.g[i] / (1.0f + expf(-s.g[i])) * s.u[i]);
     if (rc) return rc;
-    TIMED(AP_T_MLP_DOWN, rc = linear(&L->down, rows, R, s.g, s.h, nt, tr));
+    TIMED(AP_T_MLP_DOWN, rc = module_call(&L->down, l, 6, rows, R, s.g, s.h, nt, tr, &s.ps));
     if (rc) return rc;
     TIMED(AP_T_NORM, for (int64_t i = 0; i < R * E; i++) s.x[i] += s.h[i]);
     return 0;
@@ -274,7 +317,7 @@ int ap_engine_step(const ap_eng_model *m, const ap_eng_row *rows, int64_t R, flo
                    double *timings, int64_t tile_rows) {
     scratch s;
     if (R < 1) return 0;
-    if (alloc_scratch(&s, m, R)) return -1;
+    if (alloc_scratch(&s, m, rows, R)) return -1;
     const int64_t E = m->hidden;
     const float *embed = (const float *)(intptr_t)m->embed;
     TIMED(AP_T_NORM, for (int64_t r = 0; r < R; r++)
