@@ -48,7 +48,8 @@ static void add_gemv_groups(const ap_eng_linear *L, int bits, int64_t r0, int64_
 }
 
 /* y[r, :] = x[r, :] @ W_{widths[r]}.T + bias for rows r in [0, R); equal widths are
- * contiguous. A run of at least `tile_rows` rows at one width goes through the tile GEMM
+ * contiguous. A run of at least `tile_rows` rows at one width (<= 0: the measured default
+ * of that width, ap_engine.h) goes through the tile GEMM
  * (one dequantization per block of weight rows, shared by the run); shorter runs make
  * mat-vec groups of up to AP_MAX_TOKENS rows, which share one pass over the planes. */
 static int linear(const ap_eng_linear *L, const int64_t *widths, int64_t R, const float *x, float *y,
@@ -65,7 +66,8 @@ static int linear(const ap_eng_linear *L, const int64_t *widths, int64_t R, cons
             int64_t r1 = r0;
             while (r1 < R && widths[r1] == bits) r1++;
             if (bits < 1 || bits > AP_MAX_BITS || !L->lut[bits]) return -2;
-            if (r1 - r0 >= tile_rows && n_tiles < AP_MAX_BITS) {
+            const int64_t threshold = tile_rows > 0 ? tile_rows : bits <= 3 ? AP_TILE_ROWS_LOW_BITS : AP_TILE_ROWS;
+            if (r1 - r0 >= threshold && n_tiles < AP_MAX_BITS) {
                 tiles[n_tiles++] = (ap_tile_group){dequant_args(L, bits), x + r0 * K, K, r1 - r0, y + r0 * N, N};
             } else {
                 const int64_t room = (int64_t)(AP_ENGINE_MAX_GROUPS - n_groups) * AP_MAX_TOKENS;
@@ -322,7 +324,7 @@ int ap_engine_step(const ap_eng_model *m, const ap_eng_row *rows, int64_t R, flo
     const float *embed = (const float *)(intptr_t)m->embed;
     TIMED(AP_T_NORM, for (int64_t r = 0; r < R; r++)
                          memcpy(s.x + r * E, embed + rows[r].token * E, (size_t)E * sizeof(float)));
-    for (int64_t l = 0; l < m->n_layers; l++) CHECK(run_layer(m, l, rows, R, s, nthreads, tile_rows > 0 ? tile_rows : AP_TILE_ROWS, timings));
+    for (int64_t l = 0; l < m->n_layers; l++) CHECK(run_layer(m, l, rows, R, s, nthreads, tile_rows, timings));
     const double t_head = timings ? now() : 0.0;
     CHECK(head(m, rows, R, s, logits, nthreads));
     if (timings) timings[AP_T_HEAD] += now() - t_head;
