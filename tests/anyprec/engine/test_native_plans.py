@@ -41,10 +41,12 @@ def _random_plan(apm, seed: int) -> Plan:
     return apm.resolve_precision({n: rng.choice(BITS) for n in apm.manifest["modules"]})
 
 
-def test_plan_rows_match_the_transformers_engine(apm):
+@pytest.mark.parametrize("tile_rows", [0, 2])  # 2: the prompt's modules run by the tile GEMM
+def test_plan_rows_match_the_transformers_engine(apm, tile_rows):
     plan = _random_plan(apm, 1)
     assert len(set(plan.bits.values())) > 3  # the plan really mixes widths
     engine, oracle = NativeEngine(apm, head="fp16"), TransformersEngine(apm)
+    engine.tile_rows = tile_rows
     slot, logits = engine.add(PROMPT, plan)
     ref_slot, ref = oracle.add(PROMPT, plan)
     torch.testing.assert_close(logits, ref, **TOL)
