@@ -15,6 +15,7 @@ import torch
 
 from anyprec.engine.base import EngineError, SlotPool
 from anyprec.engine.head import DEFAULT_HEAD, HEAD_MODES, quantize_head_int8
+from anyprec.errors import PrecisionError
 from anyprec.kernels import cpu
 from anyprec.plans import Plan
 from anyprec.runtime import AnyPrecisionLinear, AnyPrecisionModel, HalfStoredHead
@@ -253,7 +254,7 @@ class NativeEngine(SlotPool):
             return int(bits), None
         try:
             plan = bits if isinstance(bits, Plan) else self.apm.resolve_precision(bits)
-        except Exception as e:  # the resolver's own message names the precision and the fix
+        except PrecisionError as e:  # its message names the precision and what is loaded
             raise EngineError(str(e)) from e
         return 0, self._plan_table(plan)
 
