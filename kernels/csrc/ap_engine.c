@@ -206,8 +206,10 @@ static int alloc_scratch(scratch *s, const ap_eng_model *m, const ap_eng_row *ro
     const int64_t I = m->intermediate, big = E > QD ? E : QD, widest = big > I ? big : I;
     int any_plan = 0;
     for (int64_t r = 0; r < R; r++) any_plan |= rows[r].plan != 0;
-    /* floats, then the two int64 arrays of the plan scratch */
-    const int64_t floats = R * (2 * E + QD + 2 * KD + big + 2 * I) + (any_plan ? 2 * R * widest : 0);
+    /* floats (an even count, so the int64 arrays after them are 8-byte aligned), then the
+     * two int64 arrays of the plan scratch */
+    int64_t floats = R * (2 * E + QD + 2 * KD + big + 2 * I) + (any_plan ? 2 * R * widest : 0);
+    floats += floats & 1;
     float *all = calloc((size_t)floats * sizeof(float) + (size_t)(2 * R) * sizeof(int64_t), 1);
     if (!all) return -1;
     s->x = all;
