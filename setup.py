@@ -19,6 +19,7 @@ SOURCES = [
     "kernels/csrc/ap_engine.c",
     "kernels/csrc/ap_int8.c",
     "kernels/csrc/ap_lut8_avx2.c",
+    "kernels/csrc/ap_tiles.c",
 ]
 
 setup(
@@ -27,7 +28,7 @@ setup(
             "anyprec.kernels._cpu",
             sources=SOURCES,
             depends=["kernels/csrc/ap_kernels.h", "kernels/csrc/ap_avx512_common.h", "kernels/csrc/ap_engine.h",
-                     "kernels/csrc/ap_avx2_codes.h"],
+                     "kernels/csrc/ap_avx2_codes.h", "kernels/csrc/ap_tiles.h"],
             extra_compile_args=["-O3", "-fopenmp", "-fno-strict-aliasing", "-std=c11", "-Wall", "-Wno-unused-function"],
             extra_link_args=["-fopenmp"],
             # without a C compiler the install still succeeds; the reference backend is used

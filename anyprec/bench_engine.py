@@ -43,7 +43,13 @@ def rotating_engine_steps(engine: DecodeEngine, bits: Sequence[int], prompt_ids:
     return steps
 
 
-def batch_steps(engine: DecodeEngine, bits: Sequence[int], prompt_ids: Sequence[int], steps: int) -> list[float]:
+# "cpu": this process's CPU time, which other jobs on a busy machine barely change; it sums
+# every thread's time (OpenMP spinning included), so compare paths with it at --threads 1
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def batch_steps(engine: DecodeEngine, bits: Sequence[int], prompt_ids: Sequence[int], steps: int,
+                clock: str = "wall") -> list[float]:
     """Seconds of each decode step of len(bits) sequences at once (sequence i at bits[i])."""
     slots = []
     try:
@@ -54,9 +60,9 @@ def batch_steps(engine: DecodeEngine, bits: Sequence[int], prompt_ids: Sequence[
             tokens.append(int(torch.argmax(logits)))
         times = []
         for _ in range(steps):
-            start = time.perf_counter()
+            start = CLOCKS[clock]()
             logits = engine.step(slots, tokens, list(bits))
-            times.append(time.perf_counter() - start)
+            times.append(CLOCKS[clock]() - start)
             tokens = logits.argmax(dim=-1).tolist()
         return times[1:]  # the first step allocates the batch's caches
     finally:
@@ -64,11 +70,11 @@ def batch_steps(engine: DecodeEngine, bits: Sequence[int], prompt_ids: Sequence[
             engine.release(slot)
 
 
-def prefill_seconds(engine: DecodeEngine, prompt_ids: Sequence[int], bits: int) -> float:
+def prefill_seconds(engine: DecodeEngine, prompt_ids: Sequence[int], bits: int, clock: str = "wall") -> float:
     """Seconds of one `add` (prefill) of `prompt_ids`."""
-    start = time.perf_counter()
+    start = CLOCKS[clock]()
     slot, _ = engine.add(prompt_ids, bits)
-    seconds = time.perf_counter() - start
+    seconds = CLOCKS[clock]() - start
     engine.release(slot)
     return seconds
 
@@ -111,14 +117,14 @@ def measure_engine_decode(engines: dict[str, DecodeEngine], bits: Sequence[int],
 
 
 def measure_batch(engine: DecodeEngine, batch_bits: Sequence[int], prompt_ids: Sequence[int], steps: int,
-                  rounds: int) -> dict:
+                  rounds: int, clock: str = "wall") -> dict:
     """Total tok/s of a mixed-precision batch against single sequences at the same bit-widths
     (interleaved rounds); `ratio` = batch total tok/s / mean single-sequence tok/s."""
     batch: list[float] = []
     single: dict[int, list[float]] = {b: [] for b in sorted(set(batch_bits))}
     interleave({
-        "batch": lambda: batch.extend(batch_steps(engine, batch_bits, prompt_ids, steps)),
-        "single": lambda: [single[b].extend(batch_steps(engine, [b], prompt_ids, steps)) for b in single],
+        "batch": lambda: batch.extend(batch_steps(engine, batch_bits, prompt_ids, steps, clock)),
+        "single": lambda: [single[b].extend(batch_steps(engine, [b], prompt_ids, steps, clock)) for b in single],
     }, rounds)
     b_row = _spread(batch)
     single_tps = {b: 1e3 / _spread(t)["ms"] for b, t in single.items()}
@@ -130,12 +136,12 @@ def measure_batch(engine: DecodeEngine, batch_bits: Sequence[int], prompt_ids: S
 
 
 def measure_prefill(engines: dict[str, DecodeEngine], bits: Sequence[int], prompt_ids: Sequence[int],
-                    rounds: int) -> list[dict]:
+                    rounds: int, clock: str = "wall") -> list[dict]:
     """Prompt tok/s of `add` per engine and bit-width (interleaved rounds, medians)."""
     times = {(name, b): [] for name in engines for b in bits}
 
     def run(name: str) -> Callable[[], None]:
-        return lambda: [times[(name, b)].append(prefill_seconds(engines[name], prompt_ids, b)) for b in bits]
+        return lambda: [times[(name, b)].append(prefill_seconds(engines[name], prompt_ids, b, clock)) for b in bits]
 
     for name in engines:
         prefill_seconds(engines[name], prompt_ids[:8], bits[0])  # warm-up
@@ -193,7 +199,20 @@ def _load(args, kinds: Sequence[str]):
     if args.threads:
         torch.set_num_threads(args.threads)
     apm = load_anyprec(args.dir, sorted(set(args.bits)))
-    return apm, {k: open_engine(apm, kind=k, max_batch=16, head=args.head) for k in kinds}
+    engines = {k: open_engine(apm, kind=k, max_batch=16, head=args.head) for k in kinds}
+    if getattr(args, "tile_rows", 0) and "native" in engines:
+        engines["native"].tile_rows = args.tile_rows
+    return apm, engines
+
+
+def add_tile_rows_option(p) -> None:
+    """--tile-rows: the native engine's tile GEMM threshold (compare paths in one window);
+    --clock cpu: time by this process's CPU time (a busy machine's other jobs barely count)."""
+    p.add_argument("--tile-rows", type=int, default=0,
+                   help="rows at one bit-width from which native layers use the tile GEMM (0: the built-in "
+                        "threshold; a huge value: mat-vec kernels only)")
+    p.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                   help="wall time, or this process's CPU time (sums all threads: use it with --threads 1)")
 
 
 def _print_rows(title: str, rows: list[dict], unit: str) -> None:
@@ -278,10 +297,11 @@ def run_prefill(args) -> int:
 
     apm, engines = _load(args, args.engines)
     ids = prompt_ids(apm.tokenizer, args.prompt_tokens)
-    rows = measure_prefill(engines, args.bits, ids, args.repeats)
+    rows = measure_prefill(engines, args.bits, ids, args.repeats, args.clock)
     _print_rows(f"median prefill of a {len(ids)}-token prompt over {args.repeats} interleaved rounds", rows,
                 "tok/s")
-    _write_json(args.json, {"dir": str(args.dir), "threads": torch.get_num_threads(), "rows": rows})
+    _write_json(args.json, {"dir": str(args.dir), "threads": torch.get_num_threads(), "tile_rows": args.tile_rows,
+                            "clock": args.clock, "rows": rows})
     return 0
 
 
@@ -292,13 +312,13 @@ def run_batch(args) -> int:
     args.bits = args.batch_bits
     apm, engines = _load(args, [args.engine])
     ids = prompt_ids(apm.tokenizer, args.prompt_tokens)
-    result = measure_batch(engines[args.engine], args.batch_bits, ids, args.steps, args.repeats)
+    result = measure_batch(engines[args.engine], args.batch_bits, ids, args.steps, args.repeats, args.clock)
     print(f"batch of {len(args.batch_bits)} at bits {args.batch_bits}: {result['total_tokens_per_s']:.1f} tok/s "
           f"total ({result['ms_per_step']:.2f} ms/step, p10-p90 {result['ms_per_step_p10']:.2f}-"
           f"{result['ms_per_step_p90']:.2f}); one sequence {result['mean_single_tokens_per_s']:.1f} tok/s "
           f"(mean over the batch's bit-widths); ratio {result['ratio']:.2f}x")
     _write_json(args.json, {"dir": str(args.dir), "threads": torch.get_num_threads(), "engine": args.engine,
-                            **result})
+                            "tile_rows": args.tile_rows, "clock": args.clock, **result})
     return 0
 
 
@@ -361,6 +381,7 @@ def add_engine_benches(sub) -> None:
     p.add_argument("--prompt-tokens", type=int, default=128)
     p.add_argument("--repeats", type=int, default=5, help="interleaved rounds (median)")
     add_head_option(p)
+    add_tile_rows_option(p)
     p.set_defaults(func=run_prefill)
     p = _subparser(sub, "batch", "total tok/s of a mixed-precision batch vs one sequence",
                    "write the result to this JSON file")
@@ -371,6 +392,7 @@ def add_engine_benches(sub) -> None:
     p.add_argument("--prompt-tokens", type=int, default=16)
     p.add_argument("--repeats", type=int, default=3, help="interleaved rounds (median)")
     add_head_option(p)
+    add_tile_rows_option(p)
     p.set_defaults(func=run_batch)
     p = _subparser(sub, "head", "perplexity and speed of the engine's output head modes (fp16, int8w, int8)",
                    "write the rows to this JSON file")

@@ -15,17 +15,21 @@ import torch
 
 from anyprec.engine.base import EngineError, SlotPool
 from anyprec.engine.head import DEFAULT_HEAD, HEAD_MODES, quantize_head_int8
+from anyprec.errors import PrecisionError
 from anyprec.kernels import cpu
+from anyprec.plans import Plan
 from anyprec.runtime import AnyPrecisionLinear, AnyPrecisionModel, HalfStoredHead
 
 SUPPORTED_TYPES = ("llama", "mistral", "qwen2")
 STATIC_ROPE_TYPES = ("default", "linear", "llama3")  # inv_freq fixed at load: a cos/sin table is exact
-PREFILL_CHUNK = 128  # prompt rows per native call (bounds the scratch memory, not the speed)
+# prompt rows per native call: more rows share each tile dequantization (a 512-token prompt
+# at 4 / 8 bits: 1.13x / 1.43x chunks of 128, docs/ENGINE.md); bounds the scratch (~12 MB on SmolLM2)
+PREFILL_CHUNK = 512
 FIRST_CAPACITY = 64  # cache positions a new slot gets; doubled as it grows
 PARTS = ("norm_embed_residual", "qkv", "rope_attention", "o_proj", "mlp_gate_up", "mlp_down", "head")
 _PROJECTIONS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
                 "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
-_ROW = struct.Struct("<7q")
+_ROW = struct.Struct("<8q")
 
 
 def unsupported_reason(apm: AnyPrecisionModel) -> str | None:
@@ -96,8 +100,10 @@ class NativeEngine(SlotPool):
     per-row int8 copy made at load, activations int8 per token) or "int8w" (the int8 copy,
     fp32 activations); see anyprec/engine/head.py and docs/ENGINE.md.
     Attributes: max_batch, context_length, vocab_size (the contract), head, threads (OpenMP
-    threads per call; 0: torch's), timings (float64[len(PARTS)] seconds per part, summed
-    over calls while `profile` is True). Not thread-safe: one caller drives it.
+    threads per call; 0: torch's), tile_rows (rows at one bit-width from which a layer runs
+    the tile GEMM instead of the mat-vec kernels; 0: the measured default per width, see
+    ap_engine.h), timings (float64[len(PARTS)] seconds per part, summed over calls while
+    `profile` is True). Not thread-safe: one caller drives it.
     """
 
     def __init__(self, apm: AnyPrecisionModel, max_batch: int = 16, threads: int = 0, head: str = DEFAULT_HEAD) -> None:
@@ -113,9 +119,11 @@ class NativeEngine(SlotPool):
         self.context_length = _context_length(config)
         self.vocab_size = int(config.vocab_size)
         self.threads = int(threads)
+        self.tile_rows = 0
         self.profile = False
         self.timings = torch.zeros(len(PARTS), dtype=torch.float64)
         self._bits = set(apm.bits_available)
+        self._plan_tables: dict[int, tuple[Plan, torch.Tensor]] = {}
         # self._slots: slot -> [cache f32[2, L, Hkv, cap, D], length]
         self._build(model, config)
 
@@ -155,13 +163,15 @@ class NativeEngine(SlotPool):
 
     # -- the contract -------------------------------------------------------------------
 
-    def add(self, prompt_ids: Sequence[int], bits: int) -> tuple[int, torch.Tensor]:
+    def add(self, prompt_ids: Sequence[int], bits: int | float | Plan) -> tuple[int, torch.Tensor]:
+        """As the contract; bits may also be a plan (a Plan or a fractional precision such as
+        4.5, resolved by the artifact): each module then runs at the plan's width."""
         ids = [int(t) for t in prompt_ids]
         if not ids:
             raise EngineError("the prompt is empty: give at least one token")
         if len(ids) >= self.context_length:
             raise EngineError(f"the prompt has {len(ids)} tokens; this model's context is {self.context_length}")
-        self._check_bits(bits)
+        bits, table = self._width(bits)
         self._check_tokens(ids)
         slot = self._free_slot()
         state: list = [None, 0]
@@ -170,14 +180,14 @@ class NativeEngine(SlotPool):
         for start in range(0, len(ids), PREFILL_CHUNK):
             chunk = ids[start:start + PREFILL_CHUNK]
             last = start + len(chunk) == len(ids)
-            rows = [(tok, bits, start + i, state, 0 if last and i == len(chunk) - 1 else -1)
+            rows = [(tok, bits, start + i, state, 0 if last and i == len(chunk) - 1 else -1, table)
                     for i, tok in enumerate(chunk)]
             self._run(rows, logits)
         state[1] = len(ids)
         self._slots[slot] = state  # only once the prefill succeeded
         return slot, logits[0]
 
-    def step(self, slots: Sequence[int], tokens: Sequence[int], bits: Sequence[int]) -> torch.Tensor:
+    def step(self, slots: Sequence[int], tokens: Sequence[int], bits: Sequence[int | float | Plan]) -> torch.Tensor:
         if not (len(slots) == len(tokens) == len(bits)):
             raise EngineError(f"step got {len(slots)} slots, {len(tokens)} tokens, {len(bits)} bit-widths")
         if len(set(slots)) != len(slots):
@@ -186,16 +196,15 @@ class NativeEngine(SlotPool):
         for s, state in zip(slots, states):
             if state[1] >= self.context_length:
                 raise EngineError(f"slot {s} is full: the context is {self.context_length} tokens")
-        for b in bits:
-            self._check_bits(b)
+        widths = [self._width(b) for b in bits]
         self._check_tokens(tokens)
         logits = torch.empty(len(slots), self.vocab_size, dtype=torch.float32)
         if not slots:
             return logits
         rows = []
-        for i, (state, tok, b) in enumerate(zip(states, tokens, bits)):
+        for i, (state, tok, (b, table)) in enumerate(zip(states, tokens, widths)):
             self._reserve(state, state[1] + 1)
-            rows.append((int(tok), int(b), state[1], state, i))
+            rows.append((int(tok), b, state[1], state, i, table))
         self._run(rows, logits)
         for state in states:
             state[1] += 1
@@ -207,17 +216,19 @@ class NativeEngine(SlotPool):
     # -- internals ----------------------------------------------------------------------
 
     def _run(self, rows: list[tuple], logits: torch.Tensor) -> None:
-        """One native call; rows (token, bits, position, slot state, logits row or -1)."""
+        """One native call; rows (token, bits, position, slot state, logits row or -1, plan
+        table or None)."""
         rows = sorted(rows, key=lambda r: r[1])  # the C step wants equal bit-widths contiguous
         packed = bytearray()
-        for tok, b, pos, state, out in rows:
+        for tok, b, pos, state, out, table in rows:
             cache = state[0]
-            packed += _ROW.pack(tok, b, pos, cache[0].data_ptr(), cache[1].data_ptr(), cache.shape[3], out)
+            plan = 0 if table is None else table.data_ptr()
+            packed += _ROW.pack(tok, b, pos, cache[0].data_ptr(), cache[1].data_ptr(), cache.shape[3], out, plan)
         buf = torch.frombuffer(packed, dtype=torch.uint8)
         times = self.timings.data_ptr() if self.profile else 0
         threads = self.threads or torch.get_num_threads()
         cpu._lib().engine_step(self._model.data_ptr(), buf.data_ptr(), len(rows), logits.data_ptr(), threads,
-                               times)
+                               times, self.tile_rows)
 
     def _reserve(self, state: list, positions: int) -> None:
         """Grow the slot's cache (doubling, capped at the context) to hold `positions`."""
@@ -237,6 +248,33 @@ class NativeEngine(SlotPool):
     def _check_bits(self, bits: int) -> None:
         if bits not in self._bits:
             raise EngineError(f"precision {bits} is not loaded; this engine serves bit-widths {sorted(self._bits)}")
+
+    def _width(self, bits: int | float | Plan) -> tuple[int, torch.Tensor | None]:
+        """(bits, None) for an integer width; (0, int8 [n_layers, 7] table) for a plan."""
+        if isinstance(bits, int) or (not isinstance(bits, Plan) and float(bits).is_integer()):
+            self._check_bits(int(bits))
+            return int(bits), None
+        try:
+            plan = bits if isinstance(bits, Plan) else self.apm.resolve_precision(bits)
+        except PrecisionError as e:  # its message names the precision and what is loaded
+            raise EngineError(str(e)) from e
+        return 0, self._plan_table(plan)
+
+    def _plan_table(self, plan: Plan) -> torch.Tensor:
+        """int8 [n_layers, len(_PROJECTIONS)] widths of `plan`, made once per plan object."""
+        hit = self._plan_tables.get(id(plan))
+        if hit is not None and hit[0] is plan:
+            return hit[1]
+        names = [[layer.get_submodule(p).name for p in _PROJECTIONS] for layer in self.apm.model.model.layers]
+        missing = [n for row in names for n in row if n not in plan.bits]
+        if missing:
+            raise EngineError(f"the plan has no width for module {missing[0]}: plans must cover every quantized module")
+        widths = sorted({plan.bits[n] for row in names for n in row})
+        for b in widths:
+            self._check_bits(b)
+        table = torch.tensor([[plan.bits[n] for n in row] for row in names], dtype=torch.int8)
+        self._plan_tables[id(plan)] = (plan, table)  # the plan is kept, so its id stays unique
+        return table
 
     def _check_tokens(self, tokens: Sequence[int]) -> None:
         bad = [t for t in tokens if not 0 <= int(t) < self.vocab_size]

@@ -46,7 +46,7 @@ class GenRequest:
     """One generation: the prompt's token ids, a bit-width and the sampling settings."""
 
     prompt_ids: list[int]
-    bits: int | float  # a fractional width runs as a plan (see engines.PlanRouting)
+    bits: int | float  # a fractional width runs as a plan (see engines.make_engine)
     max_tokens: int
     sink: Callable[[Event], None]
     temperature: float = 0.0

@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "ap_engine.h"
+#include "ap_tiles.h"
 
 #define SMALL_LAYER_BYTES (1 << 14) /* layers under this many plane bytes run on one thread */
 
@@ -27,38 +28,103 @@ static void rmsnorm(const float *x, const float *w, float *out, int64_t n, doubl
     for (int64_t i = 0; i < n; i++) out[i] = w[i] * (x[i] * inv);
 }
 
-/* y[r, :] = x[r, :] @ W_{bits_r}.T + bias for rows r in [0, R); rows of equal bits are
- * contiguous. Each run of equal bits makes groups of up to AP_MAX_TOKENS rows, and all
- * groups share one pass over the planes (read once, for the widest bit-width). */
-static int linear(const ap_eng_linear *L, const ap_eng_row *rows, int64_t R, const float *x, float *y,
-                  int nthreads) {
+/* ap_dequant_args of layer L at `bits` (the dequantizer's view of the same tensors). */
+static ap_dequant_args dequant_args(const ap_eng_linear *L, int bits) {
+    return (ap_dequant_args){(const uint32_t *)(intptr_t)L->planes, L->plane_stride, L->n_rows, L->words,
+                             L->in_features, (const void *)(intptr_t)L->lut[bits], (int)L->lut_f16, bits,
+                             NULL, 0};
+}
+
+/* Mat-vec path for rows [r0, r1) at one bit-width: groups of up to AP_MAX_TOKENS rows. */
+static void add_gemv_groups(const ap_eng_linear *L, int bits, int64_t r0, int64_t r1, const float *x, float *y,
+                            ap_gemv_args *groups, int *n_groups) {
     const int64_t K = L->in_features, N = L->n_rows;
-    for (int64_t c0 = 0; c0 < R;) {  /* calls of up to AP_ENGINE_MAX_GROUPS groups */
+    for (; r0 < r1; r0 += AP_MAX_TOKENS) {
+        const int64_t t = r1 - r0 < AP_MAX_TOKENS ? r1 - r0 : AP_MAX_TOKENS;
+        groups[(*n_groups)++] = (ap_gemv_args){(const uint32_t *)(intptr_t)L->planes, L->plane_stride, N, L->words,
+                                               K, (const void *)(intptr_t)L->lut[bits], (int)L->lut_f16, bits,
+                                               x + r0 * K, K, (int)t, y + r0 * N, N};
+    }
+}
+
+/* y[r, :] = x[r, :] @ W_{widths[r]}.T + bias for rows r in [0, R); equal widths are
+ * contiguous. A run of at least `tile_rows` rows at one width (<= 0: the measured default
+ * of that width, ap_engine.h) goes through the tile GEMM
+ * (one dequantization per block of weight rows, shared by the run); shorter runs make
+ * mat-vec groups of up to AP_MAX_TOKENS rows, which share one pass over the planes. */
+static int linear(const ap_eng_linear *L, const int64_t *widths, int64_t R, const float *x, float *y,
+                  int nthreads, int64_t tile_rows) {
+    const int64_t K = L->in_features, N = L->n_rows;
+    ap_tile_group tiles[AP_MAX_BITS];
+    int n_tiles = 0;
+    for (int64_t c0 = 0; c0 < R;) {  /* calls of up to AP_ENGINE_MAX_GROUPS mat-vec groups */
         ap_gemv_args groups[AP_ENGINE_MAX_GROUPS];
         int n_groups = 0, widest = 0;
         int64_t r0 = c0;
-        while (r0 < R && n_groups < AP_ENGINE_MAX_GROUPS) {
-            const int bits = (int)rows[r0].bits;
+        while (r0 < R) {
+            const int bits = (int)widths[r0];
             int64_t r1 = r0;
-            while (r1 < R && rows[r1].bits == bits && r1 - r0 < AP_MAX_TOKENS) r1++;
+            while (r1 < R && widths[r1] == bits) r1++;
             if (bits < 1 || bits > AP_MAX_BITS || !L->lut[bits]) return -2;
-            groups[n_groups++] = (ap_gemv_args){(const uint32_t *)(intptr_t)L->planes, L->plane_stride, N, L->words,
-                                                K, (const void *)(intptr_t)L->lut[bits], (int)L->lut_f16, bits,
-                                                x + r0 * K, K, (int)(r1 - r0), y + r0 * N, N};
-            widest = bits > widest ? bits : widest;
+            const int64_t threshold = tile_rows > 0 ? tile_rows : bits <= 3 ? AP_TILE_ROWS_LOW_BITS : AP_TILE_ROWS;
+            if (r1 - r0 >= threshold && n_tiles < AP_MAX_BITS) {
+                tiles[n_tiles++] = (ap_tile_group){dequant_args(L, bits), x + r0 * K, K, r1 - r0, y + r0 * N, N};
+            } else {
+                const int64_t room = (int64_t)(AP_ENGINE_MAX_GROUPS - n_groups) * AP_MAX_TOKENS;
+                if (!room) break;
+                if (r1 - r0 > room) r1 = r0 + room;  /* the rest starts the next call */
+                add_gemv_groups(L, bits, r0, r1, x, y, groups, &n_groups);
+                widest = bits > widest ? bits : widest;
+            }
             r0 = r1;
         }
-        const int64_t plane_bytes = (int64_t)widest * N * L->words * 4;
-        const int rc = ap_run_gemv_groups(groups, n_groups, plane_bytes < SMALL_LAYER_BYTES ? 1 : nthreads);
-        if (rc) return rc == -2 ? -1 : rc;
+        if (n_groups) {
+            const int64_t plane_bytes = (int64_t)widest * N * L->words * 4;
+            const int rc = ap_run_gemv_groups(groups, n_groups, plane_bytes < SMALL_LAYER_BYTES ? 1 : nthreads);
+            if (rc) return rc == -2 ? -1 : rc;
+        }
         c0 = r0;
     }
+    if (n_tiles && ap_run_tile_gemm(tiles, n_tiles, nthreads)) return -1;
     if (L->bias) {
         const float *b = (const float *)(intptr_t)L->bias;
         for (int64_t r = 0; r < R; r++)
             for (int64_t n = 0; n < N; n++) y[r * N + n] += b[n];
     }
     return 0;
+}
+
+/* Per-step buffers for module calls with plan rows: rows regrouped by width. */
+typedef struct {
+    int any_plan;
+    int64_t *widths, *order;  /* [R] */
+    float *xg, *yg;           /* [R, widest in/out features] */
+} plan_scratch;
+
+/* Module j of layer l for every row: each row at its own width for this module (its plan's
+ * entry, else its bits). Plan rows are gathered in width order, run, and scattered back. */
+static int module_call(const ap_eng_linear *L, int64_t l, int j, const ap_eng_row *rows, int64_t R,
+                       const float *x, float *y, int nt, int64_t tr, const plan_scratch *ps) {
+    if (!ps->any_plan) {
+        for (int64_t r = 0; r < R; r++) ps->widths[r] = rows[r].bits;
+        return linear(L, ps->widths, R, x, y, nt, tr);
+    }
+    const int64_t K = L->in_features, N = L->n_rows;
+    int64_t n = 0;
+    for (int64_t b = 1; b <= AP_MAX_BITS; b++)  /* counting sort of rows by width */
+        for (int64_t r = 0; r < R; r++) {
+            const int64_t w = rows[r].plan ? ((const int8_t *)(intptr_t)rows[r].plan)[l * AP_ENG_MODULES + j]
+                                           : rows[r].bits;
+            if (w == b) {
+                ps->order[n] = r;
+                ps->widths[n++] = b;
+            }
+        }
+    if (n != R) return -2;  /* a width outside 1..AP_MAX_BITS */
+    for (int64_t i = 0; i < R; i++) memcpy(ps->xg + i * K, x + ps->order[i] * K, (size_t)K * sizeof(float));
+    const int rc = linear(L, ps->widths, R, ps->xg, ps->yg, nt, tr);
+    for (int64_t i = 0; i < R && !rc; i++) memcpy(y + ps->order[i] * N, ps->yg + i * N, (size_t)N * sizeof(float));
+    return rc;
 }
 
 /* v[i] = v[i] * cos[i] + rotate_half(v)[i] * sin[i] for each head of `heads`. */
@@ -132,12 +198,19 @@ static void store_kv(const ap_eng_model *m, int64_t layer, const ap_eng_row *row
 
 typedef struct {
     float *x, *h, *q, *k, *v, *att, *g, *u;
+    plan_scratch ps;
 } scratch;
 
-static int alloc_scratch(scratch *s, const ap_eng_model *m, int64_t R) {
+static int alloc_scratch(scratch *s, const ap_eng_model *m, const ap_eng_row *rows, int64_t R) {
     const int64_t E = m->hidden, QD = m->n_heads * m->head_dim, KD = m->n_kv_heads * m->head_dim;
-    const int64_t I = m->intermediate, big = E > QD ? E : QD;
-    float *all = calloc((size_t)(R * (2 * E + QD + 2 * KD + big + 2 * I)), sizeof(float));
+    const int64_t I = m->intermediate, big = E > QD ? E : QD, widest = big > I ? big : I;
+    int any_plan = 0;
+    for (int64_t r = 0; r < R; r++) any_plan |= rows[r].plan != 0;
+    /* floats (an even count, so the int64 arrays after them are 8-byte aligned), then the
+     * two int64 arrays of the plan scratch */
+    int64_t floats = R * (2 * E + QD + 2 * KD + big + 2 * I) + (any_plan ? 2 * R * widest : 0);
+    floats += floats & 1;
+    float *all = calloc((size_t)floats * sizeof(float) + (size_t)(2 * R) * sizeof(int64_t), 1);
     if (!all) return -1;
     s->x = all;
     s->h = s->x + R * E;
@@ -147,6 +220,11 @@ static int alloc_scratch(scratch *s, const ap_eng_model *m, int64_t R) {
     s->att = s->v + R * KD;
     s->g = s->att + R * big;
     s->u = s->g + R * I;
+    s->ps.any_plan = any_plan;
+    s->ps.xg = any_plan ? s->u + R * I : NULL;
+    s->ps.yg = any_plan ? s->ps.xg + R * widest : NULL;
+    s->ps.widths = (int64_t *)(void *)(all + floats);
+    s->ps.order = s->ps.widths + R;
     return 0;
 }
 
@@ -166,15 +244,16 @@ static int alloc_scratch(scratch *s, const ap_eng_model *m, int64_t R) {
     } while (0)
 
 static int run_layer(const ap_eng_model *m, int64_t l, const ap_eng_row *rows, int64_t R, scratch s, int nt,
-                     double *timings) {
+                     int64_t tr, double *timings) {
     const ap_eng_layer *L = (const ap_eng_layer *)(intptr_t)m->layers + l;
     const int64_t E = m->hidden, QD = m->n_heads * m->head_dim, KD = m->n_kv_heads * m->head_dim;
     const int64_t I = m->intermediate, D = m->head_dim;
     int rc = 0;
     TIMED(AP_T_NORM, for (int64_t r = 0; r < R; r++)
                          rmsnorm(s.x + r * E, (const float *)(intptr_t)L->in_norm, s.h + r * E, E, m->eps));
-    TIMED(AP_T_QKV, rc = linear(&L->q, rows, R, s.h, s.q, nt); if (!rc) rc = linear(&L->k, rows, R, s.h, s.k, nt);
-          if (!rc) rc = linear(&L->v, rows, R, s.h, s.v, nt));
+    TIMED(AP_T_QKV, rc = module_call(&L->q, l, 0, rows, R, s.h, s.q, nt, tr, &s.ps);
+          if (!rc) rc = module_call(&L->k, l, 1, rows, R, s.h, s.k, nt, tr, &s.ps);
+          if (!rc) rc = module_call(&L->v, l, 2, rows, R, s.h, s.v, nt, tr, &s.ps));
     if (rc) return rc;
     TIMED(AP_T_ATTN, {
         for (int64_t r = 0; r < R; r++) {
@@ -187,16 +266,16 @@ static int run_layer(const ap_eng_model *m, int64_t l, const ap_eng_row *rows, i
         rc = attention(m, l, rows, R, s.q, s.att, nt);
     });
     if (rc) return rc;
-    TIMED(AP_T_O, rc = linear(&L->o, rows, R, s.att, s.h, nt));
+    TIMED(AP_T_O, rc = module_call(&L->o, l, 3, rows, R, s.att, s.h, nt, tr, &s.ps));
     if (rc) return rc;
     TIMED(AP_T_NORM, for (int64_t i = 0; i < R * E; i++) s.x[i] += s.h[i];
           for (int64_t r = 0; r < R; r++)
               rmsnorm(s.x + r * E, (const float *)(intptr_t)L->post_norm, s.h + r * E, E, m->eps));
-    TIMED(AP_T_MLP_UP, rc = linear(&L->gate, rows, R, s.h, s.g, nt);
-          if (!rc) rc = linear(&L->up, rows, R, s.h, s.u, nt);
+    TIMED(AP_T_MLP_UP, rc = module_call(&L->gate, l, 4, rows, R, s.h, s.g, nt, tr, &s.ps);
+          if (!rc) rc = module_call(&L->up, l, 5, rows, R, s.h, s.u, nt, tr, &s.ps);
           for (int64_t i = 0; i < R * I; i++) s.g[i] = s.g[i] / (1.0f + expf(-s.g[i])) * s.u[i]);
     if (rc) return rc;
-    TIMED(AP_T_MLP_DOWN, rc = linear(&L->down, rows, R, s.g, s.h, nt));
+    TIMED(AP_T_MLP_DOWN, rc = module_call(&L->down, l, 6, rows, R, s.g, s.h, nt, tr, &s.ps));
     if (rc) return rc;
     TIMED(AP_T_NORM, for (int64_t i = 0; i < R * E; i++) s.x[i] += s.h[i]);
     return 0;
@@ -239,15 +318,15 @@ static int head(const ap_eng_model *m, const ap_eng_row *rows, int64_t R, scratc
 }
 
 int ap_engine_step(const ap_eng_model *m, const ap_eng_row *rows, int64_t R, float *logits, int nthreads,
-                   double *timings) {
+                   double *timings, int64_t tile_rows) {
     scratch s;
     if (R < 1) return 0;
-    if (alloc_scratch(&s, m, R)) return -1;
+    if (alloc_scratch(&s, m, rows, R)) return -1;
     const int64_t E = m->hidden;
     const float *embed = (const float *)(intptr_t)m->embed;
     TIMED(AP_T_NORM, for (int64_t r = 0; r < R; r++)
                          memcpy(s.x + r * E, embed + rows[r].token * E, (size_t)E * sizeof(float)));
-    for (int64_t l = 0; l < m->n_layers; l++) CHECK(run_layer(m, l, rows, R, s, nthreads, timings));
+    for (int64_t l = 0; l < m->n_layers; l++) CHECK(run_layer(m, l, rows, R, s, nthreads, tile_rows, timings));
     const double t_head = timings ? now() : 0.0;
     CHECK(head(m, rows, R, s, logits, nthreads));
     if (timings) timings[AP_T_HEAD] += now() - t_head;

@@ -48,15 +48,29 @@ typedef struct {
     int64_t k_cache, v_cache;  /* float32 [n_layers, n_kv_heads, cap, head_dim] */
     int64_t cap;
     int64_t logits_row;      /* row of the logits output to fill, -1: none */
+    int64_t plan;            /* int8 [n_layers, AP_ENG_MODULES] width per module, or 0: `bits` everywhere */
 } ap_eng_row;
+
+/* Quantized modules of a layer, in the order of a plan row: q, k, v, o, gate, up, down. */
+#define AP_ENG_MODULES 7
 
 /* Seconds spent per part of a step (added to, when a timings array is given). */
 enum { AP_T_NORM, AP_T_QKV, AP_T_ATTN, AP_T_O, AP_T_MLP_UP, AP_T_MLP_DOWN, AP_T_HEAD, AP_T_COUNT };
 
-/* Rows must be sorted by bits (rows of equal bits are contiguous). logits: float32
- * [n_logits, vocab]. Returns 0, -1 (out of memory) or -2 (a row's bit-width has no LUT). */
+/* Rows at one bit-width from which a layer call uses the tile GEMM (ap_tiles.h) instead of
+ * the mat-vec kernels, measured on AVX2 (docs/ENGINE.md, "Prefill by tiles"): at 4..8 bits
+ * a 128-row prefill chunk is 1.1-2.2x faster by tiles; at 1..3 bits the mat-vec kernels'
+ * register lookups stay cheaper than dequantizing, so the tiles start above a chunk. */
+#define AP_TILE_ROWS 64
+#define AP_TILE_ROWS_LOW_BITS 256 /* bit-widths <= 3 */
+
+/* Rows without a plan must be sorted by bits (rows of equal bits contiguous); rows with a
+ * plan may come in any order (each module call groups them by its width). logits: float32
+ * [n_logits, vocab]. tile_rows: the tile threshold for every width (<= 0: AP_TILE_ROWS,
+ * AP_TILE_ROWS_LOW_BITS).
+ * Returns 0, -1 (out of memory) or -2 (a row's bit-width has no LUT). */
 int ap_engine_step(const ap_eng_model *m, const ap_eng_row *rows, int64_t n_rows, float *logits,
-                   int nthreads, double *timings);
+                   int nthreads, double *timings, int64_t tile_rows);
 
 #define AP_ENGINE_MAX_GROUPS 32 /* mat-vec groups (<= AP_MAX_TOKENS rows at one bit-width) per layer call */
 

@@ -11,6 +11,7 @@
 #include <string.h>
 #include "ap_kernels.h"
 #include "ap_engine.h"
+#include "ap_tiles.h"
 
 enum { ISA_PORTABLE = 0, ISA_AVX2 = 1, ISA_AVX512 = 2 };
 static int g_vbmi = -1;
@@ -249,6 +250,13 @@ int ap_run_gemv_groups(ap_gemv_args *groups, int n_groups, int nthreads) {
 
 void ap_run_half_gemv(const ap_half_gemv_args *a, int nthreads) { run_half_gemv(a, nthreads); }
 
+int ap_run_tile_gemm(const ap_tile_group *groups, int n_groups, int nthreads) {
+    const int isa = current_isa();
+    const ap_dequant_fn dq = isa == ISA_AVX512 ? ap_dequant_rows_avx512
+                             : isa == ISA_AVX2 ? ap_dequant_rows_avx2 : ap_dequant_rows_portable;
+    return ap_tile_gemm(groups, n_groups, dq, isa != ISA_PORTABLE, nthreads);
+}
+
 static int parse_ints(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t want, int64_t *out, const char *name) {
     if (nargs != want) {
         PyErr_Format(PyExc_TypeError, "%s takes %zd integer arguments, got %zd", name, want, nargs);
@@ -306,6 +314,26 @@ static PyObject *py_dequant(PyObject *self, PyObject *const *args, Py_ssize_t na
     Py_BEGIN_ALLOW_THREADS
     run_dequant(&a, v[8], v[9], (int)v[12]);
     Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+/* tile_gemm(planes, plane_stride, n_rows, words, in_features, lut, lut_f16, bits,
+ *           x, tokens, x_stride, y, y_stride, nthreads): the tile GEMM for any token count */
+static PyObject *py_tile_gemm(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    int64_t v[14];
+    if (parse_ints(args, nargs, 14, v, "tile_gemm") || check_common(v[7], v[13])) return NULL;
+    if (v[9] < 1) {
+        PyErr_Format(PyExc_ValueError, "tokens=%lld must be >= 1", (long long)v[9]);
+        return NULL;
+    }
+    ap_tile_group g = {{(const uint32_t *)(intptr_t)v[0], v[1], v[2], v[3], v[4], (const void *)(intptr_t)v[5],
+                        (int)v[6], (int)v[7], NULL, 0},
+                       (const float *)(intptr_t)v[8], v[10], v[9], (float *)(intptr_t)v[11], v[12]};
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = ap_run_tile_gemm(&g, 1, (int)v[13]);
+    Py_END_ALLOW_THREADS
+    if (rc) return PyErr_NoMemory();
     Py_RETURN_NONE;
 }
 
@@ -426,15 +454,16 @@ static PyObject *py_gemv_u8(PyObject *self, PyObject *const *args, Py_ssize_t na
 #endif
 }
 
-/* engine_step(model, rows, n_rows, logits, nthreads, timings): one native decode engine
- * step (ap_engine.h); the Python side (anyprec/engine/native.py) owns every pointer. */
+/* engine_step(model, rows, n_rows, logits, nthreads, timings[, tile_rows]): one native
+ * decode engine step (ap_engine.h); the Python side (anyprec/engine/native.py) owns every
+ * pointer. tile_rows: rows at one width from which layers use the tile GEMM (0: default). */
 static PyObject *py_engine_step(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    int64_t v[6];
-    if (parse_ints(args, nargs, 6, v, "engine_step") || check_common(1, v[4])) return NULL;
+    int64_t v[7] = {0};
+    if (parse_ints(args, nargs, nargs == 7 ? 7 : 6, v, "engine_step") || check_common(1, v[4])) return NULL;
     int rc;
     Py_BEGIN_ALLOW_THREADS
     rc = ap_engine_step((const ap_eng_model *)(intptr_t)v[0], (const ap_eng_row *)(intptr_t)v[1], v[2],
-                        (float *)(intptr_t)v[3], (int)v[4], (double *)(intptr_t)v[5]);
+                        (float *)(intptr_t)v[3], (int)v[4], (double *)(intptr_t)v[5], v[6]);
     Py_END_ALLOW_THREADS
     if (rc == -1) return PyErr_NoMemory();
     if (rc == -2) {
@@ -489,6 +518,7 @@ static PyMethodDef METHODS[] = {
     {"gemv_u8", (PyCFunction)(void (*)(void))py_gemv_u8, METH_FASTCALL, "uint8-LUT mat-vec, fp32 or int8 activations"},
     {"half_gemv", (PyCFunction)(void (*)(void))py_half_gemv, METH_FASTCALL, "fp16-stored dense mat-vec, fp32 math"},
     {"int8_gemv", (PyCFunction)(void (*)(void))py_int8_gemv, METH_FASTCALL, "per-row int8 head mat-vec"},
+    {"tile_gemm", (PyCFunction)(void (*)(void))py_tile_gemm, METH_FASTCALL, "bitplane-LUT GEMM by dequantized tiles"},
     {"dequant", (PyCFunction)(void (*)(void))py_dequant, METH_FASTCALL, "dense rows from bitplanes + LUT"},
     {"engine_step", (PyCFunction)(void (*)(void))py_engine_step, METH_FASTCALL, "one native decode engine step"},
     {"read_bytes", (PyCFunction)(void (*)(void))py_read_bytes, METH_FASTCALL, "stream-read a buffer"},

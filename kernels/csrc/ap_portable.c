@@ -78,12 +78,19 @@ static inline unsigned code_at(const uint32_t *row_words[], int bits, int64_t w,
             for (int p = 0; p < a->bits; p++)                                                \
                 rw[p] = a->planes + p * a->plane_stride + n * a->words;                      \
             int64_t base = (n - out_row0) * a->in_features;                                  \
-            for (int64_t k = 0; k < a->in_features; k++) {                                   \
-                float wv = lut[code_at(rw, a->bits, k / 32, (int)(k % 32))];                 \
+            for (int64_t w = 0; w < a->words; w++) {                                         \
+                /* codes of the word's 32 columns, plane by plane: the i loop vectorises */  \
+                unsigned codes[32] = {0};                                                    \
+                for (int p = 0; p < a->bits; p++) {                                          \
+                    const uint32_t word = rw[p][w];                                          \
+                    for (int i = 0; i < 32; i++) codes[i] = (codes[i] << 1) | ((word >> i) & 1u); \
+                }                                                                            \
+                const int64_t k0 = w * 32, cols = a->in_features - k0 < 32 ? a->in_features - k0 : 32; \
                 if (a->out_bf16)                                                             \
-                    ((uint16_t *)a->out)[base + k] = ap_float_to_bf16(wv);                   \
+                    for (int64_t i = 0; i < cols; i++)                                       \
+                        ((uint16_t *)a->out)[base + k0 + i] = ap_float_to_bf16(lut[codes[i]]); \
                 else                                                                         \
-                    ((float *)a->out)[base + k] = wv;                                        \
+                    for (int64_t i = 0; i < cols; i++) ((float *)a->out)[base + k0 + i] = lut[codes[i]]; \
             }                                                                                \
         }                                                                                    \
     }
