@@ -167,6 +167,10 @@ class PipelineConfig(_Strict):
     task_runner_workers: int | None = Field(
         None, ge=1, description="worker processes of the local Dask cluster (None: Dask's default)"
     )
+    thread_tasks: int | None = Field(
+        None, ge=1, le=4, description="thread runner: mapped tasks (layers, shards) at once; None: as many as "
+        "fit in the available memory (at most 4)"
+    )
     inbox_dir: str = "inbox"
     schedule_cron: str = "0 3 * * *"
     results_dir: str = Field(".prefect-results", description="Prefect task results + cache records")

@@ -113,9 +113,9 @@ def run_sensitivity(
 def run_sensitivity_shard(model_ref: str, calib_dir: str | Path, out_dir: str | Path, index: int, mode: str = "auto",
                           shards: int = 1) -> None:
     """Partial Fisher of calibration shard `index` of `shards` into out_dir/shard_KKK/ (skipped when done)."""
-    out_dir = Path(out_dir)
-    if _sensitivity_done(out_dir, sensitivity_key(model_ref, calib_dir, shards)):
-        return
+    out_dir, key = Path(out_dir), sensitivity_key(model_ref, calib_dir, shards)
+    if _sensitivity_done(out_dir, key) or _sensitivity_done(cache_dir() / "sensitivity" / key[:32], key):
+        return  # the stage itself links the shared copy
     _shard_runner(model_ref, calib_dir, out_dir, mode, shards, False)(index)
 
 

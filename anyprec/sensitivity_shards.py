@@ -110,8 +110,8 @@ def reduce_shards(out_dir: str | Path, shards: int, key: str) -> list[str]:
         target = out_dir / LAYER_FILE.format(layer)
         if _file_key(target) != key:
             total = _sum_layer([f / LAYER_FILE.format(layer) for f in folders])
-            meta = {"format": "anyprec-sensitivity", "layer": str(layer), "key": key, "shards": str(shards)}
-            save_tensors_atomic(total, target, metadata=meta)
+            # one metadata entry: safetensors writes a map's entries in a per-process order
+            save_tensors_atomic(total, target, metadata={"key": key})
         for folder in folders:
             (folder / LAYER_FILE.format(layer)).unlink(missing_ok=True)
     return names
