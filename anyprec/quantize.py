@@ -21,7 +21,6 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
-from anyprec import archs
 from anyprec.config import CalibrationConfig, QuantizationConfig
 from anyprec.env import cache_dir
 from anyprec.errors import OutputError, UsageError

@@ -99,8 +99,9 @@ def main(argv: list[str] | None = None) -> int:
         artifact, seconds = quantize_from(args.model, fisher, calib, calib_dir, args.work_dir, upto)
         report = args.work_dir / f"ppl_{upto:03d}.json"
         if not report.is_file():
-            subprocess.run([str(Path(sys.executable).parent / "anyprec"), "ppl", str(artifact), "--corpus", "wiki", "news",
-                            "--max-tokens", str(args.max_tokens), "--no-base", "--json", str(report)], check=True)
+            cli = str(Path(sys.executable).parent / "anyprec")
+            subprocess.run([cli, "ppl", str(artifact), "--corpus", "wiki", "news", "--max-tokens",
+                            str(args.max_tokens), "--no-base", "--json", str(report)], check=True)
         result["runs"][str(upto)] = {"quantize_seconds": seconds, "ppl": json.loads(report.read_text())}
         write_json_atomic(args.json, result)
         print(f"{upto} sequences: quantized in {seconds:.0f} s, ppl in {report}", flush=True)
