@@ -49,6 +49,10 @@ class QuantizationConfig(_Strict):
         "auto", exclude=True, description="streamed: one decoder layer resident (docs/SCALE.md); auto: when needed"
     )
 
+    # Calibration shards of the sensitivity pass (docs/SCALE.md): a flow maps them over its task
+    # runner's workers. More than 1 changes the Fisher's fp32 summation order, so its bits.
+    sensitivity_shards: int = Field(1, ge=1, le=4096)
+
     @model_validator(mode="after")
     def _seed_below_parent(self) -> "QuantizationConfig":
         if self.seed_bits >= self.parent_bits:
@@ -69,6 +73,8 @@ class QuantizationConfig(_Strict):
         data = handler(self)
         if self.joint_weight is None:
             data.pop("joint_weight", None)
+        if self.sensitivity_shards == 1:  # likewise for the unsharded pass
+            data.pop("sensitivity_shards", None)
         return data
 
     @property
@@ -160,6 +166,10 @@ class PipelineConfig(_Strict):
     )
     task_runner_workers: int | None = Field(
         None, ge=1, description="worker processes of the local Dask cluster (None: Dask's default)"
+    )
+    thread_tasks: int | None = Field(
+        None, ge=1, le=4, description="thread runner: mapped tasks (layers, shards) at once; None: as many as "
+        "fit in the available memory (at most 4)"
     )
     inbox_dir: str = "inbox"
     schedule_cron: str = "0 3 * * *"

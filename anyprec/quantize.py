@@ -21,7 +21,6 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
-from anyprec import archs
 from anyprec.config import CalibrationConfig, QuantizationConfig
 from anyprec.env import cache_dir
 from anyprec.errors import OutputError, UsageError
@@ -78,44 +77,75 @@ def calibration_sha256(calib_dir: str | Path) -> str:
 
 
 def run_sensitivity(
-    model_ref: str, calib_dir: str | Path, out_dir: str | Path, progress: bool = True, mode: str = "auto"
+    model_ref: str, calib_dir: str | Path, out_dir: str | Path, progress: bool = True, mode: str = "auto",
+    shards: int = 1,
 ) -> Path:
     """Diagonal Fisher of every quantized weight: out_dir/layer_NNN.safetensors + sensitivity.json.
 
-    mode: auto | streamed | whole (anyprec.streamed_sensitivity.use_streamed)."""
-    from anyprec import streamed_sensitivity as streamed
-    from anyprec.models import hash_model_dir, load_model, resolve_model_dir
-    from anyprec.sensitivity import Checkpoint, compute_sensitivity, save_sensitivity
+    mode: auto | streamed | whole (anyprec.streamed_sensitivity.use_streamed). The pass runs as
+    `shards` calibration shards (anyprec.sensitivity_shards), each skipped when already done (a
+    flow computes them as separate tasks first), then added in the one fixed order."""
+    from anyprec.sensitivity_shards import reduce_shards, remove_shards
 
     out_dir = Path(out_dir)
-    key = _key(hash_model_dir(model_ref), calibration_sha256(calib_dir))
+    key = sensitivity_key(model_ref, calib_dir, shards)
     if _sensitivity_done(out_dir, key):
         log.info("sensitivity in %s is up to date", out_dir)
         return out_dir
-    # The Fisher pass is the costliest stage and depends only on (model, calibration set):
+    # The Fisher pass is the costliest stage and depends only on (model, calibration set, shards):
     # a content-addressed copy lets the CLI, the flow and DVC share one computation.
     shared = cache_dir() / "sensitivity" / key[:32]
     if _sensitivity_done(shared, key):
         log.info("sensitivity for these inputs found in %s, reusing it", shared)
         _link_tree(shared, out_dir)
         return out_dir
-    if streamed.use_streamed(resolve_model_dir(model_ref), mode):
-        ids = load_file(str(Path(calib_dir) / CALIB_FILE))["input_ids"]
-        names = streamed.compute_streamed_sensitivity(resolve_model_dir(model_ref), ids, out_dir, progress=progress)
-        write_json_atomic(out_dir / SENS_META, {"key": key, "modules": names})
-        _link_tree(out_dir, shared)
-        return out_dir
-    model, _ = load_model(model_ref)
-    ids = load_file(str(Path(calib_dir) / CALIB_FILE))["input_ids"]
-    # partial sums live beside the layer files, so a killed run loses at most one chunk
-    out_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint = Checkpoint(out_dir / SENS_PARTIAL, key, chunk=sensitivity_chunk(len(ids)))
-    fisher = compute_sensitivity(model, ids, archs.quantizable_modules(model), progress=progress, checkpoint=checkpoint)
-    save_sensitivity(fisher, out_dir)
-    checkpoint.clear()
-    write_json_atomic(out_dir / SENS_META, {"key": key, "modules": list(fisher)})
+    compute = _shard_runner(model_ref, calib_dir, out_dir, mode, shards, progress)
+    for index in range(shards):
+        compute(index)
+    names = reduce_shards(out_dir, shards, key)
+    write_json_atomic(out_dir / SENS_META, {"key": key, "modules": names})
+    remove_shards(out_dir, shards)
     _link_tree(out_dir, shared)
     return out_dir
+
+
+def run_sensitivity_shard(model_ref: str, calib_dir: str | Path, out_dir: str | Path, index: int, mode: str = "auto",
+                          shards: int = 1) -> None:
+    """Partial Fisher of calibration shard `index` of `shards` into out_dir/shard_KKK/ (skipped when done)."""
+    out_dir, key = Path(out_dir), sensitivity_key(model_ref, calib_dir, shards)
+    if _sensitivity_done(out_dir, key) or _sensitivity_done(cache_dir() / "sensitivity" / key[:32], key):
+        return  # the stage itself links the shared copy
+    _shard_runner(model_ref, calib_dir, out_dir, mode, shards, False)(index)
+
+
+def sensitivity_key(model_ref: str, calib_dir: str | Path, shards: int) -> str:
+    """The sensitivity pass's input key: model + calibration set (+ the shard count when > 1,
+    which changes the fp32 summation order and so the bits)."""
+    from anyprec.models import hash_model_dir
+
+    parts = [hash_model_dir(model_ref), calibration_sha256(calib_dir)]
+    return _key(*parts, f"shards={shards}") if shards > 1 else _key(*parts)
+
+
+def _shard_runner(model_ref: str, calib_dir: str | Path, out_dir: Path, mode: str, shards: int,
+                  progress: bool) -> Callable[[int], Path]:
+    """compute(index): one shard of the pass; the whole model is loaded once, on first need."""
+    from functools import lru_cache
+
+    from anyprec import streamed_sensitivity as streamed
+    from anyprec.models import load_model, resolve_model_dir
+    from anyprec.sensitivity_shards import compute_shard
+
+    key = sensitivity_key(model_ref, calib_dir, shards)
+    ids = load_file(str(Path(calib_dir) / CALIB_FILE))["input_ids"]
+    model_dir = resolve_model_dir(model_ref)
+    stream = streamed.use_streamed(model_dir, mode)
+    whole = None if stream else lru_cache(maxsize=1)(lambda: load_model(model_ref)[0])
+
+    def compute(index: int) -> Path:
+        return compute_shard(ids, out_dir, key, index, shards, whole, model_dir if stream else None, progress)
+
+    return compute
 
 
 def sensitivity_chunk(n_sequences: int) -> int:

@@ -1,7 +1,8 @@
 """The `quantize-eval` flow: one base model through every stage, tracked in MLflow.
 
     resolve -> calib -> sensitivity -> seed -> nested -> packed   (anyprec.stages.STAGES;
-               seed and nested mapped over decoder layers as separate task runs)
+               sensitivity mapped over calibration shards, seed and nested over
+               decoder layers, as separate task runs)
             -> ppl -> eval -> bench                            (anyprec.tasks.pipeline.EVAL_STAGES)
             -> MLflow parent + child runs -> registry -> dashboard -> Prefect summary
             -> dvc commit (opt-in: pipeline.dvc_commit)
@@ -16,18 +17,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger, unmapped
+from prefect import Task, flow, get_run_logger, unmapped
 from prefect.runtime import flow_run
 from pydantic import BaseModel
 
 from anyprec import stages
 from anyprec.config import DEFAULT_MODEL
-from anyprec.flows.runners import make_task_runner
+from anyprec.flows.runners import THREAD_WORKERS, make_task_runner
 from anyprec.tasks.caching import BaseModelInfo, StageOutput
 from anyprec.tasks.layout import Layout, require_model
 from anyprec.tasks.pipeline import EVAL_STAGES, sections
 from anyprec.tasks.publish import publish
-from anyprec.tasks.quantize import LayerRun, layer_task, resolve_base_model, stage_task
+from anyprec.tasks.quantize import LayerRun, ShardRun, layer_task, resolve_base_model, shard_task, stage_task
 from anyprec.tasks.runner import is_fresh, run_stage
 
 FLOW_NAME = "quantize-eval"
@@ -48,32 +49,76 @@ class PipelineSummary(BaseModel):
 
 
 def quantize_stages(layout: Layout, base: BaseModelInfo,
-                    layer_runs: list[LayerRun] | None = None) -> dict[str, StageOutput]:
+                    layer_runs: list[LayerRun | ShardRun] | None = None) -> dict[str, StageOutput]:
     """Every stage of anyprec.stages.STAGES, in order; {stage name: output}.
 
-    A per-layer stage (seed, nested) not yet current is first mapped over the decoder layers as
-    separate task runs (on the task runner's workers); its own task then only finishes it.
-    Each layer's LayerRun is appended to `layer_runs` when given."""
+    A sharded stage (sensitivity) or per-layer stage (seed, nested) not yet current is first
+    mapped over its calibration shards or decoder layers as separate task runs (on the task
+    runner's workers); its own task then only finishes it (adds the shards up, in one fixed
+    order). Each mapped run's ShardRun / LayerRun is appended to `layer_runs` when given."""
     done: dict[str, StageOutput] = {}
     for spec in stages.STAGES:
         out = layout.stage_path(base.name, spec.name)
         inputs = {"base": base, "upstream": {name: done[name] for name in spec.inputs},
                   "settings": stages.settings_for(spec, sections(layout.params))}
-        if spec.layer is not None and not is_fresh(stage_task(spec), layout, out, **inputs):
-            runs = map_layers(spec, out, **inputs)
+        mapped = spec.layer is not None or spec.shard is not None
+        if mapped and not is_fresh(stage_task(spec), layout, out, **inputs):
+            at_once = thread_tasks(layout, spec, base, inputs["settings"])
+            runs = (map_shards if spec.shard is not None else map_layers)(spec, out, at_once=at_once, **inputs)
             if layer_runs is not None:
                 layer_runs.extend(runs)
         done[spec.name] = run_stage(stage_task(spec), layout, out, **inputs)
     return done
 
 
+def thread_tasks(layout: Layout, spec: stages.StageSpec, base: BaseModelInfo,
+                 settings: dict[str, BaseModel]) -> int | None:
+    """Mapped tasks of `spec` at once in the flow's process (thread runner; None: a cluster's
+    workers, each with its own memory): pipeline.thread_tasks, else what fits in available memory."""
+    import psutil
+
+    pipeline = layout.params.pipeline
+    if pipeline.task_runner != "thread":
+        return None
+    if pipeline.thread_tasks is not None:
+        get_run_logger().info("%s: %d tasks at once (pipeline.thread_tasks)", spec.name, pipeline.thread_tasks)
+        return pipeline.thread_tasks
+    need, have = stages.mapped_task_bytes(spec, base.location, settings), psutil.virtual_memory().available
+    at_once = stages.tasks_at_once(need, have, THREAD_WORKERS)
+    get_run_logger().info("%s: %d tasks at once (pipeline.thread_tasks: null; ~%.2f GiB each, %.1f GiB available)",
+                          spec.name, at_once, need / 2**30, have / 2**30)
+    return at_once
+
+
+def _map_in_waves(task: Task, count: int, at_once: int | None, index: str, **fixed: Any) -> list[Any]:
+    """task.map over range(count) for parameter `index`, at most `at_once` runs in flight (None: all)."""
+    step = at_once or count
+    results = []
+    for start in range(0, count, step):
+        futures = task.map(**{name: unmapped(value) for name, value in fixed.items()},
+                           **{index: list(range(start, min(count, start + step)))})
+        results.extend(future.result() for future in futures)
+    return results
+
+
+def map_shards(spec: stages.StageSpec, out: Path, base: BaseModelInfo, upstream: dict[str, StageOutput],
+               settings: dict[str, BaseModel], at_once: int | None = None) -> list[ShardRun]:
+    """Run one task per calibration shard of `spec` (at most `at_once` in flight) and wait for all."""
+    count = spec.shard_count(settings)
+    runs = _map_in_waves(shard_task(spec), count, at_once, "shard", base=base, upstream=upstream, settings=settings,
+                         out=str(out))
+    workers = sorted({(run.host, run.pid) for run in runs})
+    get_run_logger().info("%s: %d calibration shards ran as separate tasks on %d worker process(es), %.1f s of work",
+                          spec.name, count, len(workers), sum(run.seconds for run in runs))
+    return runs
+
+
 def map_layers(spec: stages.StageSpec, out: Path, base: BaseModelInfo, upstream: dict[str, StageOutput],
-               settings: dict[str, BaseModel]) -> list[LayerRun]:
-    """Submit one task run per decoder layer of `spec` and wait for all of them."""
+               settings: dict[str, BaseModel], at_once: int | None = None) -> list[LayerRun]:
+    """Run one task per decoder layer of `spec` (at most `at_once` in flight) and wait for all."""
     count = stages.layer_count(base.location)
-    futures = layer_task(spec).map(base=unmapped(base), upstream=unmapped(upstream), settings=unmapped(settings),
-                                   out=unmapped(str(out)), layer=list(range(count)))
-    runs = [future.result() for future in futures]
+    runs = _map_in_waves(layer_task(spec), count, at_once, "layer", base=base, upstream=upstream, settings=settings,
+                         out=str(out))
     workers = sorted({(run.host, run.pid) for run in runs})
     get_run_logger().info("%s: %d layers ran as separate tasks on %d worker process(es), %.1f s of work",
                           spec.name, count, len(workers), sum(run.seconds for run in runs))

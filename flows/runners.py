@@ -15,6 +15,7 @@ from typing import Any
 from anyprec.config import PipelineConfig
 
 INSTALL = {"dask": "pip install prefect-dask", "ray": "pip install prefect-ray"}
+THREAD_WORKERS = 4  # the thread runner's pool; mapped stages may run fewer at once (memory)
 
 
 def make_task_runner(pipeline: PipelineConfig) -> Any:
@@ -23,7 +24,7 @@ def make_task_runner(pipeline: PipelineConfig) -> Any:
     if kind == "thread":
         from prefect.task_runners import ThreadPoolTaskRunner
 
-        return ThreadPoolTaskRunner(max_workers=4)
+        return ThreadPoolTaskRunner(max_workers=THREAD_WORKERS)
     try:
         if kind == "dask":
             from prefect_dask import DaskTaskRunner

@@ -85,3 +85,33 @@ def layer_task(spec: StageSpec) -> Task:
 
     run.__doc__ = f"One decoder layer of stage {spec.name!r}."
     return task(name=f"{spec.name}-layer", cache_policy=NO_CACHE)(run)
+
+
+class ShardRun(BaseModel):
+    """Where and how long one calibration shard of a stage ran (a mapped task run)."""
+
+    stage: str
+    shard: int
+    host: str
+    pid: int
+    seconds: float
+
+
+@lru_cache(maxsize=None)
+def shard_task(spec: StageSpec) -> Task:
+    """The Prefect task computing one calibration shard of a sharded stage (`spec.shard`); the flow
+    maps it over shards, so a Dask or Ray task runner spreads them over its workers. Not cached: a
+    shard's files resume themselves (a done marker keyed on its inputs)."""
+    if spec.shard is None:
+        raise ValueError(f"stage {spec.name!r} has no calibration shards")
+
+    def run(base: BaseModelInfo, upstream: dict[str, StageOutput], settings: dict[str, BaseModel], out: str,
+            shard: int) -> ShardRun:
+        start = time.perf_counter()
+        spec.shard(StageRun(base.ref(), settings, {n: Path(o.path) for n, o in upstream.items()}, Path(out), False),
+                   shard)
+        return ShardRun(stage=spec.name, shard=shard, host=socket.gethostname(), pid=os.getpid(),
+                        seconds=round(time.perf_counter() - start, 3))
+
+    run.__doc__ = f"One calibration shard of stage {spec.name!r}."
+    return task(name=f"{spec.name}-shard", cache_policy=NO_CACHE)(run)
