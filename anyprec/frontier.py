@@ -239,6 +239,7 @@ def run_frontier(artifact_dir: Path, out: Path, corpora: list[str], max_tokens: 
     from anyprec.calibration import heldout_split
     from anyprec.env import cache_dir
     from anyprec.fileio import sha256_file, write_json_atomic, write_text_atomic
+    from anyprec.manifest import MANIFEST
     from anyprec.models import load_model
     from anyprec.packed import artifact_sizes
     from anyprec.perplexity import heldout_streams, perplexity
@@ -288,7 +289,7 @@ def run_frontier(artifact_dir: Path, out: Path, corpora: list[str], max_tokens: 
         found += peer_rows
         notes += [why] if why else []
     report = {"format": FORMAT, "artifact": str(artifact_dir),
-              "manifest_sha256": sha256_file(Path(artifact_dir) / "manifest.json"), "corpora": list(corpora),
+              "manifest_sha256": sha256_file(Path(artifact_dir) / MANIFEST), "corpora": list(corpora),
               "window": window, "max_tokens": max_tokens,
               "tokens": {c: int(ids.numel()) for c, ids in streams.items()}, "step": step, "rows": found,
               "notes": notes}

@@ -190,12 +190,13 @@ def frontier_report(layout: Layout, model: str, packed: StageOutput) -> dict[str
     manifest's sha256), else None: a frontier of an older artifact is not this run's."""
     from anyprec.fileio import sha256_file
     from anyprec.frontier import FILES, FORMAT
+    from anyprec.manifest import MANIFEST
 
     path = layout.reports_dir / model / FRONTIER_DIR / FILES[0]
     if not path.is_file():
         return None
     report = json.loads(path.read_text(encoding="utf-8"))
-    manifest = Path(packed.path) / "manifest.json"
+    manifest = Path(packed.path) / MANIFEST
     if report.get("format") != FORMAT or report.get("manifest_sha256") != sha256_file(manifest):
         return None
     return report
