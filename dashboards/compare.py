@@ -5,10 +5,13 @@ float column, so plans sort between the integer widths.
 
 Reads the child runs the pipeline logs (tag kind=bits, anyprec.tasks.tracking); when a
 model was run several times the latest run per (model, bits) wins, unless a parent run id
-is given, in which case only that pipeline run's children are used.
+is given, in which case only that pipeline run's children are used. The frontier comes from
+the `frontier/frontier.json` artifact of the newest parent run that has one.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pandas as pd
 
@@ -68,3 +71,23 @@ def pareto_front(frame: pd.DataFrame, cost: str, quality: str) -> pd.DataFrame:
             keep.append(index)
             best = row[quality]
     return rows.loc[keep]
+
+
+def load_frontier(tracking_uri: str, experiment: str, parent_run_id: str | None = None) -> dict | None:
+    """The frontier report (anyprec.frontier's frontier.json) of `parent_run_id`, or of the newest
+    pipeline run that logged one; None when no run has one."""
+    import json
+
+    import mlflow
+    from mlflow import MlflowClient
+
+    mlflow.set_tracking_uri(tracking_uri)
+    query = "tags.kind = 'pipeline'" + (f" and attributes.run_id = '{parent_run_id}'" if parent_run_id else "")
+    runs = mlflow.search_runs(experiment_names=[experiment], filter_string=query, order_by=["start_time DESC"],
+                              output_format="list")
+    client = MlflowClient()
+    for run in runs:
+        if any(f.path == "frontier/frontier.json" for f in client.list_artifacts(run.info.run_id, "frontier")):
+            path = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="frontier/frontier.json")
+            return json.loads(Path(path).read_text(encoding="utf-8"))
+    return None

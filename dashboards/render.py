@@ -1,7 +1,9 @@
 """Comparison plots (PNG) and a self-contained HTML page from the frame of compare.load_runs.
 
 Plots: perplexity vs bits (one plot per corpus), decode throughput, GEMV latency and memory
-vs bits (one line per base model), and perplexity vs memory with the Pareto front. The HTML embeds the PNGs as data
+vs bits (one line per base model), perplexity vs memory with the Pareto front, and, given a
+frontier report, the frontier (one panel per corpus: our widths, plans, dedicated, reference,
+llama.cpp against bytes in memory). The HTML embeds the PNGs as data
 URIs (it opens anywhere, including as an MLflow artifact) and, once loaded, records in
 `body[data-plots-loaded]` how many plots the browser actually decoded (checked by a test
 in headless Chromium).
@@ -123,10 +125,21 @@ def title_for(frame: pd.DataFrame) -> str:
     return f"anyprec: {subject}, {shown} per bit-width"
 
 
-def render_dashboard(frame: pd.DataFrame, out_dir: str | Path, title: str | None = None) -> Path:
-    """PNGs + index.html under out_dir; returns the HTML path. Title: `title_for(frame)` unless given."""
+def render_frontier(report: dict, out_dir: str | Path) -> Path:
+    """frontier.png (one panel per corpus) from a frontier report, drawn as `anyprec frontier` draws it."""
+    from anyprec.frontier import plot
+
+    path = Path(out_dir) / "frontier.png"
+    plot(report, path)
+    return path
+
+
+def render_dashboard(frame: pd.DataFrame, out_dir: str | Path, title: str | None = None,
+                     frontier: dict | None = None) -> Path:
+    """PNGs + index.html under out_dir; returns the HTML path. Title: `title_for(frame)` unless given;
+    frontier: a frontier report (compare.load_frontier) adds its plot."""
     if frame.empty:
         raise ValueError("no child runs to plot: run the quantize-eval flow first (MLflow has no runs tagged kind=bits)")
     out_dir = Path(out_dir)
-    plots = render_plots(frame, out_dir)
+    plots = render_plots(frame, out_dir) + ([render_frontier(frontier, out_dir)] if frontier else [])
     return render_html(frame, plots, out_dir / "index.html", title or title_for(frame))

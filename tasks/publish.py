@@ -27,12 +27,14 @@ def render_dashboard(layout: Layout, model: str, parent_run_id: str) -> str:
     """Plots + HTML over every model's latest runs -> reports/<model>/dashboard/, attached to the parent run."""
     import mlflow
 
-    from anyprec.dashboards.compare import load_runs
+    from anyprec.dashboards.compare import load_frontier, load_runs
     from anyprec.dashboards.render import render_dashboard as render
 
     setup_mlflow(layout)
-    frame = load_runs(layout.tracking_uri, layout.params.pipeline.mlflow_experiment)
-    page = render(frame, layout.dashboard_dir(model))
+    experiment = layout.params.pipeline.mlflow_experiment
+    frame = load_runs(layout.tracking_uri, experiment)
+    page = render(frame, layout.dashboard_dir(model), frontier=load_frontier(layout.tracking_uri, experiment,
+                                                                                 parent_run_id))
     with mlflow.start_run(run_id=parent_run_id):
         mlflow.log_artifacts(str(page.parent), artifact_path="dashboard")
     return str(page)

@@ -8,6 +8,12 @@ Child runs carry the same metric names for every bit-width, so the MLflow UI's "
 view lines them up: `ppl_<corpus>`, `acc_<task>`, `gemv_latency_us`, `gemv_ratio_floor`,
 `gemv_ratio_bf16`, `decode_tok_s`,
 `bytes_in_memory`. Every run is tagged with the DVC md5 of the artifact it measured.
+
+The frontier (`anyprec frontier ART --out reports/<model>/frontier`, costly, so run on demand)
+joins the parent run when it measured this artifact (same manifest sha256): frontier.json,
+.md and .png as artifacts under `frontier/`, and each row kind's perplexity per corpus as a
+metric series `frontier_<kind>_ppl_<corpus>` whose step is the row's bytes in memory (the
+MLflow UI draws it against bytes: the curve). The dashboards redraw it from frontier.json.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from anyprec.tasks.layout import Layout
 
 PARENT_KIND = "pipeline"
 CHILD_KIND = "bits"
+FRONTIER_DIR = "frontier"  # reports/<model>/frontier/ (the --out of `anyprec frontier`), and its MLflow path
 
 
 # MLflow 3 opens a "genai_development" experiment on a traces overview; this kind opens the
@@ -178,6 +185,52 @@ def publishable(reports: dict[str, dict[str, Any]], publish_under_load: bool) ->
     return reports
 
 
+def frontier_report(layout: Layout, model: str, packed: StageOutput) -> dict[str, Any] | None:
+    """reports/<model>/frontier/frontier.json when it measured this very artifact (its
+    manifest's sha256), else None: a frontier of an older artifact is not this run's."""
+    from anyprec.fileio import sha256_file
+    from anyprec.frontier import FILES, FORMAT
+    from anyprec.manifest import MANIFEST
+
+    path = layout.reports_dir / model / FRONTIER_DIR / FILES[0]
+    if not path.is_file():
+        return None
+    report = json.loads(path.read_text(encoding="utf-8"))
+    manifest = Path(packed.path) / MANIFEST
+    if report.get("format") != FORMAT or report.get("manifest_sha256") != sha256_file(manifest):
+        return None
+    return report
+
+
+def frontier_metrics(report: dict[str, Any]) -> list[tuple[str, float, int]]:
+    """(metric name, perplexity, step = bytes in memory) for every row and corpus of a frontier."""
+    import re
+
+    out = []
+    for row in report["rows"]:
+        kind = re.sub(r"[^a-z0-9]+", "_", row["kind"].lower()).strip("_")
+        out += [(f"frontier_{kind}_ppl_{corpus}", float(ppl), int(row["bytes"])) for corpus, ppl in row["ppl"].items()]
+    return out
+
+
+def log_frontier(folder: Path, report: dict[str, Any]) -> None:
+    """Into the active run: the frontier's files under `frontier/` and its rows as metric series."""
+    import time
+
+    import mlflow
+    from mlflow.entities import Metric
+
+    from anyprec.frontier import FILES
+
+    for name in FILES:
+        if (folder / name).is_file():
+            mlflow.log_artifact(str(folder / name), artifact_path=FRONTIER_DIR)
+    run_id = mlflow.active_run().info.run_id
+    stamp = int(time.time() * 1000)
+    metrics = [Metric(name, value, stamp, step) for name, value, step in frontier_metrics(report)]
+    mlflow.MlflowClient().log_batch(run_id, metrics=metrics)
+
+
 @task(name="log-mlflow")
 def log_pipeline_run(
     layout: Layout,
@@ -200,7 +253,8 @@ def log_pipeline_run(
     experiment_id = setup_mlflow(layout)
     params = layout.params
     tags = _run_tags(layout, base, packed, artifact_md5)
-    key = run_key(packed, reports, params_record(layout))
+    frontier = frontier_report(layout, base.name, packed)
+    key = run_key(packed, {**reports, FRONTIER_DIR: frontier} if frontier else reports, params_record(layout))
     found = find_run(experiment_id, key)
     if found is not None:
         children = mlflow.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{found}'",
@@ -229,6 +283,8 @@ def log_pipeline_run(
                            **flatten("benchmark", params.benchmark), **params_record(layout)})
         mlflow.log_metrics(parent_metrics(figures, sizes))
         _log_reports(reports)
+        if frontier is not None:
+            log_frontier(layout.reports_dir / base.name / FRONTIER_DIR, frontier)
         for bits in _bits_measured(figures, sizes):
             with mlflow.start_run(experiment_id=experiment_id, run_name=f"{base.name} {bits}-bit",
                                   nested=True, tags={**tags, "kind": CHILD_KIND}) as child:

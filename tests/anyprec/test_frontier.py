@@ -57,6 +57,64 @@ def test_integer_rows_match_anyprec_ppl(report, tiny_artifact, tmp_path):
             assert ints[f"{b}-bit"][corpus] == pytest.approx(ppl[b][corpus], rel=1e-6)
 
 
+@pytest.fixture(scope="module")
+def baselines(tiny_quantized, tmp_path_factory):
+    artifact, work = tiny_quantized
+    out = tmp_path_factory.mktemp("frontier-baselines")
+    assert main(["frontier", str(artifact), "--out", str(out), "--rows", "ours,dedicated,reference",
+                 "--work-dir", str(work), "--baseline-bits", "3", "4", "--max-tokens", "96", "--window", "32",
+                 "--no-progress"]) == 0
+    return out, json.loads((out / "frontier.json").read_text())
+
+
+def test_dedicated_and_reference_rows(baselines, tiny_quantized):
+    artifact, work = tiny_quantized
+    out, rep = baselines
+    kinds = [r["kind"] for r in rep["rows"]]
+    assert kinds.count("anyprec") == 6 and kinds.count("dedicated") == 2 and kinds.count("reference") == 2
+    assert "base" not in kinds and "anyprec plan" not in kinds  # only the kinds asked for
+    sizes = artifact_sizes(artifact)["per_bits"]
+    rows = {r["name"]: r for r in rep["rows"]}
+    for method in ("dedicated", "reference"):
+        for b in (3, 4):
+            row = rows[f"{method} {b}-bit"]
+            assert row["bytes"] == sizes[b]["total"] and row["avg_bits"] == b
+            assert all(math.isfinite(v) and v > 1 for v in row["ppl"].values())
+    # both start from the same weighted Lloyd clustering at the seed width; they part above it
+    assert rows["reference 3-bit"]["ppl"] == rows["dedicated 3-bit"]["ppl"]
+    assert rows["reference 4-bit"]["ppl"] != rows["dedicated 4-bit"]["ppl"]
+    # cached where `anyprec eval` caches its baselines, one file per module and method
+    for method in ("dedicated", "reference"):
+        assert len(list((work / "baselines" / method).glob("*.safetensors"))) == len(
+            json.loads((artifact / "manifest.json").read_text())["modules"])
+    assert (out / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_baseline_rows_match_anyprec_eval(baselines, tiny_quantized, tmp_path):
+    """The same Fisher, cache and token streams: `anyprec eval`'s dedicated perplexity."""
+    artifact, work = tiny_quantized
+    _, rep = baselines
+    path = tmp_path / "eval.json"
+    assert main(["eval", str(artifact), "--bits", "4", "--methods", "dedicated", "--tasks", "--corpus", "wiki",
+                 "--ppl-max-tokens", "96", "--window", "32", "--work-dir", str(work), "--json", str(path),
+                 "--no-progress"]) == 0
+    ppl = json.loads(path.read_text())["methods"]["dedicated"]["4"]["ppl_wiki"]
+    row = next(r for r in rep["rows"] if r["name"] == "dedicated 4-bit")
+    assert row["ppl"]["wiki"] == pytest.approx(ppl, rel=1e-6)
+
+
+def test_baseline_rows_need_the_work_dir(tiny_artifact, tmp_path, capsys):
+    empty = tmp_path / "work"
+    empty.mkdir()
+    assert main(["frontier", str(tiny_artifact), "--out", str(tmp_path / "out"), "--rows", "ours,dedicated",
+                 "--work-dir", str(empty), "--max-tokens", "32"]) != 0
+    err = capsys.readouterr().err
+    assert "--rows dedicated" in err and "pass --work-dir" in err
+    assert not (tmp_path / "out").exists()
+    assert main(["frontier", str(tiny_artifact), "--out", str(tmp_path / "out"), "--rows", "ours,vendor"]) != 0
+    assert "unknown vendor" in capsys.readouterr().err
+
+
 def test_foreign_files_in_out_are_not_overwritten(tiny_artifact, tmp_path, capsys):
     (tmp_path / "frontier.md").write_text("someone else's notes")
     assert main(["frontier", str(tiny_artifact), "--out", str(tmp_path), "--max-tokens", "32"]) != 0
