@@ -100,8 +100,11 @@ static void split_rows(int64_t n_rows, int nth, int tid, int64_t *r0, int64_t *r
 
 enum { K_PORTABLE, K_AVX2, K_AVX512, K_VBMI };
 
+/* The one place a gemv call picks its kernel. uint8 LUTs (lut_u8) run the portable kernel
+ * on every CPU until an ISA kernel for them is added here (x read in natural order). */
 static int pick_gemv_kernel(const ap_gemv_args *a) {
     const int isa = current_isa();
+    if (a->lut_u8) return K_PORTABLE;
     if (isa == ISA_AVX512 && a->bits >= 6 && a->lut_f16 && has_vbmi()) return K_VBMI;
     if (isa == ISA_AVX512) return K_AVX512;
     return isa == ISA_AVX2 ? K_AVX2 : K_PORTABLE;
@@ -190,8 +193,8 @@ static void run_dequant(const ap_dequant_args *a, int64_t row0, int64_t row1, in
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads) if (nthreads > 1)
     for (int64_t blk = 0; blk < blocks; blk++) {
         const int64_t r0 = row0 + blk * ROW_BLOCK, r1 = r0 + ROW_BLOCK < row1 ? r0 + ROW_BLOCK : row1;
-        if (isa == ISA_AVX512) ap_dequant_rows_avx512(a, r0, r1, row0);
-        else if (isa == ISA_AVX2) ap_dequant_rows_avx2(a, r0, r1, row0);
+        if (isa == ISA_AVX512 && !a->lut_u8) ap_dequant_rows_avx512(a, r0, r1, row0);
+        else if (isa != ISA_PORTABLE) ap_dequant_rows_avx2(a, r0, r1, row0);  /* uint8 LUTs: the AVX2 build */
         else ap_dequant_rows_portable(a, r0, r1, row0);
     }
 }
@@ -270,18 +273,33 @@ static int check_common(int64_t bits, int64_t nthreads) {
     return 0;
 }
 
+/* uint8 LUT arguments: the optional trailing (lut_lo, lut_scale) pointers of gemv / dequant;
+ * given and non-zero, lut holds uint8 codes (anyprec/lutq.py). Returns the count of
+ * leading arguments, or -1 with an error set. */
+static int parse_u8_tail(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t base, int64_t *v, const char *name) {
+    const Py_ssize_t n = nargs == base + 2 ? base + 2 : base;
+    if (parse_ints(args, nargs, n, v, name)) return -1;
+    if (n == base) v[base] = v[base + 1] = 0;
+    if ((v[base] == 0) != (v[base + 1] == 0)) {
+        PyErr_Format(PyExc_ValueError, "%s: pass both lut_lo and lut_scale for a uint8 LUT, or neither", name);
+        return -1;
+    }
+    return 0;
+}
+
 /* gemv(planes, plane_stride, n_rows, words, in_features, lut, lut_f16, bits,
- *      x, tokens, x_stride, y, y_stride, nthreads) */
+ *      x, tokens, x_stride, y, y_stride, nthreads[, lut_lo, lut_scale]) */
 static PyObject *py_gemv(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    int64_t v[14];
-    if (parse_ints(args, nargs, 14, v, "gemv") || check_common(v[7], v[13])) return NULL;
+    int64_t v[16];
+    if (parse_u8_tail(args, nargs, 14, v, "gemv") || check_common(v[7], v[13])) return NULL;
     if (v[9] < 1 || v[9] > AP_MAX_TOKENS) {
         PyErr_Format(PyExc_ValueError, "tokens=%lld must be in 1..%d", (long long)v[9], AP_MAX_TOKENS);
         return NULL;
     }
     ap_gemv_args a = {(const uint32_t *)(intptr_t)v[0], v[1], v[2], v[3], v[4],
                       (const void *)(intptr_t)v[5], (int)v[6], (int)v[7],
-                      NULL, 0, (int)v[9], (float *)(intptr_t)v[11], v[12]};
+                      NULL, 0, (int)v[9], (float *)(intptr_t)v[11], v[12],
+                      v[14] != 0, (const float *)(intptr_t)v[14], (const float *)(intptr_t)v[15]};
     int rc;
     Py_BEGIN_ALLOW_THREADS
     rc = run_gemv(&a, (const float *)(intptr_t)v[8], v[10], (int)v[13]);
@@ -291,10 +309,10 @@ static PyObject *py_gemv(PyObject *self, PyObject *const *args, Py_ssize_t nargs
 }
 
 /* dequant(planes, plane_stride, n_rows, words, in_features, lut, lut_f16, bits,
- *         row0, row1, out, out_bf16, nthreads) */
+ *         row0, row1, out, out_bf16, nthreads[, lut_lo, lut_scale]) */
 static PyObject *py_dequant(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    int64_t v[13];
-    if (parse_ints(args, nargs, 13, v, "dequant") || check_common(v[7], v[12])) return NULL;
+    int64_t v[15];
+    if (parse_u8_tail(args, nargs, 13, v, "dequant") || check_common(v[7], v[12])) return NULL;
     if (v[8] < 0 || v[9] > v[2] || v[8] > v[9]) {
         PyErr_Format(PyExc_ValueError, "row range [%lld, %lld) is outside [0, %lld)",
                      (long long)v[8], (long long)v[9], (long long)v[2]);
@@ -302,7 +320,8 @@ static PyObject *py_dequant(PyObject *self, PyObject *const *args, Py_ssize_t na
     }
     ap_dequant_args a = {(const uint32_t *)(intptr_t)v[0], v[1], v[2], v[3], v[4],
                          (const void *)(intptr_t)v[5], (int)v[6], (int)v[7],
-                         (void *)(intptr_t)v[10], (int)v[11]};
+                         (void *)(intptr_t)v[10], (int)v[11],
+                         v[13] != 0, (const float *)(intptr_t)v[13], (const float *)(intptr_t)v[14]};
     Py_BEGIN_ALLOW_THREADS
     run_dequant(&a, v[8], v[9], (int)v[12]);
     Py_END_ALLOW_THREADS
