@@ -185,6 +185,31 @@ class HalfDecodePlan(_Plan):
         return y
 
 
+class Int8DecodePlan(_Plan):
+    """A dense layer held as per-row int8 (q int8 [N, K], scale float32 [N]), for decode calls.
+
+    `plan(x)` computes y f32[..., N] = x @ (scale * q).T for x f32[..., K] contiguous with
+    1..8 rows on the native int8 kernel with fp32 activations (the engine's "int8w" head).
+    """
+
+    __slots__ = ("q", "scale", "out_features", "in_features", "max_inputs")
+
+    def __init__(self, q: torch.Tensor, scale: torch.Tensor) -> None:
+        if q.dtype != torch.int8 or q.dim() != 2 or q.device.type != "cpu" or scale.shape != q.shape[:1]:
+            raise ValueError(f"needs int8[N, K] codes and float32[N] scales on the cpu, got {q.dtype}{list(q.shape)}"
+                             f" and {list(scale.shape)}")
+        self.q, self.scale = q.contiguous(), scale.float().contiguous()
+        self.out_features, self.in_features = q.shape
+        self.max_inputs = DECODE_MAX_TOKENS * self.in_features
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        n, k = self.out_features, self.in_features
+        y = torch.empty(*x.shape[:-1], n, dtype=torch.float32)
+        _cpu.int8_gemv(self.q.data_ptr(), self.scale.data_ptr(), n, k, x.data_ptr(), x.numel() // k, k,
+                       y.data_ptr(), n, 0, _threads(n * k))
+        return y
+
+
 def _dequant_rows(planes, lut, bits, in_features, row0, row1, out: torch.Tensor) -> None:
     n, w = planes.shape[1], planes.shape[2]
     table, f16, lo, scale = _lut_args(lut)

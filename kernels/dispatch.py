@@ -104,6 +104,15 @@ def half_decode_plan(weight: torch.Tensor, backend: str | Backend | None = None)
     return cpu.HalfDecodePlan(weight)
 
 
+def int8_decode_plan(q: torch.Tensor, scale: torch.Tensor,
+                     backend: str | Backend | None = None) -> cpu.Int8DecodePlan | None:
+    """A native decode call for a per-row int8 weight (q [N, K], scale [N]) when the chosen
+    backend is the native CPU one, else None. See cpu.Int8DecodePlan."""
+    if resolve_backend(q.device, backend) is not Backend.CPU:
+        return None
+    return cpu.Int8DecodePlan(q, scale)
+
+
 def dequantize(
     planes: torch.Tensor,
     lut: Lut,
