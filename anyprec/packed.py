@@ -358,7 +358,8 @@ def load_packed_tensors(
         with safe_open(artifact_file(artifact_dir, file_name), framework="pt") as qf:
             for name in names:
                 meta = manifest["modules"][name]
-                planes = qf.get_slice(f"{name}.planes")[:top].contiguous()
+                # a copy: a view would keep all parent planes and the mapped file resident
+                planes = qf.get_slice(f"{name}.planes")[:top].clone(memory_format=torch.contiguous_format)
                 luts = {b: qf.get_tensor(f"{name}.lut{b}") for b in wanted}
                 bias = dense.pop(f"{name}.bias", None)
                 modules[name] = QuantizedModule(planes, luts, meta["in_features"], bias, meta["conv1d"])

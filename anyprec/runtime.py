@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import ctypes
+import gc
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -71,7 +73,8 @@ class AnyPrecisionLinear(nn.Module):
     planes: int32[P, N, ceil(K/32)] (P = largest loaded bit-width). Per width b, luts="fp16":
     lut<b> float16[N, 2**b] as stored; luts="u8": lut<b> uint8[N, 2**b] codes with lut<b>_lo and
     lut<b>_scale float32[N] (anyprec.lutq: value = lo + scale * q), quantized here from the
-    stored fp16 table, which is not kept. `lut(b)` is the one reader of either form.
+    stored fp16 table (or given already quantized), which is not kept. `lut(b)` is the one
+    reader of either form.
     """
 
     def __init__(self, qm: QuantizedModule, state: PrecisionState, name: str = "", luts: str = DEFAULT_LUTS) -> None:
@@ -86,7 +89,7 @@ class AnyPrecisionLinear(nn.Module):
             if luts == "fp16":
                 self.register_buffer(f"lut{b}", lut)
                 continue
-            q = quantize_lut(lut)
+            q = lut if isinstance(lut, QuantizedLut) else quantize_lut(lut)
             self.register_buffer(f"lut{b}", q.q)
             self.register_buffer(f"lut{b}_lo", q.lo)
             self.register_buffer(f"lut{b}_scale", q.scale)
@@ -332,6 +335,38 @@ def _fresh_module_buffer(module: nn.Module, buf_name: str, config: Any) -> torch
     return getattr(fresh, buf_name)
 
 
+QUANTIZE_ROWS = 1 << 15  # LUT rows quantized per call at load (bounds the fp32 temporaries: ~32 MB at 8 bits)
+
+
+def _quantize_luts(modules: dict[str, QuantizedModule]) -> None:
+    """Replace every module's fp16 LUTs by QuantizedLuts in place, in batches of about
+    QUANTIZE_ROWS rows per width: quantize_lut is row-wise, so a batch gives each module's
+    rows exactly what it alone would, for a few dozen tensor calls instead of one per table
+    (1,260 on SmolLM2-135M, whose per-call overhead dominated the load on a busy machine)."""
+    names = list(modules)
+    for b in next(iter(modules.values())).luts:
+        start = 0
+        while start < len(names):
+            batch, rows = [], 0
+            while start < len(names) and (not batch or rows < QUANTIZE_ROWS):
+                batch.append(names[start])
+                rows += modules[names[start]].luts[b].shape[0]
+                start += 1
+            sizes = [modules[n].luts[b].shape[0] for n in batch]
+            parts = zip(*(t.split(sizes) for t in quantize_lut(torch.cat([modules[n].luts[b] for n in batch]))))
+            for n, part in zip(batch, parts):
+                modules[n].luts[b] = QuantizedLut(*part)  # the fp16 table is freed here
+
+
+def _return_freed_memory() -> None:
+    """Give the heap pages freed by the load back to the OS (glibc's malloc_trim): the load's
+    temporaries (fp16 tables, fp32 dense copies) otherwise stay counted in the process's RSS."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim, or the allocator does it itself
+        pass
+
+
 def load_anyprec(
     artifact_dir: str | Path,
     bits: list[int] | int | None = None,
@@ -354,7 +389,9 @@ def load_anyprec(
     available = sorted(next(iter(modules.values())).luts)
     state = PrecisionState(max(available), available, PlanResolver(artifact_dir, manifest, available))
     model = build_model(artifact_dir, manifest, dense, dtype)
-    for name in list(modules):  # each fp16 table is dropped once its layer holds the resident form
+    if luts == "u8":
+        _quantize_luts(modules)
+    for name in list(modules):
         _set_submodule(model, name, AnyPrecisionLinear(modules.pop(name), state, name, luts))
     if luts == "u8":
         del dense  # the fp16 head copy is not needed: the head becomes int8
@@ -363,4 +400,6 @@ def load_anyprec(
         _half_stored_head(model, manifest, dense)
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(artifact_dir, local_files_only=True)
+    gc.collect()
+    _return_freed_memory()
     return AnyPrecisionModel(model, tokenizer, manifest, state, luts)
