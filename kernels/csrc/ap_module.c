@@ -98,13 +98,39 @@ static void split_rows(int64_t n_rows, int nth, int tid, int64_t *r0, int64_t *r
     *r1 = n_rows * (tid + 1) / nth;
 }
 
-enum { K_PORTABLE, K_AVX2, K_AVX512, K_VBMI };
+enum { K_PORTABLE, K_AVX2, K_AVX512, K_VBMI, K_U8_WIDEN };
 
-/* The one place a gemv call picks its kernel. uint8 LUTs (lut_u8) run the portable kernel
- * on every CPU until an ISA kernel for them is added here (x read in natural order). */
+#define U8_BLOCK 32 /* rows of a uint8 LUT widened at a time by gemv_rows_u8_widen (32 KB at 8 bits) */
+
+/* uint8 LUT rows [row0, row1) through the fp32-LUT AVX2 kernel: each block of rows has its
+ * LUT widened (lo + scale * q, as every reader of the scheme computes it) into a buffer
+ * that stays in L1/L2, then runs as an fp32 LUT (x in that kernel's order). */
+static void gemv_rows_u8_widen(const ap_gemv_args *a, int64_t row0, int64_t row1) {
+    float buf[U8_BLOCK << AP_MAX_BITS];
+    const int64_t size = (int64_t)1 << a->bits;
+    for (int64_t b0 = row0; b0 < row1; b0 += U8_BLOCK) {
+        const int64_t b1 = b0 + U8_BLOCK < row1 ? b0 + U8_BLOCK : row1;
+        for (int64_t n = b0; n < b1; n++) {
+            const uint8_t *q = (const uint8_t *)a->lut + n * size;
+            const float lo = a->lut_lo[n], scale = a->lut_scale[n];
+            for (int64_t i = 0; i < size; i++) buf[(n - b0) * size + i] = lo + scale * (float)q[i];
+        }
+        ap_gemv_args g = *a;
+        g.planes = a->planes + b0 * a->words;
+        g.n_rows = b1 - b0;
+        g.lut = buf;
+        g.lut_f16 = g.lut_u8 = 0;
+        g.y = a->y + b0;
+        ap_gemv_rows_avx2(&g, 0, b1 - b0);
+    }
+}
+
+/* The one place a gemv call picks its kernel. uint8 LUTs (lut_u8): widened per row block
+ * for the AVX2 fp32-LUT kernel (AVX2 and AVX-512 CPUs), else the portable kernel; a kernel
+ * reading uint8 LUTs directly is added here. */
 static int pick_gemv_kernel(const ap_gemv_args *a) {
     const int isa = current_isa();
-    if (a->lut_u8) return K_PORTABLE;
+    if (a->lut_u8) return isa == ISA_PORTABLE ? K_PORTABLE : K_U8_WIDEN;
     if (isa == ISA_AVX512 && a->bits >= 6 && a->lut_f16 && has_vbmi()) return K_VBMI;
     if (isa == ISA_AVX512) return K_AVX512;
     return isa == ISA_AVX2 ? K_AVX2 : K_PORTABLE;
@@ -115,6 +141,11 @@ static int x_order(int kernel, const ap_gemv_args *a) {
     if (kernel == K_VBMI) return AP_X_PERM16;
     if (kernel == K_AVX512 && a->bits <= 5) return AP_X_PERM4;
     if (kernel == K_AVX2) return ap_avx2_x_order(a);
+    if (kernel == K_U8_WIDEN) {
+        ap_gemv_args f = *a;
+        f.lut_f16 = f.lut_u8 = 0;
+        return ap_avx2_x_order(&f);
+    }
     return AP_X_NATURAL;
 }
 
@@ -138,6 +169,7 @@ static int run_gemv(ap_gemv_args *a, const float *x, int64_t xstride, int nthrea
         if (kernel == K_VBMI) ap_gemv_rows_avx512_vbmi(a, r0, r1);
         else if (kernel == K_AVX512) ap_gemv_rows_avx512(a, r0, r1);
         else if (kernel == K_AVX2) ap_gemv_rows_avx2(a, r0, r1);
+        else if (kernel == K_U8_WIDEN) gemv_rows_u8_widen(a, r0, r1);
         else ap_gemv_rows_portable(a, r0, r1);
     }
     free(buf);
@@ -178,6 +210,7 @@ static int run_gemv_groups(ap_gemv_args *groups, int n_groups, int nthreads) {
                     if (kernels[g] == K_VBMI) ap_gemv_rows_avx512_vbmi(&groups[g], b0, b1);
                     else if (kernels[g] == K_AVX512) ap_gemv_rows_avx512(&groups[g], b0, b1);
                     else if (kernels[g] == K_AVX2) ap_gemv_rows_avx2(&groups[g], b0, b1);
+                    else if (kernels[g] == K_U8_WIDEN) gemv_rows_u8_widen(&groups[g], b0, b1);
                     else ap_gemv_rows_portable(&groups[g], b0, b1);
                 }
             }
