@@ -198,7 +198,8 @@ def _load(args, kinds: Sequence[str]):
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    apm = load_anyprec(args.dir, sorted(set(args.bits)))
+    luts = "fp16" if args.head == "fp16" else "u8"  # an fp16 head exists only in an fp16 load
+    apm = load_anyprec(args.dir, sorted(set(args.bits)), luts=luts)
     engines = {k: open_engine(apm, kind=k, max_batch=16, head=args.head) for k in kinds}
     if getattr(args, "tile_rows", 0) and "native" in engines:
         engines["native"].tile_rows = args.tile_rows
@@ -335,7 +336,7 @@ def run_head(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     frac, seed = heldout_split(read_manifest(args.dir)["inputs"])
-    apm = load_anyprec(args.dir, sorted(set(args.bits)))
+    apm = load_anyprec(args.dir, sorted(set(args.bits)), luts="fp16")  # the exact head, against int8
     streams = heldout_streams(apm.tokenizer, args.corpora, frac, seed, args.max_tokens)
     rows = []
     for b in args.bits:

@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from anyprec.resident import DEFAULT_LUTS
+
 BITS_HELP = "bit-widths, e.g. --bits 3 4 5 6 7 8 (default: every bit-width the artifact holds)"
 PLAN_HELP = "; 4.5, a stored plan's name or a plan JSON file (`anyprec plan`) runs a precision plan"
 
@@ -36,11 +38,21 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         raise UsageError(validation_message(err, QUANTIZE_FLAGS)) from None
     out = quantize_model(args.model, args.out, calib, quant, work_dir=args.work_dir, force=args.force)
     print(f"wrote {out}")
-    return cmd_info(argparse.Namespace(dir=out, json=False, verify=False, bits=None))
+    return cmd_info(argparse.Namespace(dir=out, json=False, verify=False, bits=None, luts=DEFAULT_LUTS))
 
 
 def _mib(n: int) -> str:
     return f"{n / 2**20:,.1f}"
+
+
+LUT_FORM_HELP = {"u8": "uint8 LUTs + per-row lo/scale, int8 head and tied embedding",
+                 "fp16": "the artifact's fp16 LUTs and dense tensors, exact"}
+
+
+def _add_luts_flag(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--luts", choices=list(LUT_FORM_HELP), default=DEFAULT_LUTS,
+                        help=f"{what}: " + "; ".join(f"{k}: {v}" for k, v in LUT_FORM_HELP.items())
+                        + " (default: %(default)s)")
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -52,7 +64,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     check_headers(args.dir, manifest)
     checked = ("verified: every file's size and sha256 match the manifest" if args.verify else
                "checked sizes and tensor headers only (add --verify to check every file's sha256)")
-    sizes = artifact_sizes(args.dir)
+    sizes = artifact_sizes(args.dir, args.luts)
     chosen = {str(v): memory_bytes(args.dir, v, sizes) for v in check_precisions(args.bits, args.dir)} \
         if args.bits else None
     if args.json:
@@ -65,6 +77,7 @@ def cmd_info(args: argparse.Namespace) -> int:
           f"method {manifest.get('method', '?')}")
     print(f"base model: {manifest['inputs'].get('base_model_ref')}")
     print(checked)
+    print(f"bytes in memory as loaded with luts={args.luts} ({LUT_FORM_HELP[args.luts]})")
     print(f"{'bits':>6} {'codes MiB':>11} {'LUTs MiB':>10} {'dense MiB':>10} {'total MiB':>10} {'bytes':>14}")
     for b, row in sizes["per_bits"].items():
         print(f"{b:>6} {_mib(row['codes']):>11} {_mib(row['luts']):>10} {_mib(row['dense']):>10} "
@@ -105,10 +118,10 @@ def cmd_ppl(args: argparse.Namespace) -> int:
     from anyprec.perplexity import evaluate_perplexity, perplexity, tokenize_text
     from anyprec.precision import load_with_precisions
 
-    apm, bits = load_with_precisions(args.dir, args.bits)
+    apm, bits = load_with_precisions(args.dir, args.bits, luts=args.luts)
     texts = _texts(args, apm.manifest)
     results: dict[str, Any] = {"artifact": str(args.dir), "window": args.window, "max_tokens": args.max_tokens,
-                               "bits": {}}
+                               "luts": args.luts, "bits": {}}
     if not args.no_base:
         base, tok = load_model(apm.manifest["inputs"]["base_model_ref"])
         results["base"] = {n: perplexity(base, tokenize_text(tok, t)[: args.max_tokens], args.window, desc=f"ppl {n} base")
@@ -201,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--verify", action="store_true", help="check every file's sha256 against the manifest")
     i.add_argument("--bits", nargs="+", default=None,
                    help="also print the bytes in memory at these precisions (3, 4.5, a plan's name or file)")
+    _add_luts_flag(i, "count the bytes of this resident form")
     i.set_defaults(func=cmd_info)
 
     p = sub.add_parser("ppl", help="perplexity per bit-width (and of the base model) on held-out text")
@@ -215,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="score only the first N tokens of each text (default: all; bounds CPU time)")
     p.add_argument("--no-base", action="store_true", help="skip the base model's perplexity")
     p.add_argument("--json", default=None, help="write results (base included) to this JSON file")
+    _add_luts_flag(p, "load in this resident form")
     p.set_defaults(func=cmd_ppl)
 
     g = sub.add_parser("generate", help="greedy generation at one or more bit-widths")

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
+from anyprec import resident
 from anyprec.errors import OutputError
 from anyprec.fileio import (
     TEMP_MARKER,
@@ -58,6 +59,7 @@ PLANE_LAYOUT = {
     "bit_order": "column k of a row is bit k % 32 (lsb first) of word k // 32; padding bits are 0",
 }
 _FP16_MAX = 65504.0
+DEFAULT_LUTS = resident.DEFAULT_LUTS
 
 
 @dataclass(frozen=True)
@@ -356,23 +358,27 @@ def load_packed_tensors(
         with safe_open(artifact_file(artifact_dir, file_name), framework="pt") as qf:
             for name in names:
                 meta = manifest["modules"][name]
-                planes = qf.get_slice(f"{name}.planes")[:top].contiguous()
+                # a copy: a view would keep all parent planes and the mapped file resident
+                planes = qf.get_slice(f"{name}.planes")[:top].clone(memory_format=torch.contiguous_format)
                 luts = {b: qf.get_tensor(f"{name}.lut{b}") for b in wanted}
                 bias = dense.pop(f"{name}.bias", None)
                 modules[name] = QuantizedModule(planes, luts, meta["in_features"], bias, meta["conv1d"])
     return manifest, modules, dense
 
 
-def artifact_sizes(artifact_dir: str | Path) -> dict[str, Any]:
+def artifact_sizes(artifact_dir: str | Path, luts: str = DEFAULT_LUTS) -> dict[str, Any]:
     """Bytes of the artifact split into codes, LUTs and dense tensors, per bit-width and total.
 
-    `per_bits[b]` is what a b-bit-only load keeps in memory; `separate_sum` is what separately
-    packed b-bit models would weigh together; `fp16_model` is the unquantized model in fp16.
+    `per_bits[b]` is what a b-bit-only load holds in memory in form `luts` (anyprec.resident:
+    "u8", the default load, or "fp16"); `artifact` every width together in that form;
+    `separate_sum` what separately packed b-bit models would weigh together; `fp16_model`
+    the unquantized model in fp16; `files_on_disk` the files as stored.
     """
     artifact_dir = Path(artifact_dir)
     manifest = read_manifest(artifact_dir)
     seed, parent = manifest["seed_bits"], manifest["parent_bits"]
-    dense_bytes = _tensor_bytes(artifact_file(artifact_dir, DENSE_FILE))
+    header = read_safetensors_header(artifact_file(artifact_dir, DENSE_FILE))
+    dense = resident.dense_bytes(header, manifest, luts)
     q_params = 0
     plane_bytes_per_bit = 0
     lut_bytes = {b: 0 for b in range(seed, parent + 1)}
@@ -381,19 +387,20 @@ def artifact_sizes(artifact_dir: str | Path) -> dict[str, Any]:
         q_params += n * k
         plane_bytes_per_bit += n * ((k + 31) // 32) * 4
         for b in lut_bytes:
-            lut_bytes[b] += n * (2**b) * 2
+            lut_bytes[b] += resident.lut_bytes(n, b, luts)
     per_bits = {
         b: {
             "codes": plane_bytes_per_bit * b,
             "luts": lut_bytes[b],
-            "dense": dense_bytes,
-            "total": plane_bytes_per_bit * b + lut_bytes[b] + dense_bytes,
+            "dense": dense,
+            "total": plane_bytes_per_bit * b + lut_bytes[b] + dense,
         }
         for b in lut_bytes
     }
     codes_all = plane_bytes_per_bit * parent
     luts_all = sum(lut_bytes.values())
     return {
+        "form": luts,
         "seed_bits": seed,
         "parent_bits": parent,
         "quantized_params": q_params,
@@ -401,16 +408,10 @@ def artifact_sizes(artifact_dir: str | Path) -> dict[str, Any]:
         "artifact": {
             "codes": codes_all,
             "luts": luts_all,
-            "dense": dense_bytes,
-            "total": codes_all + luts_all + dense_bytes,
+            "dense": dense,
+            "total": codes_all + luts_all + dense,
         },
         "files_on_disk": sum(m["bytes"] for m in manifest["files"].values()),
         "separate_sum": sum(v["total"] for v in per_bits.values()),
-        "fp16_model": q_params * 2 + dense_bytes,
+        "fp16_model": q_params * 2 + resident.dense_bytes(header, manifest, "fp16"),
     }
-
-
-def _tensor_bytes(path: Path) -> int:
-    """Bytes of a safetensors file's tensors, from its checked header (no tensor is read)."""
-    header = read_safetensors_header(path)
-    return sum(end - start for start, end in (e["data_offsets"] for e in header.values()))

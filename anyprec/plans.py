@@ -27,6 +27,8 @@ import numpy as np
 
 from anyprec.fileio import sha256_file, write_json_atomic
 from anyprec.packed import MANIFEST, ArtifactError, read_manifest
+from anyprec.resident import DEFAULT_LUTS
+from anyprec.resident import module_bytes as resident_module_bytes
 
 PLAN_FORMAT = "anyprec-plan"
 OBJECTIVE_FILE = "objective_modules.json"
@@ -132,15 +134,12 @@ def module_params(manifest: Mapping[str, Any]) -> dict[str, int]:
     return {n: m["out_features"] * m["in_features"] for n, m in manifest["modules"].items()}
 
 
-def module_bytes(manifest: Mapping[str, Any]) -> dict[str, dict[int, int]]:
-    """{module: {bits: bytes}} of b bitplanes (int32 words) + the fp16 LUT at b bits, as
-    `anyprec.packed.artifact_sizes` counts them."""
+def module_bytes(manifest: Mapping[str, Any], luts: str = DEFAULT_LUTS) -> dict[str, dict[int, int]]:
+    """{module: {bits: bytes}} of b bitplanes (int32 words) + the LUT at b bits in the resident
+    form `luts`, as `anyprec.packed.artifact_sizes` counts them (anyprec.resident)."""
     widths = range(manifest["seed_bits"], manifest["parent_bits"] + 1)
-    out: dict[str, dict[int, int]] = {}
-    for n, m in manifest["modules"].items():
-        plane = m["out_features"] * ((m["in_features"] + 31) // 32) * 4
-        out[n] = {b: plane * b + m["out_features"] * 2**b * 2 for b in widths}
-    return out
+    return {n: {b: resident_module_bytes(m["out_features"], m["in_features"], b, luts) for b in widths}
+            for n, m in manifest["modules"].items()}
 
 
 def read_objectives(artifact_dir: str | Path, manifest: Mapping[str, Any],

@@ -160,12 +160,14 @@ def load_with_precisions(artifact_dir: str | Path, values: Sequence[Any] | None,
 def memory_bytes(artifact_dir: str | Path, value: Any, sizes: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """{avg_bits, quantized, dense, total}: bytes in memory at one precision (a plan: every
     quantized module at its own width; codes + LUTs as `anyprec.packed.artifact_sizes` counts)."""
-    from anyprec.packed import artifact_sizes
+    from anyprec.packed import artifact_sizes, read_manifest
+    from anyprec.plans import module_bytes
 
     sizes = sizes or artifact_sizes(artifact_dir)
     precision = resolve_precision(artifact_dir, value, "--bits")
-    if isinstance(precision, Plan):
-        avg, quantized = precision.avg_bits, precision.quantized_bytes
+    if isinstance(precision, Plan):  # its bytes again in the form `sizes` counts
+        nbytes = module_bytes(read_manifest(artifact_dir), sizes["form"])
+        avg, quantized = precision.avg_bits, sum(nbytes[n][b] for n, b in precision.bits.items())
     else:
         row = sizes["per_bits"][precision]
         avg, quantized = float(precision), row["codes"] + row["luts"]

@@ -9,23 +9,33 @@ Precision is chosen per model (`set_precision(b)`) or per call (`precision=b` on
 ContextVar, so concurrent requests in different threads/tasks never see each other's.
 A fractional precision (4.5) runs a plan: each quantized module at its own width
 (anyprec.plans), the artifact's stored plan for that average or one computed and cached.
+
+What stays resident is chosen at load by `luts`: "u8" (default) holds each LUT as uint8
+codes on a per-row grid (anyprec.lutq) and the output head / tied embedding as per-row int8
+(anyprec.int8_head); "fp16" holds the artifact's exact fp16 LUTs, the fp32 embedding and an
+fp16 decode copy of the head. `anyprec.packed.resident_bytes` counts either form.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import ctypes
+import gc
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 from torch import nn
 
+from anyprec.int8_head import install_int8_head
 from anyprec.kernels import Backend, decode_plan, half_decode_plan, matmul, resolve_backend
+from anyprec.lutq import QuantizedLut, quantize_lut
 from anyprec.packed import ArtifactError, QuantizedModule, load_packed_tensors
 from anyprec.errors import PrecisionError
 from anyprec.plans import Plan, PlanResolver
 from anyprec.precision import resolve_with
+from anyprec.resident import DEFAULT_LUTS, check_form
 
 
 class PrecisionState:
@@ -60,27 +70,49 @@ class PrecisionState:
 class AnyPrecisionLinear(nn.Module):
     """y = x W_b^T + bias with W_b[n, k] = lut_b[n, code_b(n, k)] read from the first b planes.
 
-    planes: int32[P, N, ceil(K/32)] (P = largest loaded bit-width); lut<b>: float16[N, 2**b].
+    planes: int32[P, N, ceil(K/32)] (P = largest loaded bit-width). Per width b, luts="fp16":
+    lut<b> float16[N, 2**b] as stored; luts="u8": lut<b> uint8[N, 2**b] codes with lut<b>_lo and
+    lut<b>_scale float32[N] (anyprec.lutq: value = lo + scale * q), quantized here from the
+    stored fp16 table (or given already quantized), which is not kept. `lut(b)` is the one
+    reader of either form.
     """
 
-    def __init__(self, qm: QuantizedModule, state: PrecisionState, name: str = "") -> None:
+    def __init__(self, qm: QuantizedModule, state: PrecisionState, name: str = "", luts: str = DEFAULT_LUTS) -> None:
         super().__init__()
         self.name = name  # the key of this module in a Plan
         self.in_features = qm.in_features
         self.out_features = int(qm.planes.shape[1])
         self.state = state
+        self.lut_form = check_form(luts)
         self.register_buffer("planes", qm.planes)
         for b, lut in qm.luts.items():
-            self.register_buffer(f"lut{b}", lut)
+            if luts == "fp16":
+                self.register_buffer(f"lut{b}", lut)
+                continue
+            q = lut if isinstance(lut, QuantizedLut) else quantize_lut(lut)
+            self.register_buffer(f"lut{b}", q.q)
+            self.register_buffer(f"lut{b}_lo", q.lo)
+            self.register_buffer(f"lut{b}_scale", q.scale)
+        self._luts = {b: self._read_lut(b) for b in qm.luts}
         self.bias = None if qm.bias is None else nn.Parameter(qm.bias.float(), requires_grad=False)
         self.backend: Backend = resolve_backend(self.planes.device)  # once per layer and device, see _apply
         self._plans: dict[int, Any] = {}
+
+    def _read_lut(self, bits: int) -> torch.Tensor | QuantizedLut:
+        table = self._buffers[f"lut{bits}"]
+        if self.lut_form == "fp16":
+            return table
+        return QuantizedLut(table, self._buffers[f"lut{bits}_lo"], self._buffers[f"lut{bits}_scale"])
+
+    def lut(self, bits: int) -> torch.Tensor | QuantizedLut:
+        """The LUT of width `bits` as the kernels take it (float16 tensor or QuantizedLut)."""
+        return self._luts[bits]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bits = self.state.current
         if bits.__class__ is not int:  # a Plan: this module's own width
             bits = bits.bits[self.name]
-        lut = self._buffers[f"lut{bits}"]
+        lut = self._luts[bits]
         plan = self._plans.get(bits)
         if plan is None and bits not in self._plans:
             # Decode steps are ~all of generation's calls: a native plan, checked once per
@@ -101,10 +133,13 @@ class AnyPrecisionLinear(nn.Module):
         super()._apply(fn, recurse)
         self.backend = resolve_backend(self.planes.device)
         self._plans.clear()
+        self._luts = {b: self._read_lut(b) for b in self._luts}
         return self
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, bits={self.state.available}"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bits={self.state.available}, "
+                f"luts={self.lut_form}")
+
 
 
 class HalfStoredHead(nn.Module):
@@ -168,11 +203,13 @@ class AnyPrecisionModel:
     Attributes: model (PreTrainedModel), tokenizer, manifest (dict), bits_available (list[int]).
     """
 
-    def __init__(self, model: nn.Module, tokenizer: Any, manifest: dict, state: PrecisionState) -> None:
+    def __init__(self, model: nn.Module, tokenizer: Any, manifest: dict, state: PrecisionState,
+                 luts: str = "fp16") -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.manifest = manifest
         self._state = state
+        self.luts = luts  # the resident form: "u8" (uint8 LUTs, int8 head) or "fp16" (exact)
 
     @property
     def bits_available(self) -> list[int]:
@@ -298,27 +335,71 @@ def _fresh_module_buffer(module: nn.Module, buf_name: str, config: Any) -> torch
     return getattr(fresh, buf_name)
 
 
+QUANTIZE_ROWS = 1 << 15  # LUT rows quantized per call at load (bounds the fp32 temporaries: ~32 MB at 8 bits)
+
+
+def _quantize_luts(modules: dict[str, QuantizedModule]) -> None:
+    """Replace every module's fp16 LUTs by QuantizedLuts in place, in batches of about
+    QUANTIZE_ROWS rows per width: quantize_lut is row-wise, so a batch gives each module's
+    rows exactly what it alone would, for a few dozen tensor calls instead of one per table
+    (1,260 on SmolLM2-135M, whose per-call overhead dominated the load on a busy machine)."""
+    names = list(modules)
+    for b in next(iter(modules.values())).luts:
+        start = 0
+        while start < len(names):
+            batch, rows = [], 0
+            while start < len(names) and (not batch or rows < QUANTIZE_ROWS):
+                batch.append(names[start])
+                rows += modules[names[start]].luts[b].shape[0]
+                start += 1
+            sizes = [modules[n].luts[b].shape[0] for n in batch]
+            parts = zip(*(t.split(sizes) for t in quantize_lut(torch.cat([modules[n].luts[b] for n in batch]))))
+            for n, part in zip(batch, parts):
+                modules[n].luts[b] = QuantizedLut(*part)  # the fp16 table is freed here
+
+
+def _return_freed_memory() -> None:
+    """Give the heap pages freed by the load back to the OS (glibc's malloc_trim): the load's
+    temporaries (fp16 tables, fp32 dense copies) otherwise stay counted in the process's RSS."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim, or the allocator does it itself
+        pass
+
+
 def load_anyprec(
     artifact_dir: str | Path,
     bits: list[int] | int | None = None,
     dtype: torch.dtype = torch.float32,
     verify: bool = True,
+    luts: str = DEFAULT_LUTS,
 ) -> AnyPrecisionModel:
     """Load a packed artifact; `bits` restricts what is kept (planes up to max(bits), those LUTs).
 
-    The default precision is the largest loaded bit-width.
+    luts: the resident form, "u8" (default: uint8 LUTs + a per-row int8 head and tied
+    embedding, the fewest bytes for +0.1..0.7% perplexity) or "fp16" (the stored tables,
+    exact). The default precision is the largest loaded bit-width.
     """
     from transformers import AutoTokenizer
 
+    check_form(luts)
     artifact_dir = Path(artifact_dir)
     wanted = [bits] if isinstance(bits, int) else bits
     manifest, modules, dense = load_packed_tensors(artifact_dir, wanted, verify=verify)  # checks `bits`
     available = sorted(next(iter(modules.values())).luts)
     state = PrecisionState(max(available), available, PlanResolver(artifact_dir, manifest, available))
     model = build_model(artifact_dir, manifest, dense, dtype)
-    for name, qm in modules.items():
-        _set_submodule(model, name, AnyPrecisionLinear(qm, state, name))
-    _half_stored_head(model, manifest, dense)
+    if luts == "u8":
+        _quantize_luts(modules)
+    for name in list(modules):
+        _set_submodule(model, name, AnyPrecisionLinear(modules.pop(name), state, name, luts))
+    if luts == "u8":
+        del dense  # the fp16 head copy is not needed: the head becomes int8
+        install_int8_head(model, dtype)
+    else:
+        _half_stored_head(model, manifest, dense)
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(artifact_dir, local_files_only=True)
-    return AnyPrecisionModel(model, tokenizer, manifest, state)
+    gc.collect()
+    _return_freed_memory()
+    return AnyPrecisionModel(model, tokenizer, manifest, state, luts)

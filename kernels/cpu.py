@@ -4,7 +4,8 @@ Decode (up to FUSED_MAX_TOKENS rows of x): the fused bitplane-LUT kernel, readin
 the first `bits` planes, 8 tokens per call. Prefill (more rows): the layer is dequantized
 in row tiles by the native kernel and multiplied with torch's dense matmul (fp32, or bf16
 for bf16 x). LUTs are read as fp16 (the artifact's dtype: half the bytes, and the 6..8-bit
-kernel needs it) or fp32; pass them as stored.
+kernel needs it), fp32, or uint8 codes with a per-row lo and scale (anyprec.lutq: the
+runtime's default form); pass them as held.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from __future__ import annotations
 import torch
 
 from anyprec.kernels.bitplanes import words_per_row
-from anyprec.kernels.reference import check_lut
+from anyprec.kernels.reference import Lut, check_lut
+from anyprec.lutq import QuantizedLut
 
 try:
     from anyprec.kernels import _cpu
@@ -82,12 +84,23 @@ def _check_planes(planes: torch.Tensor, bits: int, in_features: int) -> None:
         raise ValueError("each plane must be row-contiguous; pass planes.contiguous()")
 
 
-def _prepared_lut(lut: torch.Tensor, bits: int, n: int) -> torch.Tensor:
-    """fp32 or fp16 contiguous lut (fp16 is read as is: half the bytes, exact widening)."""
+def _prepared_lut(lut: Lut, bits: int, n: int) -> Lut:
+    """fp32 or fp16 contiguous lut (fp16 is read as is: half the bytes, exact widening), or a
+    QuantizedLut with contiguous parts."""
     check_lut(lut, bits, n)
+    if isinstance(lut, QuantizedLut):
+        return QuantizedLut(*(t.contiguous() for t in lut))
     if lut.dtype not in (torch.float32, torch.float16):
         lut = lut.float()
     return lut.contiguous()
+
+
+def _lut_args(lut: Lut) -> tuple[int, int, int, int]:
+    """(table pointer, is fp16, lo pointer, scale pointer) of a prepared LUT, as the C calls take
+    them (lo = scale = 0: a float LUT)."""
+    if isinstance(lut, QuantizedLut):
+        return lut.q.data_ptr(), 0, lut.lo.data_ptr(), lut.scale.data_ptr()
+    return lut.data_ptr(), int(lut.dtype == torch.float16), 0, 0
 
 
 def _threads(planes_bytes: int) -> int:
@@ -122,24 +135,26 @@ class DecodePlan(_Plan):
     caller whose tensors are replaced (`module.to(...)`) makes a new plan.
     """
 
-    __slots__ = ("planes", "lut", "out_features", "in_features", "max_inputs", "_lut", "_head", "_plane_bytes")
+    __slots__ = ("planes", "lut", "out_features", "in_features", "max_inputs", "_lut", "_head", "_tail",
+                 "_plane_bytes")
 
-    def __init__(self, planes: torch.Tensor, lut: torch.Tensor, bits: int, in_features: int) -> None:
+    def __init__(self, planes: torch.Tensor, lut: Lut, bits: int, in_features: int) -> None:
         _check_planes(planes, bits, in_features)
         self.planes, self.lut = planes, lut
         self._lut = _prepared_lut(lut, bits, planes.shape[1])  # lut itself unless converted
         n, w = planes.shape[1], planes.shape[2]
         self.out_features, self.in_features = n, in_features
         self.max_inputs = DECODE_MAX_TOKENS * in_features  # largest x.numel() one call takes
-        self._head = (planes.data_ptr(), planes.stride(0), n, w, in_features,
-                      self._lut.data_ptr(), int(self._lut.dtype == torch.float16), bits)
+        table, f16, lo, scale = _lut_args(self._lut)
+        self._head = (planes.data_ptr(), planes.stride(0), n, w, in_features, table, f16, bits)
+        self._tail = (lo, scale)
         self._plane_bytes = bits * n * w * 4
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """y f32[..., N] for x f32[..., K] contiguous with at most DECODE_MAX_TOKENS rows."""
         y = torch.empty(*x.shape[:-1], self.out_features, dtype=torch.float32)
         _cpu.gemv(*self._head, x.data_ptr(), x.numel() // self.in_features, self.in_features,
-                  y.data_ptr(), self.out_features, _threads(self._plane_bytes))
+                  y.data_ptr(), self.out_features, _threads(self._plane_bytes), *self._tail)
         return y
 
 
@@ -170,18 +185,43 @@ class HalfDecodePlan(_Plan):
         return y
 
 
+class Int8DecodePlan(_Plan):
+    """A dense layer held as per-row int8 (q int8 [N, K], scale float32 [N]), for decode calls.
+
+    `plan(x)` computes y f32[..., N] = x @ (scale * q).T for x f32[..., K] contiguous with
+    1..8 rows on the native int8 kernel with fp32 activations (the engine's "int8w" head).
+    """
+
+    __slots__ = ("q", "scale", "out_features", "in_features", "max_inputs")
+
+    def __init__(self, q: torch.Tensor, scale: torch.Tensor) -> None:
+        if q.dtype != torch.int8 or q.dim() != 2 or q.device.type != "cpu" or scale.shape != q.shape[:1]:
+            raise ValueError(f"needs int8[N, K] codes and float32[N] scales on the cpu, got {q.dtype}{list(q.shape)}"
+                             f" and {list(scale.shape)}")
+        self.q, self.scale = q.contiguous(), scale.float().contiguous()
+        self.out_features, self.in_features = q.shape
+        self.max_inputs = DECODE_MAX_TOKENS * self.in_features
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        n, k = self.out_features, self.in_features
+        y = torch.empty(*x.shape[:-1], n, dtype=torch.float32)
+        _cpu.int8_gemv(self.q.data_ptr(), self.scale.data_ptr(), n, k, x.data_ptr(), x.numel() // k, k,
+                       y.data_ptr(), n, 0, _threads(n * k))
+        return y
+
+
 def _dequant_rows(planes, lut, bits, in_features, row0, row1, out: torch.Tensor) -> None:
     n, w = planes.shape[1], planes.shape[2]
+    table, f16, lo, scale = _lut_args(lut)
     _lib().dequant(
-        planes.data_ptr(), planes.stride(0), n, w, in_features,
-        lut.data_ptr(), int(lut.dtype == torch.float16), bits,
+        planes.data_ptr(), planes.stride(0), n, w, in_features, table, f16, bits,
         row0, row1, out.data_ptr(), int(out.dtype == torch.bfloat16),
-        _threads(bits * (row1 - row0) * w * 4),
+        _threads(bits * (row1 - row0) * w * 4), lo, scale,
     )
 
 
 def dequantize_cpu(
-    planes: torch.Tensor, lut: torch.Tensor, bits: int, in_features: int, dtype: torch.dtype
+    planes: torch.Tensor, lut: Lut, bits: int, in_features: int, dtype: torch.dtype
 ) -> torch.Tensor:
     """Dense weight [N, K] in `dtype` (computed in fp32 or bf16, then cast)."""
     _check_planes(planes, bits, in_features)
@@ -209,7 +249,7 @@ def _prefill(x2: torch.Tensor, planes, lut, bits: int, in_features: int) -> torc
 def matmul_cpu(
     x: torch.Tensor,
     planes: torch.Tensor,
-    lut: torch.Tensor,
+    lut: Lut,
     bits: int,
     in_features: int,
     bias: torch.Tensor | None = None,

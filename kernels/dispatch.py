@@ -17,7 +17,7 @@ from enum import Enum
 import torch
 
 from anyprec.kernels import cpu
-from anyprec.kernels.reference import dequantize_reference, matmul_reference
+from anyprec.kernels.reference import Lut, dequantize_reference, matmul_reference
 
 ENV_BACKEND = "ANYPREC_BACKEND"
 
@@ -60,7 +60,7 @@ def resolve_backend(device: torch.device, backend: str | Backend | None = None) 
 def matmul(
     x: torch.Tensor,
     planes: torch.Tensor,
-    lut: torch.Tensor,
+    lut: Lut,
     bits: int,
     in_features: int,
     bias: torch.Tensor | None = None,
@@ -68,7 +68,8 @@ def matmul(
 ) -> torch.Tensor:
     """y[..., N] = x[..., K] @ W_b.T + bias, W_b[n, k] = lut[n, code_b(n, k)].
 
-    planes: int32[P >= bits, N, ceil(K/32)] (format v1); lut: float[N, 2**bits].
+    planes: int32[P >= bits, N, ceil(K/32)] (format v1); lut: float[N, 2**bits] or a
+    QuantizedLut (uint8 codes + per-row lo, scale: W[n, k] = lo[n] + scale[n] * q[n, code]).
     The result has x's dtype.
     """
     chosen = resolve_backend(x.device, backend)
@@ -83,7 +84,7 @@ def matmul(
 
 def decode_plan(
     planes: torch.Tensor,
-    lut: torch.Tensor,
+    lut: Lut,
     bits: int,
     in_features: int,
     backend: str | Backend | None = None,
@@ -103,15 +104,24 @@ def half_decode_plan(weight: torch.Tensor, backend: str | Backend | None = None)
     return cpu.HalfDecodePlan(weight)
 
 
+def int8_decode_plan(q: torch.Tensor, scale: torch.Tensor,
+                     backend: str | Backend | None = None) -> cpu.Int8DecodePlan | None:
+    """A native decode call for a per-row int8 weight (q [N, K], scale [N]) when the chosen
+    backend is the native CPU one, else None. See cpu.Int8DecodePlan."""
+    if resolve_backend(q.device, backend) is not Backend.CPU:
+        return None
+    return cpu.Int8DecodePlan(q, scale)
+
+
 def dequantize(
     planes: torch.Tensor,
-    lut: torch.Tensor,
+    lut: Lut,
     bits: int,
     in_features: int,
     dtype: torch.dtype = torch.float32,
     backend: str | Backend | None = None,
 ) -> torch.Tensor:
-    """Dense weight [N, K] in `dtype` from the first `bits` planes and lut float[N, 2**bits]."""
+    """Dense weight [N, K] in `dtype` from the first `bits` planes and lut (as in `matmul`)."""
     chosen = resolve_backend(planes.device, backend)
     if chosen is Backend.REFERENCE:
         return dequantize_reference(planes, lut, bits, in_features, dtype)

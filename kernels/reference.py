@@ -5,30 +5,48 @@ from __future__ import annotations
 import torch
 
 from anyprec.kernels.bitplanes import unpack_bitplanes
+from anyprec.lutq import QuantizedLut, dequantize_lut
+
+# A layer's LUT at one bit-width, as every backend takes it: float[N, 2**b] (fp32 or fp16),
+# or a QuantizedLut (uint8 codes q [N, 2**b] with float32 lo, scale [N]; anyprec/lutq.py).
+Lut = torch.Tensor | QuantizedLut
 
 
-def check_lut(lut: torch.Tensor, bits: int, out_features: int) -> None:
-    """Raise if `lut` is not float[N, 2**bits] for a layer with N = out_features."""
-    if lut.dim() != 2 or lut.shape != (out_features, 1 << bits):
+def check_lut(lut: Lut, bits: int, out_features: int) -> None:
+    """Raise if `lut` is not a LUT of shape [N, 2**bits] for a layer with N = out_features."""
+    want = (out_features, 1 << bits)
+    table = lut.q if isinstance(lut, QuantizedLut) else lut
+    if table.dim() != 2 or table.shape != want:
         raise ValueError(
-            f"lut must be float[{out_features}, {1 << bits}] for bits={bits}, got "
-            f"{list(lut.shape)}; pass the table of that bit-width (lut<b>)"
+            f"lut must be [{out_features}, {1 << bits}] for bits={bits}, got "
+            f"{list(table.shape)}; pass the table of that bit-width (lut<b>)"
         )
+    if isinstance(lut, QuantizedLut) and (
+        lut.q.dtype != torch.uint8 or lut.lo.shape != (out_features,) or lut.scale.shape != (out_features,)
+        or lut.lo.dtype != torch.float32 or lut.scale.dtype != torch.float32
+    ):
+        raise ValueError(f"a uint8 LUT needs q uint8{list(want)} and float32 lo, scale [{out_features}]; "
+                         "make it with anyprec.lutq.quantize_lut")
+
+
+def lut_values(lut: Lut) -> torch.Tensor:
+    """The LUT's values as a float tensor [N, 2**b] (uint8 codes: lo + scale * q in fp32)."""
+    return dequantize_lut(lut) if isinstance(lut, QuantizedLut) else lut
 
 
 def dequantize_reference(
-    planes: torch.Tensor, lut: torch.Tensor, bits: int, in_features: int, dtype: torch.dtype
+    planes: torch.Tensor, lut: Lut, bits: int, in_features: int, dtype: torch.dtype
 ) -> torch.Tensor:
     """Dense weight [N, K] in `dtype`: W[n, k] = lut[n, code_b(n, k)]."""
     check_lut(lut, bits, planes.shape[1])
     codes = unpack_bitplanes(planes, bits, in_features).to(torch.int64)
-    return torch.gather(lut.to(dtype), 1, codes)
+    return torch.gather(lut_values(lut).to(dtype), 1, codes)
 
 
 def matmul_reference(
     x: torch.Tensor,
     planes: torch.Tensor,
-    lut: torch.Tensor,
+    lut: Lut,
     bits: int,
     in_features: int,
     bias: torch.Tensor | None = None,

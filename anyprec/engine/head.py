@@ -64,8 +64,14 @@ def head_perplexity(apm, bits: int, ids: torch.Tensor, window: int = 2048,
     from anyprec.perplexity import context_window
 
     model = apm.model
-    weight = model.lm_head.weight_f16
-    q, scale = quantize_head_int8(weight) if set(modes) - {"fp16"} else (None, None)
+    weight = getattr(model.lm_head, "weight_f16", None)  # a luts="fp16" load's exact head
+    if weight is None and "fp16" in modes:
+        raise ValueError("head mode fp16 needs the model loaded with luts='fp16' (this load holds the head in int8)")
+    table = getattr(model.lm_head, "table", None)  # a luts="u8" load's int8 head: used as is
+    if table is not None:
+        q, scale = table.q, table.scale
+    else:
+        q, scale = quantize_head_int8(weight) if set(modes) - {"fp16"} else (None, None)
     window = context_window(model, window)
     nll = {m: 0.0 for m in modes}
     count = 0

@@ -1,8 +1,10 @@
 """The native decode engine: a whole Llama-family step (all layers, the head) in one C call.
 
 `NativeEngine` implements the `DecodeEngine` contract over the same loaded artifact as the
-transformers path: it reads the runtime's tensors in place (bitplanes, fp16 LUTs, fp32
-norms and embedding, the fp16 head copy) and keeps a float32 KV cache per slot. Each row
+transformers path: it reads the runtime's tensors in place (bitplanes, the LUTs in their
+resident form, fp32 norms, the embedding and head: int8 tables of a luts="u8" load, or
+the fp32 embedding and fp16 head copy of a luts="fp16" one) and keeps a float32 KV cache
+per slot. Each row
 of a step runs at its own bit-width; Python runs once per step, never per layer.
 """
 
@@ -16,6 +18,7 @@ import torch
 from anyprec.engine.base import EngineError, SlotPool
 from anyprec.engine.head import DEFAULT_HEAD, HEAD_MODES, quantize_head_int8
 from anyprec.errors import PrecisionError
+from anyprec.int8_head import Int8Embedding, Int8Head
 from anyprec.kernels import cpu
 from anyprec.plans import Plan
 from anyprec.runtime import AnyPrecisionLinear, AnyPrecisionModel, HalfStoredHead
@@ -46,9 +49,12 @@ def unsupported_reason(apm: AnyPrecisionModel) -> str | None:
         return f"rope type {rope_type!r} changes with the sequence length"
     if set(getattr(config, "layer_types", None) or ["full_attention"]) != {"full_attention"}:
         return "the model has sliding-window layers"
-    if model.model.embed_tokens.weight.dtype != torch.float32 or not isinstance(model.lm_head, HalfStoredHead):
-        return "the engine needs an fp32 model whose output head is stored in fp16"
-    if model.lm_head.bias is not None:
+    embed, head = model.model.embed_tokens, model.lm_head
+    if not isinstance(embed, Int8Embedding) and embed.weight.dtype != torch.float32:
+        return "the engine needs an fp32 model (or an int8 embedding)"
+    if not isinstance(head, (HalfStoredHead, Int8Head)):
+        return "the engine needs the output head stored in fp16 (luts='fp16') or int8 (luts='u8')"
+    if head.bias is not None:
         return "the output head has a bias"
     for i, layer in enumerate(model.model.layers):
         for name in _PROJECTIONS:
@@ -67,19 +73,31 @@ def _context_length(config) -> int:
     return length
 
 
+def _pointers(tensors: dict[int, torch.Tensor]) -> list[int]:
+    """data pointers by bit-width 0..8 (0 where a width is not loaded)."""
+    return [tensors[b].data_ptr() if b in tensors else 0 for b in range(9)]
+
+
 def _linear_record(mod: AnyPrecisionLinear, keep: list) -> bytes:
+    """ap_eng_linear (ap_engine.h) of one layer: its planes, bias and LUT pointers per width."""
     planes = mod.planes
-    luts = {b: mod.get_buffer(f"lut{b}") for b in mod.state.available}
-    dtypes = {lut.dtype for lut in luts.values()}
-    if len(dtypes) != 1 or not dtypes <= {torch.float16, torch.float32}:
-        raise EngineError(f"LUT dtypes {dtypes} are not one of float16/float32")
-    luts = {b: lut.contiguous() for b, lut in luts.items()}
+    luts = {b: mod.lut(b) for b in mod.state.available}
+    u8 = mod.lut_form == "u8"
+    tables = {b: lut.q if u8 else lut for b, lut in luts.items()}
+    dtypes = {t.dtype for t in tables.values()}
+    if len(dtypes) != 1 or not dtypes <= ({torch.uint8} if u8 else {torch.float16, torch.float32}):
+        raise EngineError(f"LUT dtypes {dtypes} do not match the layer's form luts={mod.lut_form}")
+    parts = [t for lut in luts.values() for t in (lut if u8 else (lut,))]
+    if not all(t.is_contiguous() for t in parts):
+        raise EngineError("the layer's LUTs must be contiguous (as `load_anyprec` holds them)")
     bias = None if mod.bias is None else mod.bias.detach().float().contiguous()
-    keep.extend([planes, bias, *luts.values()])
-    lut_ptrs = [luts[b].data_ptr() if b in luts else 0 for b in range(9)]
-    return struct.pack("<16q", planes.data_ptr(), planes.stride(0), planes.shape[1], planes.shape[2],
+    keep.extend([planes, bias, *parts])
+    lo = {b: lut.lo for b, lut in luts.items()} if u8 else {}
+    scale = {b: lut.scale for b, lut in luts.items()} if u8 else {}
+    return struct.pack("<35q", planes.data_ptr(), planes.stride(0), planes.shape[1], planes.shape[2],
                        mod.in_features, 0 if bias is None else bias.data_ptr(),
-                       int(dtypes == {torch.float16}), *lut_ptrs)
+                       int(dtypes == {torch.float16}), *_pointers(tables), int(u8), *_pointers(lo),
+                       *_pointers(scale))
 
 
 def _rope_tables(rotary, positions: int, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -93,12 +111,29 @@ def _rope_tables(rotary, positions: int, head_dim: int) -> tuple[torch.Tensor, t
     return (emb.cos() * scale).contiguous(), (emb.sin() * scale).contiguous()
 
 
+def _embedding(embed) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(table, scale) the engine reads: an Int8Embedding's int8 rows and scales, or the fp32
+    weight and None."""
+    if isinstance(embed, Int8Embedding):
+        return embed.table.q, embed.table.scale
+    return embed.weight.detach(), None
+
+
+def _head_tensors(head, mode: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(weight, scale) of the head in `mode`: the fp16 copy and None, or int8 rows and scales
+    (an Int8Head's own table; from a HalfStoredHead a copy, the fp16 one staying the runtime's)."""
+    if isinstance(head, Int8Head):
+        return head.table.q, head.table.scale
+    return (head.weight_f16, None) if mode == "fp16" else quantize_head_int8(head.weight_f16)
+
+
 class NativeEngine(SlotPool):
     """`DecodeEngine` on the native C step (llama / mistral / qwen2 artifacts).
 
-    head: the output head the engine reads: "fp16" (the stored head, exact), "int8" (a
-    per-row int8 copy made at load, activations int8 per token) or "int8w" (the int8 copy,
-    fp32 activations); see anyprec/engine/head.py and docs/ENGINE.md.
+    head: the output head the engine reads: "fp16" (the stored head, exact; a luts="fp16"
+    load only), "int8" (per-row int8 weights, activations int8 per token) or "int8w" (int8
+    weights, fp32 activations). The int8 weights are the runtime's own table in a luts="u8"
+    load (no copy), else a copy made here; see anyprec/engine/head.py and docs/ENGINE.md.
     Attributes: max_batch, context_length, vocab_size (the contract), head, threads (OpenMP
     threads per call; 0: torch's), tile_rows (rows at one bit-width from which a layer runs
     the tile GEMM instead of the mat-vec kernels; 0: the measured default per width, see
@@ -112,6 +147,9 @@ class NativeEngine(SlotPool):
             raise EngineError(f"the native engine cannot run this model: {reason}; use kind='transformers'")
         if head not in HEAD_MODES:
             raise EngineError(f"head {head!r} is not one of {', '.join(HEAD_MODES)}")
+        if head == "fp16" and isinstance(apm.model.lm_head, Int8Head):
+            raise EngineError("head 'fp16' needs the model loaded with luts='fp16' (this load holds the head in "
+                              "int8); use head='int8w' or load_anyprec(..., luts='fp16')")
         self.head = head
         super().__init__(max_batch)
         model, config = apm.model, apm.model.config
@@ -144,21 +182,20 @@ class NativeEngine(SlotPool):
             layer_bytes += b"".join(_linear_record(layer.get_submodule(p), keep) for p in _PROJECTIONS)
         self._layers = torch.frombuffer(bytearray(layer_bytes), dtype=torch.uint8)
         cos, sin = _rope_tables(model.model.rotary_emb, self.context_length, self._head_dim)
-        embed = model.model.embed_tokens.weight.detach()
+        embed, embed_scale = _embedding(model.model.embed_tokens)
         final = model.model.norm.weight.detach().float().contiguous()
-        f16 = model.lm_head.weight_f16
-        # int8 modes keep only the int8 copy (the fp16 head stays the runtime's, not ours)
-        head = (f16, None) if self.head == "fp16" else quantize_head_int8(f16)
-        keep.extend([cos, sin, embed, final, *head])
+        head = _head_tensors(model.lm_head, self.head)
+        keep.extend([cos, sin, embed, embed_scale, final, *head])
         self._keep = keep  # every pointer in the records stays valid while the engine lives
         eps = float(layers[0].input_layernorm.variance_epsilon)
         header = struct.pack(
             "<14q2d", self._n_layers, config.hidden_size, self._n_heads, self._n_kv, self._head_dim,
             layers[0].mlp.gate_proj.out_features, self.vocab_size, embed.data_ptr(), final.data_ptr(),
-            f16.data_ptr() if self.head == "fp16" else 0, cos.data_ptr(), sin.data_ptr(), self.context_length,
+            head[0].data_ptr() if self.head == "fp16" else 0, cos.data_ptr(), sin.data_ptr(), self.context_length,
             self._layers.data_ptr(), eps, float(attn.scaling))
         i8, scale = (0, 0) if self.head == "fp16" else (head[0].data_ptr(), head[1].data_ptr())
         header += struct.pack("<3q", HEAD_MODES.index(self.head), i8, scale)
+        header += struct.pack("<2q", int(embed_scale is not None), 0 if embed_scale is None else embed_scale.data_ptr())
         self._model = torch.frombuffer(bytearray(header), dtype=torch.uint8)
 
     # -- the contract -------------------------------------------------------------------

@@ -32,7 +32,8 @@ static void rmsnorm(const float *x, const float *w, float *out, int64_t n, doubl
 static ap_dequant_args dequant_args(const ap_eng_linear *L, int bits) {
     return (ap_dequant_args){(const uint32_t *)(intptr_t)L->planes, L->plane_stride, L->n_rows, L->words,
                              L->in_features, (const void *)(intptr_t)L->lut[bits], (int)L->lut_f16, bits,
-                             NULL, 0};
+                             NULL, 0, (int)L->lut_u8, (const float *)(intptr_t)L->lut_lo[bits],
+                             (const float *)(intptr_t)L->lut_scale[bits]};
 }
 
 /* Mat-vec path for rows [r0, r1) at one bit-width: groups of up to AP_MAX_TOKENS rows. */
@@ -43,7 +44,9 @@ static void add_gemv_groups(const ap_eng_linear *L, int bits, int64_t r0, int64_
         const int64_t t = r1 - r0 < AP_MAX_TOKENS ? r1 - r0 : AP_MAX_TOKENS;
         groups[(*n_groups)++] = (ap_gemv_args){(const uint32_t *)(intptr_t)L->planes, L->plane_stride, N, L->words,
                                                K, (const void *)(intptr_t)L->lut[bits], (int)L->lut_f16, bits,
-                                               x + r0 * K, K, (int)t, y + r0 * N, N};
+                                               x + r0 * K, K, (int)t, y + r0 * N, N, (int)L->lut_u8,
+                                               (const float *)(intptr_t)L->lut_lo[bits],
+                                               (const float *)(intptr_t)L->lut_scale[bits]};
     }
 }
 
@@ -317,15 +320,25 @@ static int head(const ap_eng_model *m, const ap_eng_row *rows, int64_t R, scratc
     return 0;
 }
 
+/* dst float32 [hidden] = the token's embedding row (an int8 row is widened: scale * q). */
+static void embed_row(const ap_eng_model *m, int64_t token, float *dst) {
+    const int64_t E = m->hidden;
+    if (!m->embed_i8) {
+        memcpy(dst, (const float *)(intptr_t)m->embed + token * E, (size_t)E * sizeof(float));
+        return;
+    }
+    const int8_t *q = (const int8_t *)(intptr_t)m->embed + token * E;
+    const float s = ((const float *)(intptr_t)m->embed_scale)[token];
+    for (int64_t e = 0; e < E; e++) dst[e] = s * (float)q[e];
+}
+
 int ap_engine_step(const ap_eng_model *m, const ap_eng_row *rows, int64_t R, float *logits, int nthreads,
                    double *timings, int64_t tile_rows) {
     scratch s;
     if (R < 1) return 0;
     if (alloc_scratch(&s, m, rows, R)) return -1;
     const int64_t E = m->hidden;
-    const float *embed = (const float *)(intptr_t)m->embed;
-    TIMED(AP_T_NORM, for (int64_t r = 0; r < R; r++)
-                         memcpy(s.x + r * E, embed + rows[r].token * E, (size_t)E * sizeof(float)));
+    TIMED(AP_T_NORM, for (int64_t r = 0; r < R; r++) embed_row(m, rows[r].token, s.x + r * E));
     for (int64_t l = 0; l < m->n_layers; l++) CHECK(run_layer(m, l, rows, R, s, nthreads, tile_rows, timings));
     const double t_head = timings ? now() : 0.0;
     CHECK(head(m, rows, R, s, logits, nthreads));

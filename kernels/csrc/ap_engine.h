@@ -17,6 +17,8 @@ typedef struct {
     int64_t bias;            /* float32 [N] or 0 */
     int64_t lut_f16;         /* 1: every lut below is float16, 0: float32 */
     int64_t lut[AP_MAX_BITS + 1];  /* by bit-width: [N, 2**b]; 0 where not loaded */
+    int64_t lut_u8;          /* 1: every lut is uint8 codes with the lo / scale below (lutq) */
+    int64_t lut_lo[AP_MAX_BITS + 1], lut_scale[AP_MAX_BITS + 1];  /* float32 [N] each when lut_u8 */
 } ap_eng_linear;
 
 typedef struct {
@@ -26,7 +28,7 @@ typedef struct {
 
 typedef struct {
     int64_t n_layers, hidden, n_heads, n_kv_heads, head_dim, intermediate, vocab;
-    int64_t embed;           /* float32 [vocab, hidden] */
+    int64_t embed;           /* float32 [vocab, hidden], or int8 when embed_i8 */
     int64_t final_norm;      /* float32 [hidden] */
     int64_t head_f16;        /* float16 [vocab, hidden] */
     int64_t rope_cos, rope_sin;  /* float32 [rope_positions, head_dim] */
@@ -37,6 +39,8 @@ typedef struct {
     int64_t head_mode;       /* AP_HEAD_FP16 (head_f16), AP_HEAD_INT8W / AP_HEAD_INT8 (head_i8, head_scale) */
     int64_t head_i8;         /* int8 [vocab, hidden] or 0 */
     int64_t head_scale;      /* float32 [vocab] or 0 */
+    int64_t embed_i8;        /* 1: embed is int8 [vocab, hidden] rows times embed_scale, widened per token */
+    int64_t embed_scale;     /* float32 [vocab] when embed_i8 */
 } ap_eng_model;
 
 /* Output head modes: fp16 weights (exact); int8 weights x fp32 activations; int8 x int8. */

@@ -25,6 +25,8 @@ static int has_vbmi(void) { return 0; }
 #define ap_gemv_rows_avx512_vbmi ap_gemv_rows_portable
 #define ap_gemv_rows_avx512 ap_gemv_rows_portable
 #define ap_gemv_rows_avx2 ap_gemv_rows_portable
+#define ap_gemv_rows_avx2_u8 ap_gemv_rows_portable
+#define ap_u8_x_sums(a, sums) ((void)(sums))
 #define ap_avx2_x_order(a) AP_X_NATURAL
 #define ap_dequant_rows_avx512 ap_dequant_rows_portable
 #define ap_dequant_rows_avx2 ap_dequant_rows_portable
@@ -99,10 +101,42 @@ static void split_rows(int64_t n_rows, int nth, int tid, int64_t *r0, int64_t *r
     *r1 = n_rows * (tid + 1) / nth;
 }
 
-enum { K_PORTABLE, K_AVX2, K_AVX512, K_VBMI };
+enum { K_PORTABLE, K_AVX2, K_AVX512, K_VBMI, K_U8_WIDEN, K_U8 };
 
+#define U8_BLOCK 32 /* rows of a uint8 LUT widened at a time by gemv_rows_u8_widen (32 KB at 8 bits) */
+
+/* uint8 LUT rows [row0, row1) through the fp32-LUT AVX2 kernel: each block of rows has its
+ * LUT widened (lo + scale * q, as every reader of the scheme computes it) into a buffer
+ * that stays in L1/L2, then runs as an fp32 LUT (x in that kernel's order). */
+static void gemv_rows_u8_widen(const ap_gemv_args *a, int64_t row0, int64_t row1) {
+    float buf[U8_BLOCK << AP_MAX_BITS];
+    const int64_t size = (int64_t)1 << a->bits;
+    for (int64_t b0 = row0; b0 < row1; b0 += U8_BLOCK) {
+        const int64_t b1 = b0 + U8_BLOCK < row1 ? b0 + U8_BLOCK : row1;
+        for (int64_t n = b0; n < b1; n++) {
+            const uint8_t *q = (const uint8_t *)a->lut + n * size;
+            const float lo = a->lut_lo[n], scale = a->lut_scale[n];
+            for (int64_t i = 0; i < size; i++) buf[(n - b0) * size + i] = lo + scale * (float)q[i];
+        }
+        ap_gemv_args g = *a;
+        g.planes = a->planes + b0 * a->words;
+        g.n_rows = b1 - b0;
+        g.lut = buf;
+        g.lut_f16 = g.lut_u8 = 0;
+        g.y = a->y + b0;
+        ap_gemv_rows_avx2(&g, 0, b1 - b0);
+    }
+}
+
+#define U8_DIRECT_MIN_BITS 4 /* measured: at <= 3 bits the widened fp32 LUT's vpermps path is 1.3-1.5x faster */
+
+/* The one place a gemv call picks its kernel. uint8 LUTs (lut_u8) on AVX2 and AVX-512 CPUs:
+ * the uint8-table kernel (ap_lut8_avx2.c) from 4 bits, below that the row block's LUT
+ * widened for the AVX2 fp32-LUT kernel; the portable kernel elsewhere. */
 static int pick_gemv_kernel(const ap_gemv_args *a) {
     const int isa = current_isa();
+    if (a->lut_u8 && isa == ISA_PORTABLE) return K_PORTABLE;
+    if (a->lut_u8) return a->bits >= U8_DIRECT_MIN_BITS ? K_U8 : K_U8_WIDEN;
     if (isa == ISA_AVX512 && a->bits >= 6 && a->lut_f16 && has_vbmi()) return K_VBMI;
     if (isa == ISA_AVX512) return K_AVX512;
     return isa == ISA_AVX2 ? K_AVX2 : K_PORTABLE;
@@ -113,6 +147,11 @@ static int x_order(int kernel, const ap_gemv_args *a) {
     if (kernel == K_VBMI) return AP_X_PERM16;
     if (kernel == K_AVX512 && a->bits <= 5) return AP_X_PERM4;
     if (kernel == K_AVX2) return ap_avx2_x_order(a);
+    if (kernel == K_U8_WIDEN) {
+        ap_gemv_args f = *a;
+        f.lut_f16 = f.lut_u8 = 0;
+        return ap_avx2_x_order(&f);
+    }
     return AP_X_NATURAL;
 }
 
@@ -124,6 +163,11 @@ static int run_gemv(ap_gemv_args *a, const float *x, int64_t xstride, int nthrea
     if (!buf) return -1;
     a->x = buf;
     a->xstride = kpad;
+    float sums[AP_MAX_TOKENS];
+    if (kernel == K_U8) {
+        ap_u8_x_sums(a, sums);  /* once per call, not per row block */
+        a->x_sum = sums;
+    }
     /* one contiguous share of rows per thread (even-sized, for the row-pair kernel):
      * measured against dynamic 64-row blocks, 5-10% less time per SmolLM2 token, whose
      * layers have 192-1536 rows, and the same on 4096x4096 */
@@ -136,6 +180,8 @@ static int run_gemv(ap_gemv_args *a, const float *x, int64_t xstride, int nthrea
         if (kernel == K_VBMI) ap_gemv_rows_avx512_vbmi(a, r0, r1);
         else if (kernel == K_AVX512) ap_gemv_rows_avx512(a, r0, r1);
         else if (kernel == K_AVX2) ap_gemv_rows_avx2(a, r0, r1);
+        else if (kernel == K_U8_WIDEN) gemv_rows_u8_widen(a, r0, r1);
+        else if (kernel == K_U8) ap_gemv_rows_avx2_u8(a, r0, r1);
         else ap_gemv_rows_portable(a, r0, r1);
     }
     free(buf);
@@ -151,6 +197,7 @@ static int run_gemv(ap_gemv_args *a, const float *x, int64_t xstride, int nthrea
 static int run_gemv_groups(ap_gemv_args *groups, int n_groups, int nthreads) {
     int kernels[AP_ENGINE_MAX_GROUPS];
     float *bufs[AP_ENGINE_MAX_GROUPS] = {0};
+    float sums[AP_ENGINE_MAX_GROUPS][AP_MAX_TOKENS];
     int failed = 0;
     for (int g = 0; g < n_groups; g++) {
         ap_gemv_args *a = &groups[g];
@@ -161,6 +208,10 @@ static int run_gemv_groups(ap_gemv_args *groups, int n_groups, int nthreads) {
         failed |= !bufs[g];
         a->x = bufs[g];
         a->xstride = kpad;
+        if (bufs[g] && kernels[g] == K_U8) {
+            ap_u8_x_sums(a, sums[g]);
+            a->x_sum = sums[g];
+        }
     }
     if (!failed) {
         const int64_t n_rows = groups[0].n_rows;
@@ -176,6 +227,8 @@ static int run_gemv_groups(ap_gemv_args *groups, int n_groups, int nthreads) {
                     if (kernels[g] == K_VBMI) ap_gemv_rows_avx512_vbmi(&groups[g], b0, b1);
                     else if (kernels[g] == K_AVX512) ap_gemv_rows_avx512(&groups[g], b0, b1);
                     else if (kernels[g] == K_AVX2) ap_gemv_rows_avx2(&groups[g], b0, b1);
+                    else if (kernels[g] == K_U8_WIDEN) gemv_rows_u8_widen(&groups[g], b0, b1);
+                    else if (kernels[g] == K_U8) ap_gemv_rows_avx2_u8(&groups[g], b0, b1);
                     else ap_gemv_rows_portable(&groups[g], b0, b1);
                 }
             }
@@ -191,8 +244,8 @@ static void run_dequant(const ap_dequant_args *a, int64_t row0, int64_t row1, in
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads) if (nthreads > 1)
     for (int64_t blk = 0; blk < blocks; blk++) {
         const int64_t r0 = row0 + blk * ROW_BLOCK, r1 = r0 + ROW_BLOCK < row1 ? r0 + ROW_BLOCK : row1;
-        if (isa == ISA_AVX512) ap_dequant_rows_avx512(a, r0, r1, row0);
-        else if (isa == ISA_AVX2) ap_dequant_rows_avx2(a, r0, r1, row0);
+        if (isa == ISA_AVX512 && !a->lut_u8) ap_dequant_rows_avx512(a, r0, r1, row0);
+        else if (isa != ISA_PORTABLE) ap_dequant_rows_avx2(a, r0, r1, row0);  /* uint8 LUTs: the AVX2 build */
         else ap_dequant_rows_portable(a, r0, r1, row0);
     }
 }
@@ -278,18 +331,33 @@ static int check_common(int64_t bits, int64_t nthreads) {
     return 0;
 }
 
+/* uint8 LUT arguments: the optional trailing (lut_lo, lut_scale) pointers of gemv / dequant;
+ * given and non-zero, lut holds uint8 codes (anyprec/lutq.py). Returns the count of
+ * leading arguments, or -1 with an error set. */
+static int parse_u8_tail(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t base, int64_t *v, const char *name) {
+    const Py_ssize_t n = nargs == base + 2 ? base + 2 : base;
+    if (parse_ints(args, nargs, n, v, name)) return -1;
+    if (n == base) v[base] = v[base + 1] = 0;
+    if ((v[base] == 0) != (v[base + 1] == 0)) {
+        PyErr_Format(PyExc_ValueError, "%s: pass both lut_lo and lut_scale for a uint8 LUT, or neither", name);
+        return -1;
+    }
+    return 0;
+}
+
 /* gemv(planes, plane_stride, n_rows, words, in_features, lut, lut_f16, bits,
- *      x, tokens, x_stride, y, y_stride, nthreads) */
+ *      x, tokens, x_stride, y, y_stride, nthreads[, lut_lo, lut_scale]) */
 static PyObject *py_gemv(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    int64_t v[14];
-    if (parse_ints(args, nargs, 14, v, "gemv") || check_common(v[7], v[13])) return NULL;
+    int64_t v[16];
+    if (parse_u8_tail(args, nargs, 14, v, "gemv") || check_common(v[7], v[13])) return NULL;
     if (v[9] < 1 || v[9] > AP_MAX_TOKENS) {
         PyErr_Format(PyExc_ValueError, "tokens=%lld must be in 1..%d", (long long)v[9], AP_MAX_TOKENS);
         return NULL;
     }
     ap_gemv_args a = {(const uint32_t *)(intptr_t)v[0], v[1], v[2], v[3], v[4],
                       (const void *)(intptr_t)v[5], (int)v[6], (int)v[7],
-                      NULL, 0, (int)v[9], (float *)(intptr_t)v[11], v[12]};
+                      NULL, 0, (int)v[9], (float *)(intptr_t)v[11], v[12],
+                      v[14] != 0, (const float *)(intptr_t)v[14], (const float *)(intptr_t)v[15]};
     int rc;
     Py_BEGIN_ALLOW_THREADS
     rc = run_gemv(&a, (const float *)(intptr_t)v[8], v[10], (int)v[13]);
@@ -299,10 +367,10 @@ static PyObject *py_gemv(PyObject *self, PyObject *const *args, Py_ssize_t nargs
 }
 
 /* dequant(planes, plane_stride, n_rows, words, in_features, lut, lut_f16, bits,
- *         row0, row1, out, out_bf16, nthreads) */
+ *         row0, row1, out, out_bf16, nthreads[, lut_lo, lut_scale]) */
 static PyObject *py_dequant(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    int64_t v[13];
-    if (parse_ints(args, nargs, 13, v, "dequant") || check_common(v[7], v[12])) return NULL;
+    int64_t v[15];
+    if (parse_u8_tail(args, nargs, 13, v, "dequant") || check_common(v[7], v[12])) return NULL;
     if (v[8] < 0 || v[9] > v[2] || v[8] > v[9]) {
         PyErr_Format(PyExc_ValueError, "row range [%lld, %lld) is outside [0, %lld)",
                      (long long)v[8], (long long)v[9], (long long)v[2]);
@@ -310,7 +378,8 @@ static PyObject *py_dequant(PyObject *self, PyObject *const *args, Py_ssize_t na
     }
     ap_dequant_args a = {(const uint32_t *)(intptr_t)v[0], v[1], v[2], v[3], v[4],
                          (const void *)(intptr_t)v[5], (int)v[6], (int)v[7],
-                         (void *)(intptr_t)v[10], (int)v[11]};
+                         (void *)(intptr_t)v[10], (int)v[11],
+                         v[13] != 0, (const float *)(intptr_t)v[13], (const float *)(intptr_t)v[14]};
     Py_BEGIN_ALLOW_THREADS
     run_dequant(&a, v[8], v[9], (int)v[12]);
     Py_END_ALLOW_THREADS

@@ -32,9 +32,17 @@ uint16_t ap_float_to_bf16(float f) {
     return (uint16_t)(u >> 16);
 }
 
-static inline void load_lut_row(const void *lut, int lut_f16, int bits, int64_t n, float *dst) {
+/* LUT row n widened to float32: fp32 copied, fp16 widened exactly, uint8 codes mapped to
+ * lo + scale * q (the lutq scheme; -std=c11 keeps the product and the sum rounded apart,
+ * as torch computes them). */
+static inline void load_lut_row(const void *lut, int lut_f16, int lut_u8, const float *lo, const float *scale,
+                                int bits, int64_t n, float *dst) {
     const int64_t size = (int64_t)1 << bits;
-    if (lut_f16) {
+    if (lut_u8) {
+        const uint8_t *src = (const uint8_t *)lut + n * size;
+        const float l = lo[n], s = scale[n];
+        for (int64_t i = 0; i < size; i++) dst[i] = l + s * (float)src[i];
+    } else if (lut_f16) {
         const uint16_t *src = (const uint16_t *)lut + n * size;
         for (int64_t i = 0; i < size; i++) dst[i] = ap_half_to_float(src[i]);
     } else {
@@ -53,7 +61,7 @@ static inline unsigned code_at(const uint32_t *row_words[], int bits, int64_t w,
         float lut[1 << AP_MAX_BITS];                                                         \
         const uint32_t *rw[AP_MAX_BITS];                                                     \
         for (int64_t n = row0; n < row1; n++) {                                              \
-            load_lut_row(a->lut, a->lut_f16, a->bits, n, lut);                               \
+            load_lut_row(a->lut, a->lut_f16, a->lut_u8, a->lut_lo, a->lut_scale, a->bits, n, lut); \
             for (int p = 0; p < a->bits; p++)                                                \
                 rw[p] = a->planes + p * a->plane_stride + n * a->words;                      \
             float acc[AP_MAX_TOKENS] = {0};                                                  \
@@ -74,7 +82,7 @@ static inline unsigned code_at(const uint32_t *row_words[], int bits, int64_t w,
         float lut[1 << AP_MAX_BITS];                                                         \
         const uint32_t *rw[AP_MAX_BITS];                                                     \
         for (int64_t n = row0; n < row1; n++) {                                              \
-            load_lut_row(a->lut, a->lut_f16, a->bits, n, lut);                               \
+            load_lut_row(a->lut, a->lut_f16, a->lut_u8, a->lut_lo, a->lut_scale, a->bits, n, lut); \
             for (int p = 0; p < a->bits; p++)                                                \
                 rw[p] = a->planes + p * a->plane_stride + n * a->words;                      \
             int64_t base = (n - out_row0) * a->in_features;                                  \

@@ -99,7 +99,7 @@ def test_decode_steps_match_reference(apm, bits):
     """Few-token calls take the layer's native decode plan; the reference path is the oracle."""
     layer = next(m for m in apm.model.modules() if isinstance(m, AnyPrecisionLinear))
     x = torch.randn(2, 3, layer.in_features, generator=torch.Generator().manual_seed(bits))
-    lut = getattr(layer, f"lut{bits}")
+    lut = layer.lut(bits)
     expected = matmul(x, layer.planes, lut, bits, layer.in_features, backend="reference")
     with torch.inference_mode(), apm.precision(bits):
         got = layer(x)
@@ -149,8 +149,8 @@ def test_backend_follows_the_layers_device():
 
 
 @pytest.mark.skipif(not native_available(), reason="native CPU kernels not built")
-def test_output_head_decodes_from_its_fp16_copy(apm):
-    head = apm.model.get_output_embeddings()
+def test_output_head_decodes_from_its_fp16_copy(tiny_artifact):
+    head = load_anyprec(tiny_artifact, bits=3, luts="fp16").model.get_output_embeddings()
     assert isinstance(head, HalfStoredHead)
     assert torch.equal(head.weight_f16.float(), head.weight)  # the same values, half the bytes
     x = torch.randn(1, 2, head.in_features, generator=torch.Generator().manual_seed(1))

@@ -44,3 +44,16 @@ def test_prefill_path_with_bias() -> None:
     y = matmul(x, planes, luts[4], 4, 45, bias=bias, backend="triton")
     expected = oracle(x, codes, luts[4], 4, 6) + bias.double()
     torch.testing.assert_close(y.double(), expected, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("bits", [1, 4, 8])
+def test_uint8_lut_widened_in_kernel(bits: int) -> None:
+    from anyprec.lutq import dequantize_lut, quantize_lut
+
+    codes, luts, planes = random_layer(17, 95, 8, seed=bits + 50)
+    qlut = quantize_lut(luts[bits])
+    x = torch.randn(3, 95)
+    y = matmul(x, planes, qlut, bits, 95, backend=Backend.TRITON)
+    torch.testing.assert_close(y.double(), oracle(x, codes, dequantize_lut(qlut), bits, 8), rtol=1e-5, atol=1e-4)
+    got = dequantize(planes, qlut, bits, 95, torch.float32, backend="triton")
+    assert torch.equal(got, dequantize(planes, qlut, bits, 95, torch.float32, backend="reference"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 from anyprec.archs import quantizable_modules
+from anyprec.int8_head import install_int8_head
 from anyprec.kernels import pack_bitplanes
 from anyprec.packed import QuantizedModule
 from anyprec.runtime import AnyPrecisionLinear, AnyPrecisionModel, HalfStoredHead, PrecisionState, _set_submodule
@@ -28,8 +29,9 @@ def tiny_config(model_type: str, **extra):
     return AutoConfig.for_model(model_type, **base)
 
 
-def build_apm(config, seed: int = 0) -> AnyPrecisionModel:
-    """An AnyPrecisionModel over a random `config` model with random nested codes."""
+def build_apm(config, seed: int = 0, luts: str = "fp16") -> AnyPrecisionModel:
+    """An AnyPrecisionModel over a random `config` model with random nested codes, its LUTs,
+    head and (tied) embedding in the resident form `luts` as `load_anyprec` makes them."""
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
@@ -45,13 +47,16 @@ def build_apm(config, seed: int = 0) -> AnyPrecisionModel:
         codes = torch.randint(0, 256, (n, k), dtype=torch.uint8, generator=gen)
         planes = pack_bitplanes(codes, 8)
         scale = k ** -0.5
-        luts = {b: (torch.randn(n, 2 ** b, generator=gen) * scale).sort(dim=1).values.half() for b in BITS}
+        tables = {b: (torch.randn(n, 2 ** b, generator=gen) * scale).sort(dim=1).values.half() for b in BITS}
         bias = None if lin.bias is None else (torch.randn(n, generator=gen) * 0.1).half().float()
-        _set_submodule(model, name, AnyPrecisionLinear(QuantizedModule(planes, luts, k, bias), state))
+        _set_submodule(model, name, AnyPrecisionLinear(QuantizedModule(planes, tables, k, bias), state, luts=luts))
     head = model.get_output_embeddings()
-    model.lm_head = HalfStoredHead(head, head.weight.detach().half())
+    if luts == "u8":
+        install_int8_head(model, torch.float32)
+    else:
+        model.lm_head = HalfStoredHead(head, head.weight.detach().half())
     manifest = {"model_type": config.model_type, "seed_bits": 3, "parent_bits": 8}
-    return AnyPrecisionModel(model, None, manifest, state)
+    return AnyPrecisionModel(model, None, manifest, state, luts)
 
 
 def full_logits(apm: AnyPrecisionModel, ids: list[int], bits: int) -> torch.Tensor:

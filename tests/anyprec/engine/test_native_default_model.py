@@ -26,7 +26,7 @@ pytestmark = [
 def apm():
     from anyprec.runtime import load_anyprec
 
-    return load_anyprec(ARTIFACT)
+    return load_anyprec(ARTIFACT, luts="fp16")  # the exact fp16 head these tests compare
 
 
 @pytest.mark.timeout(1800)  # transformers' generate: seconds on a quiet machine, minutes on a busy one
