@@ -28,7 +28,7 @@ from anyprec.tasks.caching import BaseModelInfo, StageOutput
 from anyprec.tasks.layout import Layout, require_model
 from anyprec.tasks.pipeline import EVAL_STAGES, sections
 from anyprec.tasks.publish import publish
-from anyprec.tasks.quantize import LayerRun, ShardRun, layer_task, resolve_base_model, shard_task, stage_task
+from anyprec.tasks.quantize import MappedRun, mapped_task, resolve_base_model, stage_task
 from anyprec.tasks.runner import is_fresh, run_stage
 
 FLOW_NAME = "quantize-eval"
@@ -49,13 +49,13 @@ class PipelineSummary(BaseModel):
 
 
 def quantize_stages(layout: Layout, base: BaseModelInfo,
-                    layer_runs: list[LayerRun | ShardRun] | None = None) -> dict[str, StageOutput]:
+                    layer_runs: list[MappedRun] | None = None) -> dict[str, StageOutput]:
     """Every stage of anyprec.stages.STAGES, in order; {stage name: output}.
 
     A sharded stage (sensitivity) or per-layer stage (seed, nested) not yet current is first
     mapped over its calibration shards or decoder layers as separate task runs (on the task
     runner's workers); its own task then only finishes it (adds the shards up, in one fixed
-    order). Each mapped run's ShardRun / LayerRun is appended to `layer_runs` when given."""
+    order). Each mapped run's MappedRun is appended to `layer_runs` when given."""
     done: dict[str, StageOutput] = {}
     for spec in stages.STAGES:
         out = layout.stage_path(base.name, spec.name)
@@ -64,7 +64,8 @@ def quantize_stages(layout: Layout, base: BaseModelInfo,
         mapped = spec.layer is not None or spec.shard is not None
         if mapped and not is_fresh(stage_task(spec), layout, out, **inputs):
             at_once = thread_tasks(layout, spec, base, inputs["settings"])
-            runs = (map_shards if spec.shard is not None else map_layers)(spec, out, at_once=at_once, **inputs)
+            unit = "shard" if spec.shard is not None else "layer"
+            runs = map_units(spec, unit, out, at_once=at_once, **inputs)
             if layer_runs is not None:
                 layer_runs.extend(runs)
         done[spec.name] = run_stage(stage_task(spec), layout, out, **inputs)
@@ -90,38 +91,27 @@ def thread_tasks(layout: Layout, spec: stages.StageSpec, base: BaseModelInfo,
     return at_once
 
 
-def _map_in_waves(task: Task, count: int, at_once: int | None, index: str, **fixed: Any) -> list[Any]:
-    """task.map over range(count) for parameter `index`, at most `at_once` runs in flight (None: all)."""
+def _map_in_waves(task: Task, count: int, at_once: int | None, **fixed: Any) -> list[Any]:
+    """task.map over `index` in range(count), at most `at_once` runs in flight (None: all)."""
     step = at_once or count
     results = []
     for start in range(0, count, step):
         futures = task.map(**{name: unmapped(value) for name, value in fixed.items()},
-                           **{index: list(range(start, min(count, start + step)))})
+                           index=list(range(start, min(count, start + step))))
         results.extend(future.result() for future in futures)
     return results
 
 
-def map_shards(spec: stages.StageSpec, out: Path, base: BaseModelInfo, upstream: dict[str, StageOutput],
-               settings: dict[str, BaseModel], at_once: int | None = None) -> list[ShardRun]:
-    """Run one task per calibration shard of `spec` (at most `at_once` in flight) and wait for all."""
-    count = spec.shard_count(settings)
-    runs = _map_in_waves(shard_task(spec), count, at_once, "shard", base=base, upstream=upstream, settings=settings,
+def map_units(spec: stages.StageSpec, unit: str, out: Path, base: BaseModelInfo, upstream: dict[str, StageOutput],
+              settings: dict[str, BaseModel], at_once: int | None = None) -> list[MappedRun]:
+    """Run one task per `unit` of `spec`, calibration shards or decoder layers (at most `at_once` in
+    flight), and wait for all."""
+    count = spec.shard_count(settings) if unit == "shard" else stages.layer_count(base.location)
+    runs = _map_in_waves(mapped_task(spec, unit), count, at_once, base=base, upstream=upstream, settings=settings,
                          out=str(out))
     workers = sorted({(run.host, run.pid) for run in runs})
-    get_run_logger().info("%s: %d calibration shards ran as separate tasks on %d worker process(es), %.1f s of work",
-                          spec.name, count, len(workers), sum(run.seconds for run in runs))
-    return runs
-
-
-def map_layers(spec: stages.StageSpec, out: Path, base: BaseModelInfo, upstream: dict[str, StageOutput],
-               settings: dict[str, BaseModel], at_once: int | None = None) -> list[LayerRun]:
-    """Run one task per decoder layer of `spec` (at most `at_once` in flight) and wait for all."""
-    count = stages.layer_count(base.location)
-    runs = _map_in_waves(layer_task(spec), count, at_once, "layer", base=base, upstream=upstream, settings=settings,
-                         out=str(out))
-    workers = sorted({(run.host, run.pid) for run in runs})
-    get_run_logger().info("%s: %d layers ran as separate tasks on %d worker process(es), %.1f s of work",
-                          spec.name, count, len(workers), sum(run.seconds for run in runs))
+    get_run_logger().info("%s: %d %ss ran as separate tasks on %d worker process(es), %.1f s of work",
+                          spec.name, count, unit, len(workers), sum(run.seconds for run in runs))
     return runs
 
 

@@ -57,61 +57,37 @@ def stage_task(spec: StageSpec) -> Task:
     return task(name=spec.name, **{**CACHED, "version": spec.version})(run)
 
 
-class LayerRun(BaseModel):
-    """Where and how long one decoder layer's share of a stage ran (a mapped task run)."""
+MAPPED_UNITS = ("layer", "shard")  # a decoder layer of a per-layer stage, a calibration shard of a sharded one
+
+
+class MappedRun(BaseModel):
+    """Where and how long one mapped unit of a stage ran (a decoder layer or a calibration shard)."""
 
     stage: str
-    layer: int
+    unit: str
+    index: int
     host: str
     pid: int
     seconds: float
 
 
 @lru_cache(maxsize=None)
-def layer_task(spec: StageSpec) -> Task:
-    """The Prefect task doing one decoder layer of a per-layer stage (`spec.layer`); the flow maps it
-    over layers, so a Dask or Ray task runner spreads the layers over its workers. Not cached: the
-    layer files resume themselves (written atomically, skipped when done for the same inputs)."""
-    if spec.layer is None:
-        raise ValueError(f"stage {spec.name!r} has no per-layer work")
+def mapped_task(spec: StageSpec, unit: str) -> Task:
+    """The Prefect task doing one `unit` (MAPPED_UNITS) of a stage: `spec.layer` or `spec.shard`; the
+    flow maps it over the units, so a Dask or Ray task runner spreads them over its workers. Not
+    cached: a unit's files resume themselves (written atomically, skipped when done for the same inputs)."""
+    if unit not in MAPPED_UNITS:
+        raise ValueError(f"unit {unit!r} is not one of {', '.join(MAPPED_UNITS)}")
+    work = getattr(spec, unit)
+    if work is None:
+        raise ValueError(f"stage {spec.name!r} has no per-{unit} work")
 
     def run(base: BaseModelInfo, upstream: dict[str, StageOutput], settings: dict[str, BaseModel], out: str,
-            layer: int) -> LayerRun:
+            index: int) -> MappedRun:
         start = time.perf_counter()
-        spec.layer(StageRun(base.ref(), settings, {n: Path(o.path) for n, o in upstream.items()}, Path(out), False),
-                   layer)
-        return LayerRun(stage=spec.name, layer=layer, host=socket.gethostname(), pid=os.getpid(),
-                        seconds=round(time.perf_counter() - start, 3))
+        work(StageRun(base.ref(), settings, {n: Path(o.path) for n, o in upstream.items()}, Path(out), False), index)
+        return MappedRun(stage=spec.name, unit=unit, index=index, host=socket.gethostname(), pid=os.getpid(),
+                         seconds=round(time.perf_counter() - start, 3))
 
-    run.__doc__ = f"One decoder layer of stage {spec.name!r}."
-    return task(name=f"{spec.name}-layer", cache_policy=NO_CACHE)(run)
-
-
-class ShardRun(BaseModel):
-    """Where and how long one calibration shard of a stage ran (a mapped task run)."""
-
-    stage: str
-    shard: int
-    host: str
-    pid: int
-    seconds: float
-
-
-@lru_cache(maxsize=None)
-def shard_task(spec: StageSpec) -> Task:
-    """The Prefect task computing one calibration shard of a sharded stage (`spec.shard`); the flow
-    maps it over shards, so a Dask or Ray task runner spreads them over its workers. Not cached: a
-    shard's files resume themselves (a done marker keyed on its inputs)."""
-    if spec.shard is None:
-        raise ValueError(f"stage {spec.name!r} has no calibration shards")
-
-    def run(base: BaseModelInfo, upstream: dict[str, StageOutput], settings: dict[str, BaseModel], out: str,
-            shard: int) -> ShardRun:
-        start = time.perf_counter()
-        spec.shard(StageRun(base.ref(), settings, {n: Path(o.path) for n, o in upstream.items()}, Path(out), False),
-                   shard)
-        return ShardRun(stage=spec.name, shard=shard, host=socket.gethostname(), pid=os.getpid(),
-                        seconds=round(time.perf_counter() - start, 3))
-
-    run.__doc__ = f"One calibration shard of stage {spec.name!r}."
-    return task(name=f"{spec.name}-shard", cache_policy=NO_CACHE)(run)
+    run.__doc__ = f"One {unit} of stage {spec.name!r}."
+    return task(name=f"{spec.name}-{unit}", cache_policy=NO_CACHE)(run)

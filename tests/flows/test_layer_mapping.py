@@ -33,7 +33,7 @@ def quantize_only(params_file: str) -> tuple[str, list[dict]]:
     base = resolve_base_model("tiny", require_model(layout, "tiny"))
     runs: list = []
     done = quantize_stages(layout, base, runs)
-    return done[stages.PACKED].path, [{"kind": type(run).__name__, **run.model_dump()} for run in runs]
+    return done[stages.PACKED].path, [run.model_dump() for run in runs]
 
 
 def _run(root: Path, model_dir: Path, runner: str, monkeypatch) -> tuple[Path, list[dict]]:
@@ -59,10 +59,10 @@ def test_dask_workers_run_shards_and_layers_and_write_the_same_bytes(prefect_har
                                                                      monkeypatch):
     thread_art, thread_runs = _run(tmp_path / "thread", tiny_model_dir, "thread", monkeypatch)
     dask_art, dask_runs = _run(tmp_path / "dask", tiny_model_dir, "dask", monkeypatch)
-    expected = sorted([("ShardRun", "sensitivity", s) for s in range(SHARDS)]
-                      + [("LayerRun", stage, layer) for stage in ("seed", "nested") for layer in range(2)])
+    expected = sorted([("shard", "sensitivity", s) for s in range(SHARDS)]
+                      + [("layer", stage, layer) for stage in ("seed", "nested") for layer in range(2)])
     for runs in (thread_runs, dask_runs):
-        assert sorted((r["kind"], r["stage"], r.get("shard", r.get("layer"))) for r in runs) == expected
+        assert sorted((r["unit"], r["stage"], r["index"]) for r in runs) == expected
     assert {r["pid"] for r in thread_runs} == {os.getpid()}
     assert os.getpid() not in {r["pid"] for r in dask_runs}, "a shard or layer ran in the flow's process"
     _same_files(thread_art.parent / stages.SENSITIVITY, dask_art.parent / stages.SENSITIVITY, LAYER_GLOB)

@@ -14,24 +14,6 @@ from tests.kernels.kernels_testlib import ODD_SHAPES, oracle, random_layer
 
 needs_native = pytest.mark.skipif(not cpu.is_available(), reason="native CPU kernels not built")
 
-ISAS = ["portable", "avx2", "avx512"]
-
-
-def _isas() -> list[str]:
-    if not cpu.is_available():
-        return []
-    best = ISAS.index(cpu.best_isa())
-    return ISAS[: best + 1]
-
-
-@pytest.fixture(params=_isas())
-def isa(request: pytest.FixtureRequest):
-    before = cpu.isa()
-    cpu.set_isa(request.param)
-    yield request.param
-    cpu.set_isa(before)
-
-
 @pytest.fixture(autouse=True)
 def poisoned_empty(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every torch.empty the wrapper allocates starts as NaN (or all-ones bits for ints)."""

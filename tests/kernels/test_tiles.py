@@ -13,21 +13,6 @@ from tests.kernels.kernels_testlib import oracle, random_layer
 
 pytestmark = pytest.mark.skipif(not cpu.is_available(), reason="native CPU kernels not built")
 
-ISAS = ["portable", "avx2", "avx512"]
-
-
-def _isas() -> list[str]:
-    return ISAS[: ISAS.index(cpu.best_isa()) + 1] if cpu.is_available() else []
-
-
-@pytest.fixture(params=_isas())
-def isa(request: pytest.FixtureRequest):
-    before = cpu.isa()
-    cpu.set_isa(request.param)
-    yield request.param
-    cpu.set_isa(before)
-
-
 def tile_gemm(x: torch.Tensor, planes: torch.Tensor, lut: torch.Tensor, bits: int, k: int, threads: int,
               xstride: int | None = None, ystride: int | None = None) -> torch.Tensor:
     """y f32[T, N] = x[:, :k] @ W_b.T through the tile kernel (x rows `xstride` apart)."""
