@@ -200,7 +200,8 @@ def _load(args, kinds: Sequence[str]):
         torch.set_num_threads(args.threads)
     luts = "fp16" if args.head == "fp16" else "u8"  # an fp16 head exists only in an fp16 load
     apm = load_anyprec(args.dir, sorted(set(args.bits)), luts=luts)
-    engines = {k: open_engine(apm, kind=k, max_batch=16, head=args.head) for k in kinds}
+    acts = {k: args.acts if k == "native" else "fp32" for k in kinds}  # int8 activations: native only
+    engines = {k: open_engine(apm, kind=k, max_batch=16, head=args.head, acts=acts[k]) for k in kinds}
     if getattr(args, "tile_rows", 0) and "native" in engines:
         engines["native"].tile_rows = args.tile_rows
     return apm, engines
@@ -247,7 +248,7 @@ def run_engine_decode(args) -> dict:
     breakdown = {b: step_breakdown(engines["native"], b, ids, args.tokens) for b in (min(args.bits), max(args.bits))}
     for b, parts in breakdown.items():
         print(f"one native step at {b} bits (ms): " + ", ".join(f"{k} {v:.2f}" for k, v in parts.items()))
-    result = {"rows": rows, "breakdown_ms": breakdown, "prompt_tokens": len(ids)}
+    result = {"rows": rows, "breakdown_ms": breakdown, "prompt_tokens": len(ids), "acts": args.acts}
     if peers:
         result.update(_llamacpp_summary(args, apm, engines["native"], ids, rows, peers))
     for runner in peers.values():
@@ -364,9 +365,14 @@ def _timed(fn: Callable[[], object]) -> float:
 
 
 def add_head_option(p) -> None:
-    """--head: the native engine's output head (anyprec.engine.head)."""
+    """--head: the native engine's output head (anyprec.engine.head); --acts: its activations
+    on uint8 LUTs (anyprec.engine.native.ACT_MODES)."""
     from anyprec.engine.head import DEFAULT_HEAD, HEAD_MODES
+    from anyprec.engine.native import ACT_MODES, DEFAULT_ACTS
 
+    p.add_argument("--acts", choices=ACT_MODES, default=DEFAULT_ACTS,
+                   help="native engine activations of the 4..8-bit mat-vec calls: fp32, or int8 per 32 columns "
+                        "(faster kernel, perplexity within about +-0.7%%; opt-in)")
     p.add_argument("--head", choices=HEAD_MODES, default=DEFAULT_HEAD,
                    help="native engine output head: fp16 (exact), int8 (int8 weights and activations), "
                         "int8w (int8 weights, fp32 activations)")

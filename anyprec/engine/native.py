@@ -33,6 +33,11 @@ PARTS = ("norm_embed_residual", "qkv", "rope_attention", "o_proj", "mlp_gate_up"
 _PROJECTIONS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
                 "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 _ROW = struct.Struct("<8q")
+# activations of the mat-vec calls on uint8 LUTs from 4 bits (ap_eng_model.acts_int8): fp32, or
+# int8 with one scale per 32 columns (opt-in: 0.5-0.7x the kernel time, perplexity within
+# about +-0.7%, docs/ENGINE.md); 3-bit calls, prefill tiles and the head are not affected
+ACT_MODES = ("fp32", "int8")
+DEFAULT_ACTS = "fp32"
 
 
 def unsupported_reason(apm: AnyPrecisionModel) -> str | None:
@@ -62,6 +67,16 @@ def unsupported_reason(apm: AnyPrecisionModel) -> str | None:
             if not isinstance(mod, AnyPrecisionLinear) or mod.planes.device.type != "cpu":
                 return f"layer {i} {name} is not a quantized layer on the cpu"
     return None
+
+
+def check_acts(acts: str, apm: AnyPrecisionModel) -> str:
+    """`acts` if the engine can run it on `apm`, else an EngineError naming the fix."""
+    if acts not in ACT_MODES:
+        raise EngineError(f"acts {acts!r} is not one of {', '.join(ACT_MODES)}")
+    if acts == "int8" and apm.luts != "u8":
+        raise EngineError("acts 'int8' needs the model loaded with luts='u8' (int8 activations feed the "
+                          "uint8-LUT kernel); use acts='fp32' or load_anyprec(..., luts='u8')")
+    return acts
 
 
 def _context_length(config) -> int:
@@ -134,6 +149,8 @@ class NativeEngine(SlotPool):
     load only), "int8" (per-row int8 weights, activations int8 per token) or "int8w" (int8
     weights, fp32 activations). The int8 weights are the runtime's own table in a luts="u8"
     load (no copy), else a copy made here; see anyprec/engine/head.py and docs/ENGINE.md.
+    acts: the activations of the layers' mat-vec calls on uint8 LUTs from 4 bits, "fp32"
+    (default) or "int8" (per 32 columns; a luts="u8" load only; see ACT_MODES).
     Attributes: max_batch, context_length, vocab_size (the contract), head, threads (OpenMP
     threads per call; 0: torch's), tile_rows (rows at one bit-width from which a layer runs
     the tile GEMM instead of the mat-vec kernels; 0: the measured default per width, see
@@ -141,7 +158,8 @@ class NativeEngine(SlotPool):
     `profile` is True). Not thread-safe: one caller drives it.
     """
 
-    def __init__(self, apm: AnyPrecisionModel, max_batch: int = 16, threads: int = 0, head: str = DEFAULT_HEAD) -> None:
+    def __init__(self, apm: AnyPrecisionModel, max_batch: int = 16, threads: int = 0, head: str = DEFAULT_HEAD,
+                 acts: str = DEFAULT_ACTS) -> None:
         reason = unsupported_reason(apm)
         if reason:
             raise EngineError(f"the native engine cannot run this model: {reason}; use kind='transformers'")
@@ -151,6 +169,7 @@ class NativeEngine(SlotPool):
             raise EngineError("head 'fp16' needs the model loaded with luts='fp16' (this load holds the head in "
                               "int8); use head='int8w' or load_anyprec(..., luts='fp16')")
         self.head = head
+        self.acts = check_acts(acts, apm)
         super().__init__(max_batch)
         model, config = apm.model, apm.model.config
         self.apm = apm
@@ -196,6 +215,7 @@ class NativeEngine(SlotPool):
         i8, scale = (0, 0) if self.head == "fp16" else (head[0].data_ptr(), head[1].data_ptr())
         header += struct.pack("<3q", HEAD_MODES.index(self.head), i8, scale)
         header += struct.pack("<2q", int(embed_scale is not None), 0 if embed_scale is None else embed_scale.data_ptr())
+        header += struct.pack("<q", int(self.acts == "int8"))
         self._model = torch.frombuffer(bytearray(header), dtype=torch.uint8)
 
     # -- the contract -------------------------------------------------------------------

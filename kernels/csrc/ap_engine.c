@@ -56,7 +56,7 @@ static void add_gemv_groups(const ap_eng_linear *L, int bits, int64_t r0, int64_
  * (one dequantization per block of weight rows, shared by the run); shorter runs make
  * mat-vec groups of up to AP_MAX_TOKENS rows, which share one pass over the planes. */
 static int linear(const ap_eng_linear *L, const int64_t *widths, int64_t R, const float *x, float *y,
-                  int nthreads, int64_t tile_rows) {
+                  int nthreads, int64_t tile_rows, int act_int8) {
     const int64_t K = L->in_features, N = L->n_rows;
     ap_tile_group tiles[AP_MAX_BITS];
     int n_tiles = 0;
@@ -83,7 +83,8 @@ static int linear(const ap_eng_linear *L, const int64_t *widths, int64_t R, cons
         }
         if (n_groups) {
             const int64_t plane_bytes = (int64_t)widest * N * L->words * 4;
-            const int rc = ap_run_gemv_groups(groups, n_groups, plane_bytes < SMALL_LAYER_BYTES ? 1 : nthreads);
+            const int rc = ap_run_gemv_groups(groups, n_groups, plane_bytes < SMALL_LAYER_BYTES ? 1 : nthreads,
+                                               act_int8);
             if (rc) return rc == -2 ? -1 : rc;
         }
         c0 = r0;
@@ -100,6 +101,7 @@ static int linear(const ap_eng_linear *L, const int64_t *widths, int64_t R, cons
 /* Per-step buffers for module calls with plan rows: rows regrouped by width. */
 typedef struct {
     int any_plan;
+    int act_int8;             /* the model's acts_int8 (ap_eng_model) */
     int64_t *widths, *order;  /* [R] */
     float *xg, *yg;           /* [R, widest in/out features] */
 } plan_scratch;
@@ -110,7 +112,7 @@ static int module_call(const ap_eng_linear *L, int64_t l, int j, const ap_eng_ro
                        const float *x, float *y, int nt, int64_t tr, const plan_scratch *ps) {
     if (!ps->any_plan) {
         for (int64_t r = 0; r < R; r++) ps->widths[r] = rows[r].bits;
-        return linear(L, ps->widths, R, x, y, nt, tr);
+        return linear(L, ps->widths, R, x, y, nt, tr, ps->act_int8);
     }
     const int64_t K = L->in_features, N = L->n_rows;
     int64_t n = 0;
@@ -125,7 +127,7 @@ static int module_call(const ap_eng_linear *L, int64_t l, int j, const ap_eng_ro
         }
     if (n != R) return -2;  /* a width outside 1..AP_MAX_BITS */
     for (int64_t i = 0; i < R; i++) memcpy(ps->xg + i * K, x + ps->order[i] * K, (size_t)K * sizeof(float));
-    const int rc = linear(L, ps->widths, R, ps->xg, ps->yg, nt, tr);
+    const int rc = linear(L, ps->widths, R, ps->xg, ps->yg, nt, tr, ps->act_int8);
     for (int64_t i = 0; i < R && !rc; i++) memcpy(y + ps->order[i] * N, ps->yg + i * N, (size_t)N * sizeof(float));
     return rc;
 }
@@ -224,6 +226,7 @@ static int alloc_scratch(scratch *s, const ap_eng_model *m, const ap_eng_row *ro
     s->g = s->att + R * big;
     s->u = s->g + R * I;
     s->ps.any_plan = any_plan;
+    s->ps.act_int8 = m->acts_int8 != 0;
     s->ps.xg = any_plan ? s->u + R * I : NULL;
     s->ps.yg = any_plan ? s->ps.xg + R * widest : NULL;
     s->ps.widths = (int64_t *)(void *)(all + floats);

@@ -41,6 +41,8 @@ typedef struct {
     int64_t head_scale;      /* float32 [vocab] or 0 */
     int64_t embed_i8;        /* 1: embed is int8 [vocab, hidden] rows times embed_scale, widened per token */
     int64_t embed_scale;     /* float32 [vocab] when embed_i8 */
+    int64_t acts_int8;       /* 1: mat-vec calls on uint8 LUTs from 4 bits take int8 activations (one
+                              * scale per 32 columns); 0: fp32. 3-bit calls and tiles stay fp32 */
 } ap_eng_model;
 
 /* Output head modes: fp16 weights (exact); int8 weights x fp32 activations; int8 x int8. */
@@ -80,9 +82,10 @@ int ap_engine_step(const ap_eng_model *m, const ap_eng_row *rows, int64_t n_rows
 
 /* Defined in ap_module.c: bitplane-LUT / fp16 mat-vec calls with their OpenMP row split.
  * ap_run_gemv_groups runs several groups over one layer reading its planes once (x and
- * xstride of each group are its rows of the input; they are replaced by padded copies).
+ * xstride of each group are its rows of the input; they are replaced by padded copies);
+ * act_int8: the uint8-table kernel's groups (4+ bits) quantize x to int8 per 32 columns.
  * Returns 0, -1 (out of memory) or -2 (n_groups outside 1..AP_ENGINE_MAX_GROUPS). */
-int ap_run_gemv_groups(ap_gemv_args *groups, int n_groups, int nthreads);
+int ap_run_gemv_groups(ap_gemv_args *groups, int n_groups, int nthreads, int act_int8);
 void ap_run_half_gemv(const ap_half_gemv_args *a, int nthreads);
 int ap_run_int8_gemv(const ap_int8_gemv_args *a, int act_int8, int nthreads);
 

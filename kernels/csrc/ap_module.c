@@ -155,7 +155,42 @@ static int x_order(int kernel, const ap_gemv_args *a) {
     return AP_X_NATURAL;
 }
 
-static int run_gemv(ap_gemv_args *a, const float *x, int64_t xstride, int nthreads) {
+/* Expands one scale per `group` columns [T, ceil(kpad / group)] to one per 32-column block. */
+static void block_scales(const float *gs, int tokens, int64_t blocks, int64_t group, float *sx) {
+    const int64_t groups = (blocks * 32 + group - 1) / group;
+    for (int t = 0; t < tokens; t++)
+        for (int64_t b = 0; b < blocks; b++) sx[t * blocks + b] = gs[t * groups + b * 32 / group];
+}
+
+#define ENGINE_ACT_GROUP 32 /* the engine's int8 activations: one scale per 32 columns */
+
+static size_t align64(size_t n) { return (n + 63) / 64 * 64; }
+
+/* Bytes of int8-activation scratch for uint8-LUT call `a` with one scale per act_group
+ * columns: x8 [T, 32 * words], group scales, 32-column block scales, each 64-byte aligned. */
+static size_t u8_acts_bytes(const ap_gemv_args *a, int64_t act_group) {
+    const int64_t T = a->tokens, k8 = 32 * a->words, groups = (k8 + act_group - 1) / act_group;
+    return align64((size_t)(T * k8)) + align64(sizeof(float) * (size_t)(T * groups)) +
+           align64(sizeof(float) * (size_t)(T * a->words));
+}
+
+/* Quantizes a's prepared x (natural order, zero-padded) to int8 with one scale per act_group
+ * columns into `scratch` (u8_acts_bytes(a, act_group) bytes, 64-byte aligned) and points a's
+ * x8 / x8_scale / x8stride at it; call before ap_u8_x_sums, which then sums the int8 x. */
+static void u8_acts_int8(ap_gemv_args *a, int64_t act_group, char *scratch) {
+    const int T = a->tokens;
+    const int64_t blocks = a->words, k8 = 32 * blocks, groups = (k8 + act_group - 1) / act_group;
+    int8_t *x8 = (int8_t *)scratch;
+    float *gs = (float *)(void *)(scratch + align64((size_t)(T * k8)));
+    float *sx = (float *)(void *)((char *)gs + align64(sizeof(float) * (size_t)(T * groups)));
+    ap_quantize_acts_int8_groups(a->x, a->xstride, T, a->in_features, act_group, x8, k8, gs, groups);
+    block_scales(gs, T, blocks, act_group, sx);
+    a->x8 = x8;
+    a->x8_scale = sx;
+    a->x8stride = k8;
+}
+
+static int run_gemv(ap_gemv_args *a, const float *x, int64_t xstride, int nthreads, int act_int8) {
     const int kernel = pick_gemv_kernel(a);
     const int order = x_order(kernel, a);
     int64_t kpad = 0;
@@ -164,6 +199,15 @@ static int run_gemv(ap_gemv_args *a, const float *x, int64_t xstride, int nthrea
     a->x = buf;
     a->xstride = kpad;
     float sums[AP_MAX_TOKENS];
+    char *acts = NULL;
+    if (kernel == K_U8 && act_int8) {
+        acts = aligned_alloc(64, u8_acts_bytes(a, ENGINE_ACT_GROUP));
+        if (!acts) {
+            free(buf);
+            return -1;
+        }
+        u8_acts_int8(a, ENGINE_ACT_GROUP, acts);
+    }
     if (kernel == K_U8) {
         ap_u8_x_sums(a, sums);  /* once per call, not per row block */
         a->x_sum = sums;
@@ -185,6 +229,7 @@ static int run_gemv(ap_gemv_args *a, const float *x, int64_t xstride, int nthrea
         else ap_gemv_rows_portable(a, r0, r1);
     }
     free(buf);
+    free(acts);
     return 0;
 }
 
@@ -194,20 +239,30 @@ static int run_gemv(ap_gemv_args *a, const float *x, int64_t xstride, int nthrea
  * bit-width each) in one pass over its rows: each block of rows is run for every group
  * before the next, so the planes come from DRAM once, for the widest group (the narrower
  * groups read the first planes of the same rows, now in cache). */
-static int run_gemv_groups(ap_gemv_args *groups, int n_groups, int nthreads) {
+static int run_gemv_groups(ap_gemv_args *groups, int n_groups, int nthreads, int act_int8) {
     int kernels[AP_ENGINE_MAX_GROUPS];
     float *bufs[AP_ENGINE_MAX_GROUPS] = {0};
     float sums[AP_ENGINE_MAX_GROUPS][AP_MAX_TOKENS];
-    int failed = 0;
+    size_t acts_bytes = 0;  /* one int8 scratch for every group that quantizes its x */
     for (int g = 0; g < n_groups; g++) {
+        kernels[g] = pick_gemv_kernel(&groups[g]);
+        if (act_int8 && kernels[g] == K_U8) acts_bytes += u8_acts_bytes(&groups[g], ENGINE_ACT_GROUP);
+    }
+    char *acts = acts_bytes ? aligned_alloc(64, acts_bytes) : NULL;
+    char *next_acts = acts;
+    int failed = acts_bytes && !acts;
+    for (int g = 0; g < n_groups && !failed; g++) {
         ap_gemv_args *a = &groups[g];
-        kernels[g] = pick_gemv_kernel(a);
         const int order = x_order(kernels[g], a);
         int64_t kpad = 0;
         bufs[g] = prepare_x(a->x, a->tokens, a->xstride, a->in_features, a->words, order, &kpad);
         failed |= !bufs[g];
         a->x = bufs[g];
         a->xstride = kpad;
+        if (bufs[g] && act_int8 && kernels[g] == K_U8) {
+            u8_acts_int8(a, ENGINE_ACT_GROUP, next_acts);
+            next_acts += u8_acts_bytes(a, ENGINE_ACT_GROUP);
+        }
         if (bufs[g] && kernels[g] == K_U8) {
             ap_u8_x_sums(a, sums[g]);
             a->x_sum = sums[g];
@@ -235,6 +290,7 @@ static int run_gemv_groups(ap_gemv_args *groups, int n_groups, int nthreads) {
         }
     }
     for (int g = 0; g < n_groups; g++) free(bufs[g]);
+    free(acts);
     return failed ? -1 : 0;
 }
 
@@ -295,10 +351,10 @@ int ap_run_int8_gemv(const ap_int8_gemv_args *a, int act_int8, int nthreads) {
     return run_int8_gemv(a, act_int8, nthreads);
 }
 
-int ap_run_gemv_groups(ap_gemv_args *groups, int n_groups, int nthreads) {
+int ap_run_gemv_groups(ap_gemv_args *groups, int n_groups, int nthreads, int act_int8) {
     if (n_groups < 1 || n_groups > AP_ENGINE_MAX_GROUPS) return -2;
-    if (n_groups == 1) return run_gemv(groups, groups->x, groups->xstride, nthreads);
-    return run_gemv_groups(groups, n_groups, nthreads);
+    if (n_groups == 1) return run_gemv(groups, groups->x, groups->xstride, nthreads, act_int8);
+    return run_gemv_groups(groups, n_groups, nthreads, act_int8);
 }
 
 void ap_run_half_gemv(const ap_half_gemv_args *a, int nthreads) { run_half_gemv(a, nthreads); }
@@ -360,7 +416,7 @@ static PyObject *py_gemv(PyObject *self, PyObject *const *args, Py_ssize_t nargs
                       v[14] != 0, (const float *)(intptr_t)v[14], (const float *)(intptr_t)v[15]};
     int rc;
     Py_BEGIN_ALLOW_THREADS
-    rc = run_gemv(&a, (const float *)(intptr_t)v[8], v[10], (int)v[13]);
+    rc = run_gemv(&a, (const float *)(intptr_t)v[8], v[10], (int)v[13], 0);
     Py_END_ALLOW_THREADS
     if (rc) return PyErr_NoMemory();
     Py_RETURN_NONE;
@@ -442,35 +498,19 @@ static PyObject *py_int8_gemv(PyObject *self, PyObject *const *args, Py_ssize_t 
 }
 
 #if defined(__x86_64__)
-/* Expands one scale per `group` columns [T, ceil(kpad / group)] to one per 32-column block. */
-static void block_scales(const float *gs, int tokens, int64_t blocks, int64_t group, float *sx) {
-    const int64_t groups = (blocks * 32 + group - 1) / group;
-    for (int t = 0; t < tokens; t++)
-        for (int64_t b = 0; b < blocks; b++) sx[t * blocks + b] = gs[t * groups + b * 32 / group];
-}
 
 /* uint8-LUT mat-vec on the AVX2 kernel; act_group > 0: activations quantized to int8 with
  * one scale per act_group columns (a multiple of 32, or >= in_features: one per token).
  * Returns 0 or -1 (out of memory). */
 static int run_gemv_u8(ap_gemv_args *a, const float *x, int64_t xstride, int64_t act_group, int nthreads) {
-    const int T = a->tokens;
-    const int64_t blocks = a->words, k8 = 32 * blocks, groups = (k8 + act_group - 1) / (act_group ? act_group : 1);
     int64_t kpad = 0;
-    float *buf = prepare_x(x, T, xstride, a->in_features, a->words, AP_X_NATURAL, &kpad);
-    int8_t *x8 = act_group > 0 ? aligned_alloc(64, (size_t)(T * k8)) : NULL;
-    float *gs = act_group > 0 ? malloc(sizeof(float) * (size_t)(T * groups)) : NULL;
-    float *sx = act_group > 0 ? malloc(sizeof(float) * (size_t)(T * blocks)) : NULL;
-    const int failed = !buf || (act_group > 0 && (!x8 || !gs || !sx));
+    float *buf = prepare_x(x, a->tokens, xstride, a->in_features, a->words, AP_X_NATURAL, &kpad);
+    char *acts = act_group > 0 ? aligned_alloc(64, u8_acts_bytes(a, act_group)) : NULL;
+    const int failed = !buf || (act_group > 0 && !acts);
     if (!failed) {
         a->x = buf;
         a->xstride = kpad;
-        if (act_group > 0) {
-            ap_quantize_acts_int8_groups(buf, kpad, T, a->in_features, act_group, x8, k8, gs, groups);
-            block_scales(gs, T, blocks, act_group, sx);
-            a->x8 = x8;
-            a->x8_scale = sx;
-            a->x8stride = k8;
-        }
+        if (act_group > 0) u8_acts_int8(a, act_group, acts);
         float sums[AP_MAX_TOKENS];
         ap_u8_x_sums(a, sums);  /* once per call, not per row */
         a->x_sum = sums;
@@ -482,9 +522,7 @@ static int run_gemv_u8(ap_gemv_args *a, const float *x, int64_t xstride, int64_t
         }
     }
     free(buf);
-    free(x8);
-    free(gs);
-    free(sx);
+    free(acts);
     return failed ? -1 : 0;
 }
 #endif
