@@ -105,20 +105,25 @@ INLINE void avx2_rows_nibble(const ap_gemv_args *a, int64_t row0, int64_t row1, 
     }
 }
 
+/* Float LUT row n (fp16 widened exactly, or fp32) into lut[0, max(2**bits, 16)), 32-byte aligned. */
+INLINE void f32_lut_row(const void *src_lut, int lut_f16, int64_t n, int bits, float *lut) {
+    const int size = 1 << bits;
+    if (lut_f16) {
+        const uint16_t *src = (const uint16_t *)src_lut + n * size;
+        int i = 0;
+        for (; i + 8 <= size; i += 8) _mm256_store_ps(lut + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + i))));
+        for (; i < size; i++) lut[i] = ap_half_to_float(src[i]);
+    } else {
+        const float *src = (const float *)src_lut + n * size;
+        for (int i = 0; i < size; i++) lut[i] = src[i];
+    }
+    for (int i = size; i < 16; i++) lut[i] = 0.0f;  /* the 8-lane tables read 16 entries */
+}
+
 INLINE void avx2_rows_impl(const ap_gemv_args *a, int64_t row0, int64_t row1, int bits, int T) {
     float lut[1 << AP_MAX_BITS] __attribute__((aligned(32)));
-    const int size = 1 << bits;
     for (int64_t n = row0; n < row1; n++) {
-        if (a->lut_f16) {
-            const uint16_t *src = (const uint16_t *)a->lut + n * size;
-            int i = 0;
-            for (; i + 8 <= size; i += 8) _mm256_store_ps(lut + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + i))));
-            for (; i < size; i++) lut[i] = ap_half_to_float(src[i]);
-        } else {
-            const float *src = (const float *)a->lut + n * size;
-            for (int i = 0; i < size; i++) lut[i] = src[i];
-        }
-        for (int i = size; i < 16; i++) lut[i] = 0.0f;  /* the 8-lane tables read 16 entries */
+        f32_lut_row(a->lut, a->lut_f16, n, bits, lut);
         const __m256 lo = _mm256_load_ps(lut), hi = _mm256_load_ps(lut + 8);
         const uint32_t *src[AP_MAX_BITS];
         for (int p = 0; p < bits; p++) src[p] = a->planes + p * a->plane_stride + n * a->words;
@@ -167,6 +172,98 @@ int ap_avx2_x_order(const ap_gemv_args *a) { return NIBBLE(a->bits, a) ? AP_X_NA
 
 void ap_gemv_rows_avx2(const ap_gemv_args *a, int64_t row0, int64_t row1) {
     ap_gemv_token_groups(a, row0, row1, AVX2_TABLE[a->bits - 1]);
+}
+
+/* ---- dequantize (the tile GEMM's blocks): natural column order, fp32 or bf16 rows ----
+ * uint8 LUTs: q looked up with `vpshufb` (u8_lookup32), widened, then lo + scale * q as a
+ * rounded multiply and a rounded add (the scheme's ops: bit-equal to the portable kernel).
+ * fp16 LUTs at 5..8 bits: the decode kernel's nibble path. Otherwise the row's fp32 LUT by
+ * `vpermps` (<= 4 bits) or a gather (fp32 LUT, 5..8 bits). */
+
+/* 8 fp32 values to out + k as fp32, or bf16 rounded to nearest even (ap_float_to_bf16). */
+INLINE void store8(void *out, int64_t k, __m256 v, int bf16) {
+    if (!bf16) {
+        _mm256_storeu_ps((float *)out + k, v);
+        return;
+    }
+    const __m256i u = _mm256_castps_si256(v), hi = _mm256_srli_epi32(u, 16);
+    const __m256i even = _mm256_and_si256(hi, _mm256_set1_epi32(1));
+    const __m256i r = _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_add_epi32(_mm256_set1_epi32(0x7fff), even)), 16);
+    const __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, _mm256_set1_epi32(0x7fffffff)), _mm256_set1_epi32(0x7f800000));
+    const __m256i h = _mm256_blendv_epi8(r, _mm256_or_si256(hi, _mm256_set1_epi32(0x40)), nan);  /* nan: quietened */
+    const __m256i p = _mm256_permute4x64_epi64(_mm256_packus_epi32(h, h), 0x08);  /* 8 halves in the low lane */
+    _mm_storeu_si128((__m128i *)((uint16_t *)out + k), _mm256_castsi256_si128(p));
+}
+
+/* Columns k0..k0+cols-1 (cols <= 32) of v[4] (columns 8j..8j+7 in v[j]) to out. */
+INLINE void store32(void *out, int64_t k0, int64_t cols, const __m256 v[4], int bf16) {
+    if (cols == 32) {
+        for (int j = 0; j < 4; j++) store8(out, k0 + 8 * j, v[j], bf16);
+        return;
+    }
+    float tmp[32];
+    for (int j = 0; j < 4; j++) _mm256_storeu_ps(tmp + 8 * j, v[j]);
+    for (int64_t i = 0; i < cols; i++) {
+        if (bf16) ((uint16_t *)out)[k0 + i] = ap_float_to_bf16(tmp[i]);
+        else ((float *)out)[k0 + i] = tmp[i];
+    }
+}
+
+/* fp32 LUT values of 32 byte codes (natural order), columns 8j..8j+7 in v[j]. */
+INLINE void f32_values32(__m256i codes, const float *lut, __m256 lo, __m256 hi, int bits, __m256 v[4]) {
+    const __m128i c0 = _mm256_castsi256_si128(codes), c1 = _mm256_extracti128_si256(codes, 1);
+    v[0] = lookup8(_mm256_cvtepu8_epi32(c0), lut, lo, hi, bits);
+    v[1] = lookup8(_mm256_cvtepu8_epi32(_mm_srli_si128(c0, 8)), lut, lo, hi, bits);
+    v[2] = lookup8(_mm256_cvtepu8_epi32(c1), lut, lo, hi, bits);
+    v[3] = lookup8(_mm256_cvtepu8_epi32(_mm_srli_si128(c1, 8)), lut, lo, hi, bits);
+}
+
+INLINE void dequant_row(const ap_dequant_args *a, int64_t n, void *out, int bits) {
+    const uint32_t *src[AP_MAX_BITS];
+    for (int p = 0; p < bits; p++) src[p] = a->planes + p * a->plane_stride + n * a->words;
+    const int64_t K = a->in_features;
+    __m256 v[4];
+    if (a->lut_u8) {
+        __m256i tabs[1 << (AP_MAX_BITS - 4)];
+        u8_tables((const uint8_t *)a->lut + (n << bits), bits, tabs);
+        const __m256 lo = _mm256_set1_ps(a->lut_lo[n]), scale = _mm256_set1_ps(a->lut_scale[n]);
+        for (int64_t w = 0; w < a->words; w++) {
+            u8_widen(u8_lookup32(src, w, tabs, bits), v);
+            for (int j = 0; j < 4; j++) v[j] = _mm256_add_ps(lo, _mm256_mul_ps(scale, v[j]));
+            store32(out, 32 * w, K - 32 * w < 32 ? K - 32 * w : 32, v, a->out_bf16);
+        }
+    } else if (NIBBLE(bits, a)) {
+        __m256i tabs[2 << (AP_MAX_BITS - 4)];
+        nibble_tables((const uint16_t *)a->lut + (n << bits), bits >= 5 ? bits : 5, tabs);
+        for (int64_t w = 0; w < a->words; w++) {
+            nibble_lookup32(byte_codes32(src, w, bits), tabs, bits >= 5 ? bits : 5, v);
+            store32(out, 32 * w, K - 32 * w < 32 ? K - 32 * w : 32, v, a->out_bf16);
+        }
+    } else {
+        float lut[1 << AP_MAX_BITS] __attribute__((aligned(32)));
+        f32_lut_row(a->lut, a->lut_f16, n, bits, lut);
+        const __m256 lo = _mm256_load_ps(lut), hi = _mm256_load_ps(lut + 8);
+        for (int64_t w = 0; w < a->words; w++) {
+            f32_values32(byte_codes32(src, w, bits), lut, lo, hi, bits, v);
+            store32(out, 32 * w, K - 32 * w < 32 ? K - 32 * w : 32, v, a->out_bf16);
+        }
+    }
+}
+
+/* bits as a constant, so the per-width lookups unroll */
+#define DEQ_VARIANT(B)                                                                             \
+    AVX2 static void deq_b##B(const ap_dequant_args *a, int64_t r0, int64_t r1, int64_t o) {      \
+        const size_t esize = a->out_bf16 ? 2 : 4;                                                  \
+        for (int64_t n = r0; n < r1; n++)                                                          \
+            dequant_row(a, n, (char *)a->out + (size_t)((n - o) * a->in_features) * esize, B);     \
+    }
+DEQ_VARIANT(1) DEQ_VARIANT(2) DEQ_VARIANT(3) DEQ_VARIANT(4) DEQ_VARIANT(5) DEQ_VARIANT(6) DEQ_VARIANT(7) DEQ_VARIANT(8)
+
+typedef void (*deq_fn)(const ap_dequant_args *, int64_t, int64_t, int64_t);
+static const deq_fn DEQ_TABLE[AP_MAX_BITS] = {deq_b1, deq_b2, deq_b3, deq_b4, deq_b5, deq_b6, deq_b7, deq_b8};
+
+void ap_dequant_rows_avx2(const ap_dequant_args *a, int64_t row0, int64_t row1, int64_t out_row0) {
+    DEQ_TABLE[a->bits - 1](a, row0, row1, out_row0);
 }
 
 #endif /* __x86_64__ */

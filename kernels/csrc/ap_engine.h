@@ -64,11 +64,11 @@ typedef struct {
 enum { AP_T_NORM, AP_T_QKV, AP_T_ATTN, AP_T_O, AP_T_MLP_UP, AP_T_MLP_DOWN, AP_T_HEAD, AP_T_COUNT };
 
 /* Rows at one bit-width from which a layer call uses the tile GEMM (ap_tiles.h) instead of
- * the mat-vec kernels, measured on AVX2 (docs/ENGINE.md, "Prefill by tiles"): at 4..8 bits
- * a 128-row prefill chunk is 1.1-2.2x faster by tiles; at 1..3 bits the mat-vec kernels'
- * register lookups stay cheaper than dequantizing, so the tiles start above a chunk. */
+ * the mat-vec kernels, measured on AVX2 (docs/ENGINE.md, "AVX2 dequantizer on the lookup
+ * path"): with the vpshufb dequantizer, 32- and 64-row prompts at 3 and 4 bits are
+ * 1.6-2.4x faster by tiles, so 3 bits no longer needs a higher threshold. */
 #define AP_TILE_ROWS 64
-#define AP_TILE_ROWS_LOW_BITS 256 /* bit-widths <= 3 */
+#define AP_TILE_ROWS_LOW_BITS 64 /* bit-widths <= 3 */
 
 /* Rows without a plan must be sorted by bits (rows of equal bits contiguous); rows with a
  * plan may come in any order (each module call groups them by its width). logits: float32

@@ -21,38 +21,8 @@
  */
 #if defined(__x86_64__)
 #include <immintrin.h>
-#include <string.h>
 #include "ap_kernels.h"
 #include "ap_avx2_codes.h"
-
-/* The row's q[0, 2**bits) as 16-entry byte tables, each broadcast to both lanes (entries
- * past 2**bits read as 0: codes never reach them). */
-INLINE void u8_tables(const uint8_t *q, int bits, __m256i *tabs) {
-    if (bits < 4) {
-        uint8_t t[16] = {0};
-        memcpy(t, q, (size_t)1 << bits);
-        tabs[0] = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)t));
-        return;
-    }
-    for (int h = 0; h < 1 << (bits - 4); h++)
-        tabs[h] = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(q + 16 * h)));
-}
-
-/* q of the 32 columns of word w (byte k = column k). The low 4 code bits (the last 4
- * planes) index the tables; each upper code bit's plane mask is itself the blend mask
- * of one tree level, so those planes are never folded into codes. */
-INLINE __m256i u8_lookup32(const uint32_t *const src[], int64_t w, const __m256i *tabs, int bits) {
-    if (bits <= 4) return _mm256_shuffle_epi8(tabs[0], byte_codes32(src, w, bits));  /* codes < 16 */
-    const __m256i lo = byte_codes32(src + bits - 4, w, 4);
-    __m256i cand[1 << (AP_MAX_BITS - 4)];  /* candidates, halved per tree level */
-    int n = 1 << (bits - 4);
-    for (int h = 0; h < n; h++) cand[h] = _mm256_shuffle_epi8(tabs[h], lo);
-    for (int bit = 4; bit < bits; bit++, n /= 2) {  /* code bit `bit` lives in plane bits - 1 - bit */
-        const __m256i sel = plane_mask32(src[bits - 1 - bit], w);
-        for (int h = 0; h < n / 2; h++) cand[h] = _mm256_blendv_epi8(cand[2 * h], cand[2 * h + 1], sel);
-    }
-    return cand[0];
-}
 
 INLINE float hsum_ps(__m256 v) {
     const __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -67,12 +37,8 @@ INLINE void dot_f32(const ap_gemv_args *a, const uint32_t *const src[], const __
     for (int t = 0; t < T; t++)
         for (int j = 0; j < 4; j++) acc[t][j] = _mm256_setzero_ps();
     for (int64_t w = 0; w < a->words; w++) {
-        const __m256i q = u8_lookup32(src, w, tabs, bits);
-        const __m128i q0 = _mm256_castsi256_si128(q), q1 = _mm256_extracti128_si256(q, 1);
-        const __m256 wv[4] = {_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(q0)),
-                              _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(q0, 8))),
-                              _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(q1)),
-                              _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(q1, 8)))};
+        __m256 wv[4];
+        u8_widen(u8_lookup32(src, w, tabs, bits), wv);
         for (int t = 0; t < T; t++) {
             const float *x = a->x + t * a->xstride + 32 * w;
             for (int j = 0; j < 4; j++) acc[t][j] = _mm256_fmadd_ps(wv[j], _mm256_loadu_ps(x + 8 * j), acc[t][j]);

@@ -1,5 +1,5 @@
-/* Portable scalar kernels, compiled twice: plain C and with AVX2/FMA enabled (the
- * compiler vectorises the column loop). They are the fallback of the runtime dispatch. */
+/* Portable scalar kernels: the fallback of the runtime dispatch (AVX2: ap_avx2.c,
+ * ap_lut8_avx2.c). */
 #include <string.h>
 #include "ap_kernels.h"
 
@@ -104,10 +104,7 @@ static inline unsigned code_at(const uint32_t *row_words[], int bits, int64_t w,
     }
 
 DEFINE_PORTABLE_GEMV(portable, )
-DEFINE_PORTABLE_DEQUANT(portable, )
-#if defined(__x86_64__)
-DEFINE_PORTABLE_DEQUANT(avx2, __attribute__((target("avx2,fma"))))  /* gemv: ap_avx2.c */
-#endif
+DEFINE_PORTABLE_DEQUANT(portable, )  /* AVX2: ap_avx2.c */
 
 /* XOR of all 64-bit words of [data, data + n_words): a pure streaming read for measuring
  * memory bandwidth (the compiler vectorises it; 4 accumulators hide the latency). */
