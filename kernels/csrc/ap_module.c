@@ -294,15 +294,20 @@ static int run_gemv_groups(ap_gemv_args *groups, int n_groups, int nthreads, int
     return failed ? -1 : 0;
 }
 
-static void run_dequant(const ap_dequant_args *a, int64_t row0, int64_t row1, int nthreads) {
+/* The one place a dequantize call picks its kernel (uint8 LUTs: the AVX2 build on AVX-512 CPUs too). */
+static ap_dequant_fn pick_dequant(const ap_dequant_args *a) {
     const int isa = current_isa();
+    if (isa == ISA_AVX512 && !a->lut_u8) return ap_dequant_rows_avx512;
+    return isa == ISA_PORTABLE ? ap_dequant_rows_portable : ap_dequant_rows_avx2;
+}
+
+static void run_dequant(const ap_dequant_args *a, int64_t row0, int64_t row1, int nthreads) {
+    const ap_dequant_fn dq = pick_dequant(a);
     const int64_t blocks = (row1 - row0 + ROW_BLOCK - 1) / ROW_BLOCK;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads) if (nthreads > 1)
     for (int64_t blk = 0; blk < blocks; blk++) {
         const int64_t r0 = row0 + blk * ROW_BLOCK, r1 = r0 + ROW_BLOCK < row1 ? r0 + ROW_BLOCK : row1;
-        if (isa == ISA_AVX512 && !a->lut_u8) ap_dequant_rows_avx512(a, r0, r1, row0);
-        else if (isa != ISA_PORTABLE) ap_dequant_rows_avx2(a, r0, r1, row0);  /* uint8 LUTs: the AVX2 build */
-        else ap_dequant_rows_portable(a, r0, r1, row0);
+        dq(a, r0, r1, row0);
     }
 }
 
@@ -359,11 +364,10 @@ int ap_run_gemv_groups(ap_gemv_args *groups, int n_groups, int nthreads, int act
 
 void ap_run_half_gemv(const ap_half_gemv_args *a, int nthreads) { run_half_gemv(a, nthreads); }
 
+/* Every group of one call is one layer's: the same LUT kind, so one dequantizer serves them. */
 int ap_run_tile_gemm(const ap_tile_group *groups, int n_groups, int nthreads) {
-    const int isa = current_isa();
-    const ap_dequant_fn dq = isa == ISA_AVX512 ? ap_dequant_rows_avx512
-                             : isa == ISA_AVX2 ? ap_dequant_rows_avx2 : ap_dequant_rows_portable;
-    return ap_tile_gemm(groups, n_groups, dq, isa != ISA_PORTABLE, nthreads);
+    if (n_groups < 1) return 0;
+    return ap_tile_gemm(groups, n_groups, pick_dequant(&groups[0].w), current_isa() != ISA_PORTABLE, nthreads);
 }
 
 static int parse_ints(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t want, int64_t *out, const char *name) {
