@@ -202,7 +202,7 @@ def run_decode(args: argparse.Namespace) -> int:
             raise SystemExit("error: --vs llamacpp compares the native engine; add --engine native")
         plans = [b for b in map(parse_precision, args.bits) if type(b) is not int]
         if plans:
-            raise UsageError(f"--bits {' '.join(map(str, plans))}: the native engine runs integer bit-widths only; "
+            raise UsageError(f"--bits {' '.join(map(str, plans))}: native decode timing takes integer bit-widths only; "
                              "time precision plans with --engine transformers (the default)")
         args.bits = [int(b) for b in args.bits]
         result = run_engine_decode(args)
@@ -245,7 +245,7 @@ def _add_decode(sub: argparse._SubParsersAction) -> None:
     p.add_argument("dir", help="packed artifact directory")
     p.add_argument("--bits", nargs="+", default=list(DEFAULT_BITS),
                    help="bit-widths; 4.5, a stored plan's name or a plan JSON file times a precision plan "
-                        "(transformers engine)")
+                        "(transformers engine; the native engine runs plans in `anyprec serve` and the Python API)")
     p.add_argument("--tokens", type=int, default=DEFAULTS.decode_tokens, help="new tokens per generate call")
     p.add_argument("--json", help="write the rows to this JSON file")
     p.add_argument("--threads", type=int, default=DEFAULTS.threads or 0)

@@ -50,7 +50,7 @@ def test_decode_bench_rows(tiny_artifact: Path, tmp_path: Path) -> None:
 def test_native_decode_bench_refuses_a_plan_clearly(tiny_artifact: Path) -> None:
     from anyprec.errors import PrecisionError, UsageError
 
-    with pytest.raises(UsageError, match="native engine runs integer bit-widths only"):
+    with pytest.raises(UsageError, match="native decode timing takes integer bit-widths only"):
         main(["decode", str(tiny_artifact), "--bits", "4", "4.5", "--engine", "native"])
     with pytest.raises(PrecisionError, match="--bits 9: outside 3..8"):
         main(["decode", str(tiny_artifact), "--bits", "4", "9"])
