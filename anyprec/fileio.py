@@ -80,6 +80,20 @@ def save_tensors_atomic(tensors: dict[str, Any], path: str | Path, metadata: dic
         save_tensors(tensors, part, metadata)
 
 
+def saved_key(path: str | Path) -> str | None:
+    """The metadata "key" a safetensors file was saved with (the inputs it was computed for), or
+    None when the file is absent or unreadable: a torn or foreign file counts as not done."""
+    from safetensors import safe_open
+
+    if not Path(path).is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return (handle.metadata() or {}).get("key")
+    except Exception:
+        return None
+
+
 def make_temp_dir(target: Path, kind: str = "tmp") -> Path:
     """A new marked folder `.NAME.KIND-XXXXXXXX` beside `target`, made with the umask's mode."""
     path = target.parent / f".{target.name}.{kind}-{uuid.uuid4().hex[:8]}"

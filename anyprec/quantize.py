@@ -17,14 +17,13 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from safetensors import safe_open
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from anyprec.config import CalibrationConfig, QuantizationConfig
 from anyprec.env import cache_dir
 from anyprec.errors import OutputError, UsageError
-from anyprec.fileio import apply_umask, atomic_path, save_tensors_atomic, write_json_atomic
+from anyprec.fileio import apply_umask, atomic_path, save_tensors_atomic, saved_key, write_json_atomic
 from anyprec.sensitivity import LAYER_FILE, LAYER_GLOB
 
 log = logging.getLogger(__name__)
@@ -38,17 +37,6 @@ MODULE_OBJECTIVE_FILE = "objective_modules.json"
 
 def _read_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))
-
-
-def _done_key(path: Path) -> str | None:
-    """The input key a finished layer file was written for (None if absent or unreadable)."""
-    if not path.is_file():
-        return None
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            return (fh.metadata() or {}).get("key")
-    except Exception:  # a torn or foreign file counts as not done: it is rewritten
-        return None
 
 
 def _key(*parts: str) -> str:
@@ -198,7 +186,7 @@ def _per_layer(
     source = ModelWeights(model_ref)
     groups = source.groups
     wanted = range(len(groups)) if layers is None else _check_layers(layers, len(groups))
-    todo = [i for i in wanted if _done_key(out_dir / LAYER_FILE.format(i)) != key]
+    todo = [i for i in wanted if saved_key(out_dir / LAYER_FILE.format(i)) != key]
     if len(todo) < len(wanted):
         log.info("%s: %d of %d layers already done in %s, resuming", desc, len(wanted) - len(todo), len(wanted), out_dir)
     for index in tqdm(todo, desc=desc, unit="layer", disable=not progress):

@@ -25,7 +25,7 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from anyprec.fileio import save_tensors_atomic, write_json_atomic
+from anyprec.fileio import save_tensors_atomic, saved_key, write_json_atomic
 from anyprec import sensitivity
 from anyprec.sensitivity import LAYER_FILE, Checkpoint, layer_of, save_sensitivity
 
@@ -108,7 +108,7 @@ def reduce_shards(out_dir: str | Path, shards: int, key: str) -> list[str]:
     names = json.loads((folders[0] / SHARD_DONE).read_text(encoding="utf-8"))["modules"]
     for layer in sorted({layer_of(n) for n in names}):
         target = out_dir / LAYER_FILE.format(layer)
-        if _file_key(target) != key:
+        if saved_key(target) != key:
             total = _sum_layer([f / LAYER_FILE.format(layer) for f in folders])
             # one metadata entry: safetensors writes a map's entries in a per-process order
             save_tensors_atomic(total, target, metadata={"key": key})
@@ -126,16 +126,6 @@ def _sum_layer(paths: list[Path]) -> dict[str, torch.Tensor]:
                 part = handle.get_tensor(name)
                 total.setdefault(name, torch.zeros_like(part)).add_(part)
     return total
-
-
-def _file_key(path: Path) -> str | None:
-    if not path.is_file():
-        return None
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            return (handle.metadata() or {}).get("key")
-    except Exception:  # a torn file counts as not reduced: it is rewritten
-        return None
 
 
 def remove_shards(out_dir: str | Path, shards: int) -> None:
