@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import socket
+import threading
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -45,10 +46,11 @@ def apply_umask(path: str | Path) -> None:
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """A temp path next to `path` for any writer; renamed onto `path` when the block succeeds,
-    removed when it raises, so `path` is never seen half-written."""
+    removed when it raises, so `path` is never seen half-written. The temp name is the writer's
+    own (process and thread): two threads writing one file each rename a whole file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    part = path.with_name(f"{path.name}.part-{os.getpid()}")
+    part = path.with_name(f"{path.name}.part-{os.getpid()}-{threading.get_ident()}")
     try:
         yield part
         os.replace(part, path)

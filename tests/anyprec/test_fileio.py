@@ -32,3 +32,30 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path):
         raise RuntimeError("killed mid-write")
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["t.txt"]
+
+
+def test_threads_writing_one_file_each_rename_a_whole_file(tmp_path):
+    """Mapped tasks of the thread runner write shared cache files at once; each writer needs
+    its own temp name, or one rename finds the other's temp file gone."""
+    import threading
+
+    target = tmp_path / "shared.json"
+    inside = threading.Barrier(2)
+    errors = []
+
+    def write(value: int) -> None:
+        try:
+            with atomic_path(target) as part:
+                part.write_text(str(value))
+                inside.wait(timeout=10)  # both writers hold their temp file at once
+        except Exception as exc:  # collected: an exception in a thread does not fail the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(v,)) for v in (1, 2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert target.read_text() in {"1", "2"}
+    assert list(tmp_path.iterdir()) == [target]
