@@ -74,15 +74,20 @@ typedef struct {
 typedef void (*ap_gemv_fn)(const ap_gemv_args *a, int64_t row0, int64_t row1);
 
 /* Runs by_tokens[T - 1] (variants compiled for 1..4 tokens, whose accumulators stay in
- * registers) over the tokens of `a` in groups of up to 4; each group re-reads the rows'
- * planes, which the first group left in cache. */
+ * registers) over the tokens of `a` in groups of up to 4 (x, x8 and its scales, x_sum and y
+ * offset per group); each group re-reads the rows' planes, which the first group left in cache. */
 static inline void ap_gemv_token_groups(const ap_gemv_args *a, int64_t row0, int64_t row1,
                                         const ap_gemv_fn by_tokens[4]) {
     for (int t0 = 0; t0 < a->tokens; t0 += 4) {
         ap_gemv_args g = *a;
         g.tokens = a->tokens - t0 < 4 ? a->tokens - t0 : 4;
-        g.x = a->x + t0 * a->xstride;
         g.y = a->y + t0 * a->ystride;
+        if (a->x) g.x = a->x + t0 * a->xstride;
+        if (a->x8) {  /* int8 activations and their per-32-column scales */
+            g.x8 = a->x8 + t0 * a->x8stride;
+            g.x8_scale = a->x8_scale + t0 * (a->x8stride / 32);
+        }
+        if (a->x_sum) g.x_sum = a->x_sum + t0;
         by_tokens[g.tokens - 1](&g, row0, row1);
     }
 }

@@ -112,21 +112,8 @@ U8_ALL_T(1) U8_ALL_T(2) U8_ALL_T(3) U8_ALL_T(4) U8_ALL_T(5) U8_ALL_T(6) U8_ALL_T
 static const ap_gemv_fn U8_TABLE[AP_MAX_BITS][4] = {U8_ROW(1), U8_ROW(2), U8_ROW(3), U8_ROW(4),
                                                  U8_ROW(5), U8_ROW(6), U8_ROW(7), U8_ROW(8)};
 
-/* Tokens in groups of up to 4, each group's x, x8, scales, sums and y offset (the planes
- * of these rows are in cache after the first group). */
 void ap_gemv_rows_avx2_u8(const ap_gemv_args *a, int64_t row0, int64_t row1) {
-    for (int t0 = 0; t0 < a->tokens; t0 += 4) {
-        ap_gemv_args g = *a;
-        g.tokens = a->tokens - t0 < 4 ? a->tokens - t0 : 4;
-        g.y = a->y + t0 * a->ystride;
-        if (a->x) g.x = a->x + t0 * a->xstride;
-        if (a->x8) {
-            g.x8 = a->x8 + t0 * a->x8stride;
-            g.x8_scale = a->x8_scale + t0 * (a->x8stride / 32);
-        }
-        if (a->x_sum) g.x_sum = a->x_sum + t0;
-        U8_TABLE[a->bits - 1][g.tokens - 1](&g, row0, row1);
-    }
+    ap_gemv_token_groups(a, row0, row1, U8_TABLE[a->bits - 1]);
 }
 
 #endif /* __x86_64__ */
