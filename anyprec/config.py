@@ -215,6 +215,8 @@ class ServingConfig(_Strict):
     max_queue: int = Field(256, ge=1, description="requests waiting for a slot before new ones get 429")
     default_max_tokens: int = Field(128, ge=1, description="max_tokens when the request gives none")
     max_tokens_limit: int = Field(2048, ge=1, description="largest max_tokens a request may ask for")
+    acts: str | None = Field(None, description="native engine activations on uint8 LUTs, fp32 | int8 "
+                             "(anyprec.engine.native.ACT_MODES; None: the engine's default, fp32)")
     auto: RouterConfig = RouterConfig()
 
 

@@ -319,7 +319,7 @@ def create_app(artifact_dir: str | Path | None = None, *, apm: AnyPrecisionModel
             raise ValueError("create_app needs an artifact directory or a loaded model (apm=)")
         apm = load_anyprec(artifact_dir)
     cfg = serving or ServingConfig()
-    state = ServerState(apm, cfg, make_engine(apm, engine, cfg.max_batch), name or model_name(apm), artifact_dir)
+    state = ServerState(apm, cfg, make_engine(apm, engine, cfg.max_batch, cfg.acts), name or model_name(apm), artifact_dir)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from anyprec.engine.native import ACT_MODES
+
 LOOPBACK = "127.0.0.1"
 
 
@@ -20,7 +22,7 @@ def serving_config(params: str | Path | None):
 
 def serve(artifact_dir: str | Path, host: str = LOOPBACK, port: int = 8000, engine: str = "auto",
           params: str | Path | None = None, name: str | None = None, max_batch: int | None = None,
-          log_level: str = "info") -> None:
+          log_level: str = "info", acts: str | None = None) -> None:
     """Load the artifact and serve it until interrupted (binds loopback unless `host` says otherwise)."""
     import uvicorn
 
@@ -29,6 +31,8 @@ def serve(artifact_dir: str | Path, host: str = LOOPBACK, port: int = 8000, engi
     cfg = serving_config(params)
     if max_batch is not None:
         cfg = cfg.model_copy(update={"max_batch": max_batch})
+    if acts is not None:
+        cfg = cfg.model_copy(update={"acts": acts})
     app = create_app(artifact_dir, serving=cfg, engine=engine, name=name)
     uvicorn.run(app, host=host, port=port, log_level=log_level)
 
@@ -41,7 +45,7 @@ def _port(text: str) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    serve(args.dir, args.host, args.port, args.engine, args.params, args.name, args.max_batch)
+    serve(args.dir, args.host, args.port, args.engine, args.params, args.name, args.max_batch, acts=args.acts)
     return 0
 
 
@@ -56,6 +60,9 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     p.add_argument("--params", default=None, help="params.yaml with a serving: section (default ./params.yaml)")
     p.add_argument("--name", default=None, help="served model name (default: the base model's name)")
     p.add_argument("--max-batch", type=int, default=None, help="sequences decoded together (default serving.max_batch)")
+    p.add_argument("--acts", choices=ACT_MODES, default=None,
+                   help="native engine activations: fp32 (exact) or int8 (faster, see docs/ENGINE.md; "
+                        "default serving.acts, else fp32)")
     p.set_defaults(func=cmd_serve)
     return p
 

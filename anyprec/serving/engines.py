@@ -9,6 +9,7 @@ batch mixing plans and integer widths is one native step.
 from __future__ import annotations
 
 from anyprec.engine import DecodeEngine, open_engine
+from anyprec.engine.native import DEFAULT_ACTS
 from anyprec.plans import Plan
 from anyprec.runtime import AnyPrecisionModel
 
@@ -18,6 +19,8 @@ def is_plan(bits: int | float | Plan) -> bool:
     return isinstance(bits, Plan) or not float(bits).is_integer()
 
 
-def make_engine(apm: AnyPrecisionModel, kind: str = "auto", max_batch: int = 8) -> DecodeEngine:
-    """The decode engine behind the server (`open_engine(kind)`); it serves plans too."""
-    return open_engine(apm, kind=kind, max_batch=max_batch)
+def make_engine(apm: AnyPrecisionModel, kind: str = "auto", max_batch: int = 8,
+                acts: str | None = None) -> DecodeEngine:
+    """The decode engine behind the server (`open_engine(kind)`); it serves plans too.
+    acts: the native engine's activations (None: its default)."""
+    return open_engine(apm, kind=kind, max_batch=max_batch, acts=acts or DEFAULT_ACTS)

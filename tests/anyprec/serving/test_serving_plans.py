@@ -3,6 +3,8 @@ engine that runs plan rows on the transformers path next to native integer-width
 
 from __future__ import annotations
 
+import argparse
+
 import pytest
 import torch
 
@@ -83,3 +85,28 @@ def test_plan_rows_and_native_rows_share_a_step(chat_artifact):
     for s in slots:
         engine.release(s)
     assert not engine._slots
+
+
+def test_serving_acts_reach_the_native_engine(chat_artifact):
+    """serving.acts (or `anyprec serve --acts`) picks the native engine's activations; int8 gives
+    the same logits as an engine opened with acts='int8', and a bad value is refused by name."""
+    from anyprec.config import ServingConfig
+    from anyprec.engine.base import EngineError
+    from anyprec.serving import create_app
+    from anyprec.serving.cli import add_serve_parser
+
+    apm = load_anyprec(chat_artifact)
+    app = create_app(apm=apm, serving=ServingConfig(max_batch=2, acts="int8"))
+    engine = app.state.anyprec.engine
+    assert isinstance(engine, NativeEngine) and engine.acts == "int8"
+    prompt, tokens = [5, 17, 42], [9, 33]
+    torch.testing.assert_close(_alone(engine, prompt, 4, tokens),
+                               _alone(NativeEngine(apm, 1, acts="int8"), prompt, 4, tokens), rtol=0, atol=0)
+    assert make_engine(apm, "auto", 2).acts == "fp32"  # the default stays exact
+    with pytest.raises(EngineError, match="acts 'int4'"):
+        create_app(apm=apm, serving=ServingConfig(acts="int4"))
+    parser = argparse.ArgumentParser()
+    add_serve_parser(parser.add_subparsers())
+    assert parser.parse_args(["serve", "D", "--acts", "int8"]).acts == "int8"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["serve", "D", "--acts", "int4"])
