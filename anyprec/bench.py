@@ -195,16 +195,9 @@ def run_decode(args: argparse.Namespace) -> int:
 
     if args.engine == "native" or args.vs:
         from anyprec.bench_engine import run_engine_decode
-        from anyprec.errors import UsageError
-        from anyprec.precision import parse_precision
 
         if args.engine != "native":
             raise SystemExit("error: --vs llamacpp compares the native engine; add --engine native")
-        plans = [b for b in map(parse_precision, args.bits) if type(b) is not int]
-        if plans:
-            raise UsageError(f"--bits {' '.join(map(str, plans))}: native decode timing takes integer bit-widths only; "
-                             "time precision plans with --engine transformers (the default)")
-        args.bits = [int(b) for b in args.bits]
         result = run_engine_decode(args)
         _write_json(args.json, {"dir": str(args.dir), "threads": torch.get_num_threads(), **result})
         return 0
@@ -244,8 +237,8 @@ def _add_decode(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("decode", help="end-to-end generate tokens/s per bit-width vs the base model")
     p.add_argument("dir", help="packed artifact directory")
     p.add_argument("--bits", nargs="+", default=list(DEFAULT_BITS),
-                   help="bit-widths; 4.5, a stored plan's name or a plan JSON file times a precision plan "
-                        "(transformers engine; the native engine runs plans in `anyprec serve` and the Python API)")
+                   help="bit-widths; 4.5 times a precision plan (stored or computed), and so do, with the "
+                        "transformers engine, a stored plan's name or a plan JSON file")
     p.add_argument("--tokens", type=int, default=DEFAULTS.decode_tokens, help="new tokens per generate call")
     p.add_argument("--json", help="write the rows to this JSON file")
     p.add_argument("--threads", type=int, default=DEFAULTS.threads or 0)

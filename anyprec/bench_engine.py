@@ -191,15 +191,31 @@ def prompt_ids(tokenizer, n_tokens: int) -> list[int]:
     return ids[:n_tokens]
 
 
+def engine_precisions(values: Sequence[str | int | float], artifact_dir) -> list[int | float]:
+    """--bits of an engine bench as the engines take them: integer widths and averages such as
+    4.5 (each engine resolves an average to the artifact's stored plan or computes one)."""
+    from anyprec.errors import UsageError
+    from anyprec.precision import check_precisions
+
+    parsed = check_precisions(values, artifact_dir)  # a bad value fails before loading
+    names = [p for p in parsed if isinstance(p, str)]
+    if names:
+        raise UsageError(f"--bits {' '.join(names)}: the engine benches take bit-widths and averages (e.g. 4.5); "
+                         "time a named plan or a plan file with `anyprec bench decode DIR --engine transformers`")
+    return parsed
+
+
 def _load(args, kinds: Sequence[str]):
     """(apm, {kind: engine}) for the artifact in args.dir, threads set."""
     from anyprec.engine import open_engine
+    from anyprec.precision import loadable_bits
     from anyprec.runtime import load_anyprec
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    args.bits = engine_precisions(args.bits, args.dir)
     luts = "fp16" if args.head == "fp16" else "u8"  # an fp16 head exists only in an fp16 load
-    apm = load_anyprec(args.dir, sorted(set(args.bits)), luts=luts)
+    apm = load_anyprec(args.dir, loadable_bits(args.bits), luts=luts)
     acts = {k: args.acts if k == "native" else "fp32" for k in kinds}  # int8 activations: native only
     engines = {k: open_engine(apm, kind=k, max_batch=16, head=args.head, acts=acts[k]) for k in kinds}
     if getattr(args, "tile_rows", 0) and "native" in engines:
@@ -313,6 +329,7 @@ def run_batch(args) -> int:
 
     args.bits = args.batch_bits
     apm, engines = _load(args, [args.engine])
+    args.batch_bits = args.bits
     ids = prompt_ids(apm.tokenizer, args.prompt_tokens)
     result = measure_batch(engines[args.engine], args.batch_bits, ids, args.steps, args.repeats, args.clock)
     print(f"batch of {len(args.batch_bits)} at bits {args.batch_bits}: {result['total_tokens_per_s']:.1f} tok/s "
@@ -383,7 +400,7 @@ def add_engine_benches(sub) -> None:
     from anyprec.bench import DEFAULT_BITS
 
     p = _subparser(sub, "prefill", "prompt tok/s: native engine vs transformers", "write the rows to this JSON file")
-    p.add_argument("--bits", type=int, nargs="+", default=[3, 4, 8], choices=range(1, 9))
+    p.add_argument("--bits", nargs="+", default=[3, 4, 8], help="bit-widths and averages such as 4.5 (a plan)")
     p.add_argument("--engines", nargs="+", default=["native", "transformers"], choices=["native", "transformers"])
     p.add_argument("--prompt-tokens", type=int, default=128)
     p.add_argument("--repeats", type=int, default=5, help="interleaved rounds (median)")
@@ -392,8 +409,9 @@ def add_engine_benches(sub) -> None:
     p.set_defaults(func=run_prefill)
     p = _subparser(sub, "batch", "total tok/s of a mixed-precision batch vs one sequence",
                    "write the result to this JSON file")
-    p.add_argument("--batch-bits", type=int, nargs="+", default=[*DEFAULT_BITS, 3, 4], choices=range(1, 9),
-                   help="one bit-width per sequence (default: 8 sequences, 3..8 bits plus 3 and 4)")
+    p.add_argument("--batch-bits", nargs="+", default=[*DEFAULT_BITS, 3, 4],
+                   help="one precision per sequence, a bit-width or an average such as 4.5 (default: 8 "
+                        "sequences, 3..8 bits plus 3 and 4)")
     p.add_argument("--engine", choices=["native", "transformers"], default="native")
     p.add_argument("--steps", type=int, default=16, help="decode steps per round")
     p.add_argument("--prompt-tokens", type=int, default=16)

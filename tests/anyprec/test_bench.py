@@ -47,13 +47,12 @@ def test_decode_bench_rows(tiny_artifact: Path, tmp_path: Path) -> None:
         assert row["tokens"] == 4 and row["tokens_per_s"] > 0 and row["speedup_vs_base"] > 0
 
 
-def test_native_decode_bench_refuses_a_plan_clearly(tiny_artifact: Path) -> None:
-    from anyprec.errors import PrecisionError, UsageError
+def test_decode_bench_refuses_a_width_out_of_range(tiny_artifact: Path) -> None:
+    from anyprec.errors import PrecisionError
 
-    with pytest.raises(UsageError, match="native decode timing takes integer bit-widths only"):
-        main(["decode", str(tiny_artifact), "--bits", "4", "4.5", "--engine", "native"])
-    with pytest.raises(PrecisionError, match="--bits 9: outside 3..8"):
-        main(["decode", str(tiny_artifact), "--bits", "4", "9"])
+    for engine in ("transformers", "native"):
+        with pytest.raises(PrecisionError, match="--bits 9: outside 3..8"):
+            main(["decode", str(tiny_artifact), "--bits", "4", "9", "--engine", engine])
 
 
 def test_step_timer_excludes_prompt_and_prefill() -> None:
@@ -121,3 +120,25 @@ def test_llamacpp_path_without_the_package(tmp_path: Path, monkeypatch: pytest.M
     assert bench_llamacpp.bits_per_weight(tmp_path / "m.gguf", 2000) == 4.0
     with pytest.raises(SystemExit, match="llama-cpp-python"):
         main(["decode", str(tmp_path), "--engine", "native", "--vs", "llamacpp"])
+
+
+def test_native_benches_time_averages_as_plans(tiny_artifact: Path, tmp_path: Path) -> None:
+    """`bench decode --engine native --bits 3 4.5` times the 4.5 plan on the native engine next to 3
+    bits; a plan name is refused by name (the engine benches take widths and averages)."""
+    from anyprec.errors import UsageError
+
+    out = tmp_path / "decode.json"
+    assert main(["decode", str(tiny_artifact), "--engine", "native", "--bits", "3", "4.5", "--tokens", "4",
+                 "--repeats", "1", "--prompt-tokens", "4", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert sorted(r["bits"] for r in rows) == [3, 4.5] and all(r["tokens_per_s"] > 0 for r in rows)
+    out = tmp_path / "batch.json"
+    assert main(["batch", str(tiny_artifact), "--batch-bits", "4.5", "3", "--steps", "3", "--repeats", "1",
+                 "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["batch_bits"] == [4.5, 3]
+    with pytest.raises(UsageError, match="neither a bit-width nor a stored plan"):
+        main(["prefill", str(tiny_artifact), "--bits", "4", "some-plan"])
+    plan_file = tmp_path / "plan.json"
+    plan_file.write_text("{}")
+    with pytest.raises(UsageError, match=f"--bits {plan_file}: the engine benches take bit-widths and averages"):
+        main(["prefill", str(tiny_artifact), "--bits", "4", str(plan_file)])
