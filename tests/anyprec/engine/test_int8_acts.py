@@ -74,11 +74,14 @@ def test_three_bit_calls_and_tiles_stay_fp32(apm):
     assert torch.equal(fp32.add(PROMPT, 6)[1], int8.add(PROMPT, 6)[1])
 
 
-def test_mixed_batch_rows_match_their_single_runs(apm):
-    engine = NativeEngine(apm, head="int8w", acts="int8")
-    slots = [engine.add(PROMPT, b)[0] for b in (3, 5, 8)]
-    batch = engine.step(slots, [3, 3, 3], [3, 5, 8])
-    for i, b in enumerate((3, 5, 8)):
+@pytest.mark.parametrize("batch_bits", [(3, 5, 8), (8, 3, 5, 3, 6, 4, 7, 8)])
+def test_mixed_batch_rows_match_their_single_runs(apm, batch_bits):
+    """Each row's int8 path (4+ bits) and fp32 path (3 bits) in a batch of several widths must
+    equal the row's single run."""
+    engine = NativeEngine(apm, head="int8w", acts="int8", max_batch=len(batch_bits))
+    slots = [engine.add(PROMPT, b)[0] for b in batch_bits]
+    batch = engine.step(slots, [3] * len(batch_bits), list(batch_bits))
+    for i, b in enumerate(batch_bits):
         single = NativeEngine(apm, head="int8w", acts="int8")
         slot = single.add(PROMPT, b)[0]
         torch.testing.assert_close(batch[i], single.step([slot], [3], [b])[0], rtol=1e-5, atol=1e-5)

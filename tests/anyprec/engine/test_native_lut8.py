@@ -53,3 +53,23 @@ def test_engine_reads_the_runtime_tables_without_copies(apm):
 def test_fp16_head_needs_an_fp16_load(apm):
     with pytest.raises(EngineError, match="luts='fp16'"):
         NativeEngine(apm, head="fp16")
+
+
+@pytest.mark.parametrize("batch_bits", [
+    [8, 3, 5, 3, 6, 4, 7, 8],             # six widths
+    [4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4],    # one width, more rows than one group of 8
+    [3, 8, 5, 3, 4, 4, 4, 4, 4, 4, 4, 4, 4, 6, 7, 8],  # 16 rows, the engine's most
+])
+def test_mixed_batch_rows_equal_their_single_runs(apm, batch_bits):
+    """Every row of a batch over uint8 LUTs (the widths' groups sharing one pass over the rows)
+    equals its sequence decoded alone and the transformers path."""
+    prompts = [PROMPT[: 2 + i % 7] for i in range(len(batch_bits))]
+    engine = NativeEngine(apm, max_batch=len(batch_bits), head="int8w")
+    slots = [engine.add(p, b)[0] for p, b in zip(prompts, batch_bits)]
+    tokens = [(11 * i + 3) % 200 for i in range(len(batch_bits))]
+    out = engine.step(slots, tokens, batch_bits)
+    for i, (p, b) in enumerate(zip(prompts, batch_bits)):
+        single = NativeEngine(apm, max_batch=1, head="int8w")
+        slot = single.add(p, b)[0]
+        torch.testing.assert_close(out[i], single.step([slot], [tokens[i]], [b])[0], **TOL)
+        torch.testing.assert_close(out[i], full_logits(apm, [*p, tokens[i]], b), **TOL)
