@@ -130,32 +130,30 @@ INLINE __m256i u8_lookup32(const uint32_t *const src[], int64_t w, const __m256i
     return cand[0];
 }
 
-#ifndef U8_FULL_CODES_MIN_BITS
-#define U8_FULL_CODES_MIN_BITS 6 /* measured in the kernel, see u8_codes */
-#endif
 #define AP_CODE_WORDS 64 /* words of codes built per chunk: 2 KiB of stack */
 
 /* The bytes u8_lookup_codes32 reads for words [w0, w1), to codes[0, 32 * (w1 - w0)): the
- * full codes at <= 4 bits and from U8_FULL_CODES_MIN_BITS, else (5 bits up to it) only the
- * low 4 code bits (the last 4 planes), the upper planes' masks then coming from the planes. */
+ * codes at <= 4 bits, the low 4 code bits (the last 4 planes) above, by nibble_codes256 at
+ * 4..5 bits and by the per-word fold at 6..8 (measured, AMD EPYC Zen 3, 1 thread, min of
+ * 40: the buffered kernel at 4 / 5 bits takes 0.90-0.93x / 0.84-0.94x the per-word
+ * kernel's time; at 6..8 bits nibble_codes256 for the low bits was 0.91-1.17x, the fold
+ * 0.89-1.06x). Full codes at 6..8 bits (byte_codes128, tree masks `codes << (7 - k)`, one
+ * op instead of plane_mask32's four) were 1.03-1.13x: the transpose's and the masks'
+ * shifts compete with the tree's `vpshufb` for the same ports (docs/ENGINE.md). */
 INLINE void u8_codes(const uint32_t *const src[], int64_t w0, int64_t w1, int bits, uint8_t *codes) {
-    if (bits <= 4 || bits >= U8_FULL_CODES_MIN_BITS) row_codes(src, w0, w1, bits, codes);
-    else row_codes(src + bits - 4, w0, w1, 4, codes);
+    if (bits <= 4) row_codes(src, w0, w1, bits, codes);
+    else if (bits == 5) row_codes(src + 1, w0, w1, 4, codes);
+    else for (int64_t w = w0; w < w1; w++) _mm256_store_si256((__m256i *)(codes + 32 * (w - w0)), byte_codes32(src + bits - 4, w, 4));
 }
 
-/* u8_lookup32 of word w, given c = its 32 bytes from u8_codes. With full codes the tree's
- * mask of code bit k is c shifted left by 7 - k (`vpblendvb` reads each byte's top bit),
- * one op instead of plane_mask32's four. */
+/* u8_lookup32 of word w, given c = its 32 bytes from u8_codes. */
 INLINE __m256i u8_lookup_codes32(__m256i c, const uint32_t *const src[], int64_t w, const __m256i *tabs, int bits) {
     if (bits <= 4) return _mm256_shuffle_epi8(tabs[0], c);
-    const int full = bits >= U8_FULL_CODES_MIN_BITS;
-    /* `vpshufb` reads the low 4 bits unless bit 7 is set (then it writes 0): only 8-bit codes need the mask */
-    const __m256i lo = full && bits == 8 ? _mm256_and_si256(c, _mm256_set1_epi8(0x0f)) : c;
     __m256i cand[1 << (AP_MAX_BITS - 4)];
     int n = 1 << (bits - 4);
-    for (int h = 0; h < n; h++) cand[h] = _mm256_shuffle_epi8(tabs[h], lo);
+    for (int h = 0; h < n; h++) cand[h] = _mm256_shuffle_epi8(tabs[h], c);
     for (int bit = 4; bit < bits; bit++, n /= 2) {
-        const __m256i sel = !full ? plane_mask32(src[bits - 1 - bit], w) : bit == 7 ? c : _mm256_slli_epi16(c, 7 - bit);
+        const __m256i sel = plane_mask32(src[bits - 1 - bit], w);
         for (int h = 0; h < n / 2; h++) cand[h] = _mm256_blendv_epi8(cand[2 * h], cand[2 * h + 1], sel);
     }
     return cand[0];
