@@ -1,7 +1,10 @@
 /* Plane bits -> byte codes and uint8-LUT lookups for the AVX2 kernels (ap_avx2.c, ap_lut8_avx2.c).
  *
  * No mask registers on AVX2, so each plane's 32-bit word is spread to 32 bytes (broadcast,
- * byte shuffle, bit test) and folded into byte codes MSB-first (codes = 2 * codes + bit).
+ * byte shuffle, bit test) and folded into byte codes MSB-first (codes = 2 * codes + bit);
+ * or, 4 or 8 words at a time, the planes' bytes are interleaved so that a 64-bit lane holds
+ * one byte of every plane and an 8x8 bit transpose turns it into 8 codes (row_codes picks
+ * the faster way per width).
  */
 #ifndef AP_AVX2_CODES_H
 #define AP_AVX2_CODES_H
@@ -88,8 +91,8 @@ INLINE void nibble_codes256(const uint32_t *const src[], int64_t w, int bits, ui
 }
 
 /* Byte codes of words [w0, w1) to out[0, 32 * (w1 - w0)), equal to byte_codes32 per word.
- * Per width, the builder measured fastest on an AMD EPYC (Zen 3) per word (ns, 51-word
- * rows, hot): nibble_codes256 at 4 bits (2.1 vs 2.5 per word; 1.0x at 3 bits, 1.35x
+ * Per width, the builder measured fastest on this AMD EPYC (AVX2, no AVX-512; ns per word,
+ * 51-word rows, hot): nibble_codes256 at 4 bits (2.1 vs 2.5 per word; 1.0x at 3 bits, 1.35x
  * slower at 1..2), byte_codes128 at 6..8 (0.95x / 0.82x / 0.69x: 3.6 / 3.8 / 4.0 vs
  * 3.8 / 4.6 / 5.8; 1.15x slower at 5), byte_codes32 per word otherwise. */
 INLINE void row_codes(const uint32_t *const src[], int64_t w0, int64_t w1, int bits, uint8_t *out) {
@@ -134,7 +137,7 @@ INLINE __m256i u8_lookup32(const uint32_t *const src[], int64_t w, const __m256i
 
 /* The bytes u8_lookup_codes32 reads for words [w0, w1), to codes[0, 32 * (w1 - w0)): the
  * codes at <= 4 bits, the low 4 code bits (the last 4 planes) above, by nibble_codes256 at
- * 4..5 bits and by the per-word fold at 6..8 (measured, AMD EPYC Zen 3, 1 thread, min of
+ * 4..5 bits and by the per-word fold at 6..8 (measured on the same CPU, 1 thread, min of
  * 40: the buffered kernel at 4 / 5 bits takes 0.90-0.93x / 0.84-0.94x the per-word
  * kernel's time; at 6..8 bits nibble_codes256 for the low bits was 0.91-1.17x, the fold
  * 0.89-1.06x). Full codes at 6..8 bits (byte_codes128, tree masks `codes << (7 - k)`, one
