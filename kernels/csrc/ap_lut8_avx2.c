@@ -36,12 +36,17 @@ INLINE void dot_f32(const ap_gemv_args *a, const uint32_t *const src[], const __
     __m256 acc[4][4];
     for (int t = 0; t < T; t++)
         for (int j = 0; j < 4; j++) acc[t][j] = _mm256_setzero_ps();
-    for (int64_t w = 0; w < a->words; w++) {
-        __m256 wv[4];
-        u8_widen(u8_lookup32(src, w, tabs, bits), wv);
-        for (int t = 0; t < T; t++) {
-            const float *x = a->x + t * a->xstride + 32 * w;
-            for (int j = 0; j < 4; j++) acc[t][j] = _mm256_fmadd_ps(wv[j], _mm256_loadu_ps(x + 8 * j), acc[t][j]);
+    uint8_t codes[32 * AP_CODE_WORDS] __attribute__((aligned(32)));
+    for (int64_t w0 = 0; w0 < a->words; w0 += AP_CODE_WORDS) {
+        const int64_t w1 = w0 + AP_CODE_WORDS < a->words ? w0 + AP_CODE_WORDS : a->words;
+        u8_codes(src, w0, w1, bits, codes);
+        for (int64_t w = w0; w < w1; w++) {
+            __m256 wv[4];
+            u8_widen(u8_lookup_codes32(_mm256_load_si256((const __m256i *)(codes + 32 * (w - w0))), src, w, tabs, bits), wv);
+            for (int t = 0; t < T; t++) {
+                const float *x = a->x + t * a->xstride + 32 * w;
+                for (int j = 0; j < 4; j++) acc[t][j] = _mm256_fmadd_ps(wv[j], _mm256_loadu_ps(x + 8 * j), acc[t][j]);
+            }
         }
     }
     for (int t = 0; t < T; t++)
@@ -55,13 +60,19 @@ INLINE void dot_i8(const ap_gemv_args *a, const uint32_t *const src[], const __m
     const int64_t sstride = a->x8stride / 32;
     __m256 acc[4];
     for (int t = 0; t < T; t++) acc[t] = _mm256_setzero_ps();
-    for (int64_t w = 0; w < a->words; w++) {
-        const __m256i qs = _mm256_xor_si256(u8_lookup32(src, w, tabs, bits), bias);
-        const __m256i qa = _mm256_abs_epi8(qs);
-        for (int t = 0; t < T; t++) {
-            const __m256i xv = _mm256_loadu_si256((const __m256i *)(a->x8 + t * a->x8stride + 32 * w));
-            const __m256i s32 = _mm256_madd_epi16(_mm256_maddubs_epi16(qa, _mm256_sign_epi8(xv, qs)), ones);
-            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32), _mm256_broadcast_ss(a->x8_scale + t * sstride + w), acc[t]);
+    uint8_t codes[32 * AP_CODE_WORDS] __attribute__((aligned(32)));
+    for (int64_t w0 = 0; w0 < a->words; w0 += AP_CODE_WORDS) {
+        const int64_t w1 = w0 + AP_CODE_WORDS < a->words ? w0 + AP_CODE_WORDS : a->words;
+        u8_codes(src, w0, w1, bits, codes);
+        for (int64_t w = w0; w < w1; w++) {
+            const __m256i c = _mm256_load_si256((const __m256i *)(codes + 32 * (w - w0)));
+            const __m256i qs = _mm256_xor_si256(u8_lookup_codes32(c, src, w, tabs, bits), bias);
+            const __m256i qa = _mm256_abs_epi8(qs);
+            for (int t = 0; t < T; t++) {
+                const __m256i xv = _mm256_loadu_si256((const __m256i *)(a->x8 + t * a->x8stride + 32 * w));
+                const __m256i s32 = _mm256_madd_epi16(_mm256_maddubs_epi16(qa, _mm256_sign_epi8(xv, qs)), ones);
+                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s32), _mm256_broadcast_ss(a->x8_scale + t * sstride + w), acc[t]);
+            }
         }
     }
     for (int t = 0; t < T; t++) out[t] = hsum_ps(acc[t]);

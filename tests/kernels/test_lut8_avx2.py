@@ -149,3 +149,44 @@ def test_bad_arguments_name_the_problem() -> None:
         cpu.gemv_u8(planes, q, lo, scale, x, 3, acts="int8", act_group=48)
     with pytest.raises(ValueError, match="q must be uint8"):
         cpu.gemv_u8(planes, q.float(), lo, scale, x, 3)
+
+
+# Every word count from 1 to 17 (the builders step by 4 and 8 words, then finish per word),
+# one past the 64-word code buffer, and a ragged last word.
+CODE_KS = tuple(32 * w for w in range(1, 18)) + (32 * 67 + 5,)
+
+
+def _exact_codes_case(bits: int, k: int, seed: int):
+    """(planes, codes int64 [N, K], x f32 [2, K] of small integers): with table value = code
+    every product and sum is an integer below 2**24, so the kernels' y is exactly x @ codes.T."""
+    gen = torch.Generator().manual_seed(seed)
+    codes = torch.randint(0, 1 << bits, (N, k), generator=gen).to(torch.uint8)
+    x = torch.randint(-4, 5, (2, k), generator=gen).float()
+    return pack_bitplanes(codes, bits), codes.long(), x
+
+
+@pytest.mark.parametrize("k", CODE_KS)
+@pytest.mark.parametrize("bits", range(1, 9))
+def test_codes_exact_u8_kernel(bits: int, k: int) -> None:
+    """q[n, c] = c, lo = 0, scale = 1: with fp32 activations y is exactly x @ codes.T; with
+    int8 activations it matches the quantization model up to fp32 accumulation rounding."""
+    planes, codes, x = _exact_codes_case(bits, k, seed=bits * 100 + k)
+    q = torch.arange(1 << bits, dtype=torch.uint8).repeat(N, 1)
+    want = (x.long() @ codes.T).numpy()
+    y = cpu.gemv_u8(planes, q, torch.zeros(N), torch.ones(N), x, bits, acts="fp32")
+    np.testing.assert_array_equal(y.numpy(), want.astype(np.float32))
+    x8 = x * 31.75  # integers -127..127
+    xq, sx = _quantize_model(x8.numpy(), 32)
+    y8 = cpu.gemv_u8(planes, q, torch.zeros(N), torch.ones(N), x8, bits, acts="int8").double().numpy()
+    want8 = (xq * sx.astype(np.float64)) @ codes.T.double().numpy()
+    np.testing.assert_allclose(y8, want8, rtol=1e-6)
+
+
+@pytest.mark.parametrize("k", CODE_KS)
+@pytest.mark.parametrize("bits", range(1, 9))
+def test_codes_exact_fp16_kernel(bits: int, k: int) -> None:
+    """The fp16-LUT kernel (lut[n, c] = c, exact in fp16) gives exactly x @ codes.T."""
+    planes, codes, x = _exact_codes_case(bits, k, seed=bits * 200 + k)
+    lut = torch.arange(1 << bits, dtype=torch.float16).repeat(N, 1)
+    y = cpu.DecodePlan(planes, lut, bits, k)(x)
+    np.testing.assert_array_equal(y.numpy(), (x.long() @ codes.T).numpy().astype(np.float32))
