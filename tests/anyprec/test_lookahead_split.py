@@ -80,3 +80,34 @@ def test_lookahead_needs_the_optimal_method():
     w, f = _rows(3)
     with pytest.raises(ValueError, match="method='optimal'"):
         C.quantize_nested(w, f, 2, 4, C.ClusterMethod.LLOYD, lookahead_weight=1.0)
+
+
+def test_config_refuses_lookahead_with_lloyd_and_keeps_plain_dumps():
+    from pydantic import ValidationError
+
+    from anyprec.config import QuantizationConfig
+
+    with pytest.raises(ValidationError, match="lookahead_weight: null"):
+        QuantizationConfig(method="lloyd", lookahead_weight=0.25)
+    with pytest.raises(ValidationError):
+        QuantizationConfig(lookahead_weight=-1.0)
+    # plain splits: cache keys and manifests stay byte-identical to earlier ones
+    assert "lookahead_weight" not in QuantizationConfig().model_dump()
+    assert QuantizationConfig(lookahead_weight=0.5).model_dump()["lookahead_weight"] == 0.5
+
+
+def test_pipeline_quantizes_with_lookahead(tiny_model_dir, tiny_artifact, tmp_path):
+    from anyprec.config import CalibrationConfig, QuantizationConfig
+    from anyprec.packed import read_manifest
+    from anyprec.quantize import quantize_model
+    from tests.conftest import TINY_CALIB
+
+    out = quantize_model(str(tiny_model_dir), tmp_path / "packed", CalibrationConfig(**TINY_CALIB),
+                         QuantizationConfig(lookahead_weight=0.0), work_dir=tmp_path / "work", progress=False)
+    ahead, plain = read_manifest(out), read_manifest(tiny_artifact)
+    assert ahead["inputs"]["quantization"]["lookahead_weight"] == 0.0
+    assert ahead["objective"]["3"] == pytest.approx(plain["objective"]["3"], rel=1e-12)  # the seed stays
+    # weight 0: each seed cluster's split is the one best for 5 bits (plain's is one candidate) ...
+    assert ahead["objective"]["5"] <= plain["objective"]["5"] * (1 + 1e-9)
+    # ... and 4 bits pay for it (plain's split is the best for 4 bits)
+    assert ahead["objective"]["4"] >= plain["objective"]["4"] * (1 - 1e-9)
