@@ -466,6 +466,33 @@ def _split_range(x, f, a, e, method, g, buf1, buf2):
     return _split_lloyd(x, g, a, e, buf1, buf2)
 
 
+@nb.njit(cache=True, inline="always")
+def _best_halves(W, S1, S2, j, i):
+    """Least cost of positions [j, i) cut into two contiguous parts (0 with < 2 positions)."""
+    best = 0.0 if i - j < 2 else np.inf
+    for t in range(j + 1, i):
+        v = _cost(W, S1, S2, j, t) + _cost(W, S1, S2, t, i)
+        if v < best:
+            best = v
+    return best
+
+
+@nb.njit(cache=True)
+def _split_lookahead(W, S1, S2, a, e, lam):
+    """Split s of [a, e) minimising lam * (cost[a, s) + cost[s, e)) + the cost of each child
+    split again in two (the width after next): O((e - a)^2). W, S1, S2: the row's prefix
+    sums (`_prefix_centered`); lam -> inf is the plain best split."""
+    best = np.inf
+    bs = a + 1
+    for s in range(a + 1, e):
+        v = lam * (_cost(W, S1, S2, a, s) + _cost(W, S1, S2, s, e))
+        v += _best_halves(W, S1, S2, a, s) + _best_halves(W, S1, S2, s, e)
+        if v < best:
+            best = v
+            bs = s
+    return bs
+
+
 @nb.njit(cache=True)
 def _child_centroids(x, f, a, s, e, parent):
     """(left, right) centroids of children [a, s), [s, e); an empty child copies its sibling
@@ -480,11 +507,13 @@ def _child_centroids(x, f, a, s, e, parent):
 
 
 @nb.njit(parallel=True, cache=True)
-def upscale_rows(xs, fs, codes, lut, from_bits, to_bits, method, out_codes, heap):
+def upscale_rows(xs, fs, codes, lut, from_bits, to_bits, method, lam, out_codes, heap):
     """Split every cluster bit by bit from from_bits to to_bits (rows in parallel).
 
     xs, fs: f64[N, K] sorted rows, codes: uint8[N, K] non-decreasing along each row
     (cluster c = the positions with code c), lut: f64[N, 2**from_bits].
+    lam >= 0 (optimal only): the first step's splits look one width ahead
+    (`_split_lookahead`); lam < 0: every split is the plain best one.
     out_codes: uint8[N, K] codes at to_bits; heap: f64[N, 2**(to_bits + 1)] where
     level b's LUT is heap[:, 2**b : 2**(b + 1)] for from_bits < b <= to_bits.
     """
@@ -499,6 +528,12 @@ def upscale_rows(xs, fs, codes, lut, from_bits, to_bits, method, out_codes, heap
         g = np.empty(n)
         buf1 = np.empty(n + 1)
         buf2 = np.empty(n + 1)
+        ahead = lam >= 0.0 and method == METHOD_OPTIMAL and to_bits > from_bits
+        W = np.empty(n + 1 if ahead else 0)
+        S1 = np.empty(n + 1 if ahead else 0)
+        S2 = np.empty(n + 1 if ahead else 0)
+        if ahead:
+            _prefix_centered(x, f, W, S1, S2)
         k = 1 << from_bits
         for i in range(n):
             bounds[codes[r, i] + 1] += 1
@@ -509,7 +544,10 @@ def upscale_rows(xs, fs, codes, lut, from_bits, to_bits, method, out_codes, heap
             for c in range(k):
                 a = bounds[c]
                 e = bounds[c + 1]
-                s = _split_range(x, f, a, e, method, g, buf1, buf2) if e > a else a
+                if ahead and b == from_bits and e - a > 1 and W[e] - W[a] > 0.0:
+                    s = _split_lookahead(W, S1, S2, a, e, lam)
+                else:
+                    s = _split_range(x, f, a, e, method, g, buf1, buf2) if e > a else a
                 left, right = _child_centroids(x, f, a, s, e, cent[c])
                 new_bounds[2 * c] = a
                 new_bounds[2 * c + 1] = s

@@ -136,6 +136,18 @@ def _check_joint(joint_weight: float | None, method: ClusterMethod) -> float:
     return float(joint_weight)
 
 
+def _check_lookahead(lookahead_weight: float | None, method: ClusterMethod) -> float:
+    """The upscale kernel's look-ahead weight: -1 for plain splits, else lookahead_weight (>= 0)."""
+    if lookahead_weight is None:
+        return -1.0
+    if method != ClusterMethod.OPTIMAL:
+        raise ValueError("lookahead_weight needs method='optimal' (the Lloyd split is the reference's, kept as is)")
+    if not np.isfinite(lookahead_weight) or lookahead_weight < 0:
+        raise ValueError(f"lookahead_weight must be a finite number >= 0 (or None for plain splits), "
+                         f"got {lookahead_weight!r}")
+    return float(lookahead_weight)
+
+
 def _seed_sorted(xs, fs, bits: int, method: ClusterMethod, row_offset: int, lam: float = -1.0):
     """Seed kernel on sorted rows: (sorted codes uint8[n, K], lut f64[n, 2**bits])."""
     k = 1 << bits
@@ -145,12 +157,12 @@ def _seed_sorted(xs, fs, bits: int, method: ClusterMethod, row_offset: int, lam:
     return codes, lut
 
 
-def _upscale_sorted(xs, fs, codes, lut, from_bits: int, to_bits: int, method: ClusterMethod):
+def _upscale_sorted(xs, fs, codes, lut, from_bits: int, to_bits: int, method: ClusterMethod, lam: float = -1.0):
     """Upscale kernel on sorted rows: (sorted codes at to_bits, {b: f64 LUT} for b > from_bits)."""
     out = np.empty(xs.shape, dtype=np.uint8)
     heap = np.zeros((xs.shape[0], 1 << (to_bits + 1)), dtype=np.float64)
     lut64 = np.ascontiguousarray(lut, dtype=np.float64)
-    kern.upscale_rows(xs, fs, codes, lut64, from_bits, to_bits, _METHOD_CODE[method], out, heap)
+    kern.upscale_rows(xs, fs, codes, lut64, from_bits, to_bits, _METHOD_CODE[method], lam, out, heap)
     luts = {b: heap[:, 1 << b : 1 << (b + 1)] for b in range(from_bits + 1, to_bits + 1)}
     return out, luts
 
@@ -192,6 +204,7 @@ def upscale(
     from_bits: int,
     to_bits: int,
     method: ClusterMethod = ClusterMethod.OPTIMAL,
+    lookahead_weight: float | None = None,
 ) -> tuple[np.ndarray, dict[int, np.ndarray]]:
     """Split every cluster in two, bit by bit, from from_bits up to to_bits.
 
@@ -199,6 +212,9 @@ def upscale(
     codes_b == codes_to >> (to_bits - b). A cluster whose weights sum to 0 is split
     unweighted. Returns codes uint8[N, K] at to_bits and {b: f32[N, 2**b]} for
     from_bits <= b <= to_bits (the from_bits entry is the given lut).
+    lookahead_weight v (OPTIMAL only; None: every split is the best one for its own
+    width): the first step's split of each cluster minimises v * its cost + the cost of
+    its two children each split again in two, trading from_bits + 1 for from_bits + 2.
     """
     w = _check_matrix("w", w)
     weights = _check_weights(w, weights)
@@ -208,6 +224,7 @@ def upscale(
         raise ValueError(f"to_bits ({to_bits}) must be >= from_bits ({from_bits})")
     _check_codes(w, codes, lut, from_bits)
     method = ClusterMethod(method)
+    lam = _check_lookahead(lookahead_weight, method)
     codes = np.asarray(codes).astype(np.uint8, copy=False)
     out = np.empty(w.shape, dtype=np.uint8)
     luts = {b: np.empty((w.shape[0], 1 << b), dtype=np.float32) for b in range(from_bits, to_bits + 1)}
@@ -215,7 +232,7 @@ def upscale(
     for rows in _row_chunks(*w.shape):
         order, xs, fs = _sorted_rows(w[rows], weights[rows], codes[rows])
         sorted_codes = np.ascontiguousarray(np.take_along_axis(codes[rows], order, axis=1))
-        new_codes, new_luts = _upscale_sorted(xs, fs, sorted_codes, lut[rows], from_bits, to_bits, method)
+        new_codes, new_luts = _upscale_sorted(xs, fs, sorted_codes, lut[rows], from_bits, to_bits, method, lam)
         out[rows] = _unsort(order, new_codes)
         for b, table in new_luts.items():
             luts[b][rows] = table
@@ -229,11 +246,12 @@ def quantize_nested(
     parent_bits: int,
     method: ClusterMethod = ClusterMethod.OPTIMAL,
     joint_weight: float | None = None,
+    lookahead_weight: float | None = None,
 ) -> tuple[np.ndarray, dict[int, np.ndarray]]:
     """Seed quantization at seed_bits, then upscaling to parent_bits (one sort per row).
 
     Returns parent codes uint8[N, K] and {b: f32[N, 2**b]} for seed_bits..parent_bits.
-    joint_weight: as in `quantize_seed`.
+    joint_weight: as in `quantize_seed`; lookahead_weight: as in `upscale`.
     """
     w = _check_matrix("w", w)
     weights = _ones_for_empty_rows(_check_weights(w, weights))
@@ -243,13 +261,14 @@ def quantize_nested(
         raise ValueError(f"parent_bits ({parent_bits}) must be >= seed_bits ({seed_bits})")
     method = ClusterMethod(method)
     lam = _check_joint(joint_weight, method)
+    ahead = _check_lookahead(lookahead_weight, method)
     codes = np.empty(w.shape, dtype=np.uint8)
     luts = {b: np.empty((w.shape[0], 1 << b), dtype=np.float32) for b in range(seed_bits, parent_bits + 1)}
     for rows in _row_chunks(*w.shape):
         order, xs, fs = _sorted_rows(w[rows], weights[rows])
         seed_codes, luts[seed_bits][rows] = _seed_sorted(xs, fs, seed_bits, method, rows.start, lam)
         lut64 = luts[seed_bits][rows].astype(np.float64)
-        parent_codes, new_luts = _upscale_sorted(xs, fs, seed_codes, lut64, seed_bits, parent_bits, method)
+        parent_codes, new_luts = _upscale_sorted(xs, fs, seed_codes, lut64, seed_bits, parent_bits, method, ahead)
         codes[rows] = _unsort(order, parent_codes)
         for b, table in new_luts.items():
             luts[b][rows] = table

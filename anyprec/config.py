@@ -43,6 +43,10 @@ class QuantizationConfig(_Strict):
     # optimal (the paper); w >= 0 picks seed clusters minimising w * objective(seed) +
     # objective(seed + 1), lowering the gap to a dedicated seed + 1 (w = 0: none left).
     joint_weight: float | None = Field(None, ge=0.0)
+    # Look-ahead upscaling (optimal method only; docs/QUALITY.md): None splits every cluster
+    # best for its own width (the paper); v >= 0 picks each seed cluster's split minimising
+    # v * objective(seed + 1) + objective(seed + 2): the seed stays, seed + 2 and wider gain.
+    lookahead_weight: float | None = Field(None, ge=0.0)
     # How the Fisher is computed, not what: both passes give the same numbers, so the
     # choice is left out of dumps and hashes (cache keys, manifests stay as they were).
     sensitivity: Literal["auto", "streamed", "whole"] = Field(
@@ -65,6 +69,11 @@ class QuantizationConfig(_Strict):
                 f"joint_weight={self.joint_weight} needs method=optimal (the Lloyd seed is the reference's); "
                 "set quantization.joint_weight: null to use method=lloyd"
             )
+        if self.lookahead_weight is not None and self.method != "optimal":
+            raise ValueError(
+                f"lookahead_weight={self.lookahead_weight} needs method=optimal (the Lloyd split is the "
+                "reference's); set quantization.lookahead_weight: null to use method=lloyd"
+            )
         return self
 
     @model_serializer(mode="wrap")
@@ -73,6 +82,8 @@ class QuantizationConfig(_Strict):
         data = handler(self)
         if self.joint_weight is None:
             data.pop("joint_weight", None)
+        if self.lookahead_weight is None:
+            data.pop("lookahead_weight", None)
         if self.sensitivity_shards == 1:  # likewise for the unsharded pass
             data.pop("sensitivity_shards", None)
         return data

@@ -259,6 +259,8 @@ def run_upscaling(
     key = _key(_sensitivity_key(sens_dir), "nested", str(quant.seed_bits), str(quant.parent_bits), quant.method)
     if quant.joint_weight is not None:
         key = _key(key, "joint", repr(quant.joint_weight))
+    if quant.lookahead_weight is not None:  # plain splits keep their earlier key
+        key = _key(key, "lookahead", repr(quant.lookahead_weight))
 
     def work(index: int, names: list[str], weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         seed_file = seed_dir / LAYER_FILE.format(index)
@@ -271,7 +273,7 @@ def run_upscaling(
             w, imp = _importance(weights.pop(name), fisher.pop(name))
             codes, luts = upscale(
                 w, imp, seed[f"{name}.codes"].numpy(), seed[f"{name}.lut"].numpy(),
-                quant.seed_bits, quant.parent_bits, ClusterMethod(quant.method),
+                quant.seed_bits, quant.parent_bits, ClusterMethod(quant.method), quant.lookahead_weight,
             )
             out[f"{name}.codes"] = torch.from_numpy(np.ascontiguousarray(codes))
             for b, lut in luts.items():

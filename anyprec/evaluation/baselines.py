@@ -145,8 +145,9 @@ def quantize_method(
 
     cache: a folder keeping each module's result (`<method>/<module>.safetensors`), reused
     when its stored `cache_key` matches (pass one that names the model, calibration and
-    seed/parent bits) and it holds every requested bit-width: the dedicated 8-bit
-    clustering alone takes tens of minutes on a 135M model.
+    seed/parent bits): only the bit-widths it lacks are quantized, and the file is rewritten
+    with the old widths and the new ones (the dedicated 8-bit clustering alone takes tens of
+    minutes on a 135M model, so no cached width is ever dropped).
     """
     from anyprec.clustering import sample_weights, weighted_objective
 
@@ -154,16 +155,18 @@ def quantize_method(
     result = MethodResult(method, {b: {} for b in bits}, {b: {} for b in bits})
     for name in tqdm(list(fisher), desc=f"quantize {method.value}", disable=not progress, leave=False):
         path = cache / method.value / f"{name}.safetensors" if cache else None
-        stored = _load_cached(path, bits, cache_key) if path else None
-        if stored is None:
+        stored = _load_cached(path, cache_key) if path else {}
+        missing = [b for b in bits if b not in stored]
+        if missing:
             w = archs.get_weight(model.get_submodule(name)).numpy()
             weights = sample_weights(w, fisher[name].detach().cpu().numpy().astype(np.float32))
-            stored = {b: (codes, lut, float(weighted_objective(w, weights, codes, lut).sum()))
-                      for b, (codes, lut) in _quantize_module(w, weights, method, bits, seed_bits,
-                                                               parent_bits).items()}
+            stored |= {b: (codes, lut, float(weighted_objective(w, weights, codes, lut).sum()))
+                       for b, (codes, lut) in _quantize_module(w, weights, method, missing, seed_bits,
+                                                                parent_bits).items()}
             if path:
                 _save_cached(path, stored, cache_key)
-        for b, (codes, lut, objective) in stored.items():
+        for b in bits:
+            codes, lut, objective = stored[b]
             result.codes[b][name] = (codes, lut)
             result.objective[b][name] = objective
     return result
@@ -181,17 +184,18 @@ def _save_cached(path: Path, stored: dict[int, tuple[np.ndarray, np.ndarray, flo
         apply_umask(tmp)  # safetensors writes 0600; every file of ours follows the umask
 
 
-def _load_cached(path: Path, bits: list[int], key: str) -> dict[int, tuple[np.ndarray, np.ndarray, float]] | None:
-    """The cached result when the file exists, its key matches and it has every bit-width."""
+def _load_cached(path: Path, key: str) -> dict[int, tuple[np.ndarray, np.ndarray, float]]:
+    """Every bit-width the cached file holds when it exists and its key matches, else {}."""
     from safetensors import safe_open
 
     if not path.is_file():
-        return None
+        return {}
     with safe_open(str(path), framework="np") as handle:
-        if (handle.metadata() or {}).get("key") != key or any(f"codes{b}" not in handle.keys() for b in bits):
-            return None
+        if (handle.metadata() or {}).get("key") != key:
+            return {}
+        widths = sorted(int(k[len("codes"):]) for k in handle.keys() if k.startswith("codes"))
         return {b: (handle.get_tensor(f"codes{b}"), handle.get_tensor(f"lut{b}"),
-                    float(handle.get_tensor(f"objective{b}")[0])) for b in bits}
+                    float(handle.get_tensor(f"objective{b}")[0])) for b in widths}
 
 
 def flash1dkmeans_seed(w: np.ndarray, weights: np.ndarray, bits: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -125,3 +125,24 @@ def test_quantization_cache_reuses_only_matching_results(tiny_llama, tmp_path):
     assert fresh.objective[3] == direct.objective[3] != first.objective[3]
     wider = bl.quantize_method(model, fisher, "reference", [3, 4], progress=False, cache=tmp_path, cache_key="k2")
     assert set(wider.codes) == {3, 4}
+
+
+def test_cache_adds_missing_widths_and_keeps_the_stored_ones(tiny_llama, tmp_path):
+    from safetensors import safe_open
+
+    model, _ = tiny_llama
+    fisher, other = _fisher(model), _fisher(model, seed=1)
+    first = bl.quantize_method(model, fisher, "dedicated", [3, 4], progress=False, cache=tmp_path, cache_key="k")
+    # Asking for another width quantizes only that one (from this call's Fisher) ...
+    more = bl.quantize_method(model, other, "dedicated", [5], progress=False, cache=tmp_path, cache_key="k")
+    direct = bl.quantize_method(model, other, "dedicated", [5], progress=False)
+    assert more.objective[5] == direct.objective[5]
+    # ... and the file keeps the widths it held: 3 and 4 come back as first stored.
+    name = next(iter(fisher))
+    with safe_open(str(tmp_path / "dedicated" / f"{name}.safetensors"), framework="np") as handle:
+        assert {k for k in handle.keys() if k.startswith("codes")} == {"codes3", "codes4", "codes5"}
+    again = bl.quantize_method(model, other, "dedicated", [4, 5, 3], progress=False, cache=tmp_path, cache_key="k")
+    for b in (3, 4):
+        np.testing.assert_array_equal(again.codes[b][name][0], first.codes[b][name][0])
+        assert again.objective[b] == first.objective[b]
+    assert again.objective[5] == more.objective[5]
