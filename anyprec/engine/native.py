@@ -38,6 +38,9 @@ _ROW = struct.Struct("<8q")
 # about +-0.7%, docs/ENGINE.md); 3-bit calls, prefill tiles and the head are not affected
 ACT_MODES = ("fp32", "int8")
 DEFAULT_ACTS = "fp32"
+# prefill tile GEMM (ap_eng_model.tiles_fp32): "int16" (uint8 LUTs on AVX2: int16 weights and
+# activations, `vpmaddwd`; else fp32) or "fp32" (dequantized fp32 tiles everywhere); docs/ENGINE.md
+TILE_KINDS = ("int16", "fp32")
 
 
 def unsupported_reason(apm: AnyPrecisionModel) -> str | None:
@@ -154,7 +157,7 @@ class NativeEngine(SlotPool):
     Attributes: max_batch, context_length, vocab_size (the contract), head, threads (OpenMP
     threads per call; 0: torch's), tile_rows (rows at one bit-width from which a layer runs
     the tile GEMM instead of the mat-vec kernels; 0: the measured default per width, see
-    ap_engine.h), timings (float64[len(PARTS)] seconds per part, summed over calls while
+    ap_engine.h), tiles (that GEMM's kind, TILE_KINDS), timings (float64[len(PARTS)] seconds per part, summed over calls while
     `profile` is True). Not thread-safe: one caller drives it.
     """
 
@@ -177,6 +180,7 @@ class NativeEngine(SlotPool):
         self.vocab_size = int(config.vocab_size)
         self.threads = int(threads)
         self.tile_rows = 0
+        self._tiles = TILE_KINDS[0]
         self.profile = False
         self.timings = torch.zeros(len(PARTS), dtype=torch.float64)
         self._bits = set(apm.bits_available)
@@ -216,7 +220,21 @@ class NativeEngine(SlotPool):
         header += struct.pack("<3q", HEAD_MODES.index(self.head), i8, scale)
         header += struct.pack("<2q", int(embed_scale is not None), 0 if embed_scale is None else embed_scale.data_ptr())
         header += struct.pack("<q", int(self.acts == "int8"))
+        self._tiles_at = len(header)  # tiles_fp32, rewritten by the `tiles` setter
+        header += struct.pack("<q", TILE_KINDS.index(self._tiles))
         self._model = torch.frombuffer(bytearray(header), dtype=torch.uint8)
+
+    @property
+    def tiles(self) -> str:
+        """The prefill tile GEMM: "int16" (where it applies, else fp32) or "fp32" (TILE_KINDS)."""
+        return self._tiles
+
+    @tiles.setter
+    def tiles(self, kind: str) -> None:
+        if kind not in TILE_KINDS:
+            raise EngineError(f"tiles {kind!r} is not one of {', '.join(TILE_KINDS)}")
+        self._tiles = kind
+        self._model[self._tiles_at:self._tiles_at + 8] = torch.tensor([TILE_KINDS.index(kind)]).view(torch.uint8)
 
     # -- the contract -------------------------------------------------------------------
 

@@ -42,7 +42,9 @@ typedef struct {
     int64_t embed_i8;        /* 1: embed is int8 [vocab, hidden] rows times embed_scale, widened per token */
     int64_t embed_scale;     /* float32 [vocab] when embed_i8 */
     int64_t acts_int8;       /* 1: mat-vec calls on uint8 LUTs from 4 bits take int8 activations (one
-                              * scale per 32 columns); 0: fp32. 3-bit calls and tiles stay fp32 */
+                              * scale per 32 columns); 0: fp32. 3-bit calls stay fp32 */
+    int64_t tiles_fp32;      /* 1: the tile GEMM runs fp32 tiles; 0: int16 tiles where they apply
+                              * (uint8 LUTs on AVX2, ap_tiles.h), else fp32 */
 } ap_eng_model;
 
 /* Output head modes: fp16 weights (exact); int8 weights x fp32 activations; int8 x int8. */

@@ -7,6 +7,7 @@
  * sums each accumulator's lanes once at the end. No packing is needed: a 4-token x tile
  * (4 * K floats) stays in L1 while it sweeps the block, which stays in L2.
  */
+#include <math.h>
 #include <omp.h>
 #include <stdlib.h>
 #include "ap_tiles.h"
@@ -18,8 +19,8 @@
 
 /* Rows per block: as many as fit the buffer, a multiple of NR, but small enough that every
  * thread gets BLOCKS_PER_THREAD blocks (dynamic scheduling evens out the rest). */
-static int64_t block_rows(int64_t n_rows, int64_t K, int nthreads) {
-    int64_t nb = TILE_BUF_BYTES / (4 * (K > 0 ? K : 1));
+static int64_t block_rows(int64_t n_rows, int64_t row_bytes, int nthreads) {
+    int64_t nb = TILE_BUF_BYTES / (row_bytes > 0 ? row_bytes : 1);
     const int64_t share = (n_rows + (int64_t)BLOCKS_PER_THREAD * nthreads - 1) / ((int64_t)BLOCKS_PER_THREAD * nthreads);
     nb = nb < share ? nb : share;
     nb = nb / NR * NR;
@@ -96,15 +97,82 @@ AVX2 static void block_avx2(const float *x, int64_t xs, int64_t T, const float *
 #define block_avx2 block_portable
 #endif
 
-int ap_tile_gemm(const ap_tile_group *groups, int n_groups, ap_dequant_fn dequant, int avx2, int nthreads) {
+/* Token rows of x [T, xs] (K columns) as int16 per AP_I16_KB-column block: sx = absmax / 32767
+ * and xq = round(x / sx), so |x - sx * xq| <= sx / 2 (plus fp32 rounding of x / sx); zero past K. */
+static void quantize_i16(const float *x, int64_t xs, int64_t K, ap_i16_acts *X, int64_t t) {
+    const float *xt = x + t * xs;
+    int16_t *q = X->xq + t * X->kpad;
+    float total = 0.0f;
+    for (int64_t b = 0; b < X->nblk; b++) {
+        const int64_t k0 = b * AP_I16_KB, k1 = k0 + AP_I16_KB < K ? k0 + AP_I16_KB : K;
+        float amax = 0.0f;
+        for (int64_t k = k0; k < k1; k++) {
+            const float v = xt[k] < 0 ? -xt[k] : xt[k];
+            amax = v > amax ? v : amax;
+            total += xt[k];
+        }
+        const float inv = amax > 0.0f ? 32767.0f / amax : 0.0f;
+        X->sx[t * X->nblk + b] = amax / 32767.0f;
+        for (int64_t k = k0; k < k1; k++) q[k] = (int16_t)lrintf(xt[k] * inv);
+    }
+    for (int64_t k = K; k < X->kpad; k++) q[k] = 0;
+    X->xsum[t] = total;
+}
+
+/* Activation buffers of every group (one allocation), or NULL: out of memory. */
+static void *alloc_acts(const ap_tile_group *groups, int n_groups, int64_t kpad, ap_i16_acts *X) {
+    const int64_t nblk = (kpad + AP_I16_KB - 1) / AP_I16_KB;
+    int64_t rows = 0;
+    for (int g = 0; g < n_groups; g++) rows += groups[g].tokens;
+    char *all = aligned_alloc(64, ((size_t)(rows * (2 * kpad + 4 * nblk + 4)) + 63) / 64 * 64);
+    if (!all) return NULL;
+    int16_t *xq = (int16_t *)(void *)all;
+    float *f = (float *)(void *)(xq + rows * kpad);
+    for (int g = 0; g < n_groups; g++) {
+        X[g] = (ap_i16_acts){xq, f, f + groups[g].tokens * nblk, groups[g].tokens, kpad, nblk};
+        xq += groups[g].tokens * kpad;
+        f += groups[g].tokens * (nblk + 1);
+    }
+    return all;
+}
+
+/* One block of rows [r0, r1) for group G: dequantize into buf, then its micro-GEMM. */
+static void run_block(const ap_tile_group *G, const ap_i16_acts *X, int64_t r0, int64_t r1, void *buf,
+                      ap_dequant_fn dequant, int avx2, int64_t kpad) {
+    const int64_t K = G->w.in_features;
+    ap_dequant_args a = G->w;
+#if defined(__x86_64__)
+    if (X) {
+        ap_dequant_rows_i16_avx2(&a, r0, r1, buf, kpad);
+        ap_i16_block_avx2(X, buf, r1 - r0, kpad, a.lut_lo + r0, a.lut_scale + r0, G->y + r0, G->ystride);
+        return;
+    }
+#endif
+    a.out = buf;
+    a.out_bf16 = 0;
+    dequant(&a, r0, r1, r0);
+    if (avx2) block_avx2(G->x, G->xstride, G->tokens, buf, r1 - r0, K, G->y + r0, G->ystride);
+    else block_portable(G->x, G->xstride, G->tokens, buf, r1 - r0, K, G->y + r0, G->ystride);
+}
+
+int ap_tile_gemm(const ap_tile_group *groups, int n_groups, ap_dequant_fn dequant, int avx2, int int16,
+                 int nthreads) {
     if (n_groups < 1) return 0;
-    const int64_t N = groups[0].w.n_rows, K = groups[0].w.in_features;
-    const int64_t nb = block_rows(N, K, nthreads), blocks = (N + nb - 1) / nb;
-    const size_t buf_bytes = ((size_t)(nb * K) * sizeof(float) + 63) / 64 * 64;
+    const int64_t N = groups[0].w.n_rows, K = groups[0].w.in_features, kpad = 32 * groups[0].w.words;
+    const int64_t row_bytes = int16 ? 2 * kpad : 4 * K;
+    const int64_t nb = block_rows(N, row_bytes, nthreads), blocks = (N + nb - 1) / nb;
+    const size_t buf_bytes = ((size_t)(nb * row_bytes) + 63) / 64 * 64;
+    ap_i16_acts X[AP_MAX_BITS];
+    void *acts = NULL;
+    if (int16 && (n_groups > AP_MAX_BITS || !(acts = alloc_acts(groups, n_groups, kpad, X)))) return -1;
     int failed = 0;
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
-        float *buf = aligned_alloc(64, buf_bytes);
+        for (int g = 0; g < (int16 ? n_groups : 0); g++) {
+#pragma omp for schedule(static)
+            for (int64_t t = 0; t < groups[g].tokens; t++) quantize_i16(groups[g].x, groups[g].xstride, K, &X[g], t);
+        }
+        void *buf = aligned_alloc(64, buf_bytes);
         if (!buf) {
 #pragma omp atomic write
             failed = 1;
@@ -113,17 +181,11 @@ int ap_tile_gemm(const ap_tile_group *groups, int n_groups, ap_dequant_fn dequan
         for (int64_t blk = 0; blk < blocks; blk++) {
             if (!buf) continue;
             const int64_t r0 = blk * nb, r1 = r0 + nb < N ? r0 + nb : N;
-            for (int g = 0; g < n_groups; g++) {
-                const ap_tile_group *G = &groups[g];
-                ap_dequant_args a = G->w;
-                a.out = buf;
-                a.out_bf16 = 0;
-                dequant(&a, r0, r1, r0);
-                if (avx2) block_avx2(G->x, G->xstride, G->tokens, buf, r1 - r0, K, G->y + r0, G->ystride);
-                else block_portable(G->x, G->xstride, G->tokens, buf, r1 - r0, K, G->y + r0, G->ystride);
-            }
+            for (int g = 0; g < n_groups; g++)
+                run_block(&groups[g], int16 ? &X[g] : NULL, r0, r1, buf, dequant, avx2, kpad);
         }
         free(buf);
     }
+    free(acts);
     return failed ? -1 : 0;
 }
