@@ -241,6 +241,18 @@ class NativeEngine(SlotPool):
     def add(self, prompt_ids: Sequence[int], bits: int | float | Plan) -> tuple[int, torch.Tensor]:
         """As the contract; bits may also be a plan (a Plan or a fractional precision such as
         4.5, resolved by the artifact): each module then runs at the plan's width."""
+        slot = self._free_slot()
+        state, logits = self._prefill(prompt_ids, bits, every_position=False)
+        self._slots[slot] = state  # only once the prefill succeeded
+        return slot, logits[0]
+
+    def prompt_logits(self, prompt_ids: Sequence[int], bits: int | float | Plan) -> torch.Tensor:
+        """float32 [len(prompt_ids), vocab]: the logits at every prompt position (for
+        perplexity; `add` computes the head for the last position only). Keeps no slot."""
+        return self._prefill(prompt_ids, bits, every_position=True)[1]
+
+    def _prefill(self, prompt_ids: Sequence[int], bits, every_position: bool) -> tuple[list, torch.Tensor]:
+        """(slot state, logits [1 or len(prompt_ids), vocab]) of a prompt run in chunks."""
         ids = [int(t) for t in prompt_ids]
         if not ids:
             raise EngineError("the prompt is empty: give at least one token")
@@ -248,19 +260,17 @@ class NativeEngine(SlotPool):
             raise EngineError(f"the prompt has {len(ids)} tokens; this model's context is {self.context_length}")
         bits, table = self._width(bits)
         self._check_tokens(ids)
-        slot = self._free_slot()
         state: list = [None, 0]
         self._reserve(state, len(ids))
-        logits = torch.empty(1, self.vocab_size, dtype=torch.float32)
+        logits = torch.empty(len(ids) if every_position else 1, self.vocab_size, dtype=torch.float32)
         for start in range(0, len(ids), PREFILL_CHUNK):
             chunk = ids[start:start + PREFILL_CHUNK]
             last = start + len(chunk) == len(ids)
-            rows = [(tok, bits, start + i, state, 0 if last and i == len(chunk) - 1 else -1, table)
-                    for i, tok in enumerate(chunk)]
+            rows = [(tok, bits, start + i, state, start + i if every_position else
+                     0 if last and i == len(chunk) - 1 else -1, table) for i, tok in enumerate(chunk)]
             self._run(rows, logits)
         state[1] = len(ids)
-        self._slots[slot] = state  # only once the prefill succeeded
-        return slot, logits[0]
+        return state, logits
 
     def step(self, slots: Sequence[int], tokens: Sequence[int], bits: Sequence[int | float | Plan]) -> torch.Tensor:
         if not (len(slots) == len(tokens) == len(bits)):

@@ -7,12 +7,12 @@
  * sums each accumulator's lanes once at the end. No packing is needed: a 4-token x tile
  * (4 * K floats) stays in L1 while it sweeps the block, which stays in L2.
  */
-#include <math.h>
 #include <omp.h>
 #include <stdlib.h>
 #include "ap_tiles.h"
 
 #define TILE_BUF_BYTES (128 * 1024) /* dequantized block per thread: fits L2 with room for x */
+#define I16_MAX_ROWS 48              /* int16 tiles: a 256-column slice of the block (24 KB) stays in L1 */
 #define BLOCKS_PER_THREAD 4         /* at least this many blocks per thread when rows allow */
 #define MT 4                        /* tokens per micro-tile */
 #define NR 3                        /* weight rows per micro-tile */
@@ -97,28 +97,6 @@ AVX2 static void block_avx2(const float *x, int64_t xs, int64_t T, const float *
 #define block_avx2 block_portable
 #endif
 
-/* Token rows of x [T, xs] (K columns) as int16 per AP_I16_KB-column block: sx = absmax / 32767
- * and xq = round(x / sx), so |x - sx * xq| <= sx / 2 (plus fp32 rounding of x / sx); zero past K. */
-static void quantize_i16(const float *x, int64_t xs, int64_t K, ap_i16_acts *X, int64_t t) {
-    const float *xt = x + t * xs;
-    int16_t *q = X->xq + t * X->kpad;
-    float total = 0.0f;
-    for (int64_t b = 0; b < X->nblk; b++) {
-        const int64_t k0 = b * AP_I16_KB, k1 = k0 + AP_I16_KB < K ? k0 + AP_I16_KB : K;
-        float amax = 0.0f;
-        for (int64_t k = k0; k < k1; k++) {
-            const float v = xt[k] < 0 ? -xt[k] : xt[k];
-            amax = v > amax ? v : amax;
-            total += xt[k];
-        }
-        const float inv = amax > 0.0f ? 32767.0f / amax : 0.0f;
-        X->sx[t * X->nblk + b] = amax / 32767.0f;
-        for (int64_t k = k0; k < k1; k++) q[k] = (int16_t)lrintf(xt[k] * inv);
-    }
-    for (int64_t k = K; k < X->kpad; k++) q[k] = 0;
-    X->xsum[t] = total;
-}
-
 /* Activation buffers of every group (one allocation), or NULL: out of memory. */
 static void *alloc_acts(const ap_tile_group *groups, int n_groups, int64_t kpad, ap_i16_acts *X) {
     const int64_t nblk = (kpad + AP_I16_KB - 1) / AP_I16_KB;
@@ -160,7 +138,9 @@ int ap_tile_gemm(const ap_tile_group *groups, int n_groups, ap_dequant_fn dequan
     if (n_groups < 1) return 0;
     const int64_t N = groups[0].w.n_rows, K = groups[0].w.in_features, kpad = 32 * groups[0].w.words;
     const int64_t row_bytes = int16 ? 2 * kpad : 4 * K;
-    const int64_t nb = block_rows(N, row_bytes, nthreads), blocks = (N + nb - 1) / nb;
+    int64_t nb = block_rows(N, row_bytes, nthreads);
+    nb = int16 && nb > I16_MAX_ROWS ? I16_MAX_ROWS : nb;
+    const int64_t blocks = (N + nb - 1) / nb;
     const size_t buf_bytes = ((size_t)(nb * row_bytes) + 63) / 64 * 64;
     ap_i16_acts X[AP_MAX_BITS];
     void *acts = NULL;
@@ -170,7 +150,8 @@ int ap_tile_gemm(const ap_tile_group *groups, int n_groups, ap_dequant_fn dequan
     {
         for (int g = 0; g < (int16 ? n_groups : 0); g++) {
 #pragma omp for schedule(static)
-            for (int64_t t = 0; t < groups[g].tokens; t++) quantize_i16(groups[g].x, groups[g].xstride, K, &X[g], t);
+            for (int64_t t = 0; t < groups[g].tokens; t++)
+                ap_quantize_i16_avx2(groups[g].x + t * groups[g].xstride, K, &X[g], t);
         }
         void *buf = aligned_alloc(64, buf_bytes);
         if (!buf) {

@@ -37,7 +37,9 @@ typedef struct {
     int64_t tokens, kpad, nblk;
 } ap_i16_acts;
 
-/* Defined in ap_tiles_int.c (AVX2; uint8 LUTs only). Rows [r0, r1) as int16 q [r1 - r0, kpad]. */
+/* Defined in ap_tiles_int.c (AVX2; uint8 LUTs only). Token t of X from the fp32 row x [K]. */
+void ap_quantize_i16_avx2(const float *x, int64_t K, ap_i16_acts *X, int64_t t);
+/* Rows [r0, r1) as int16 q [r1 - r0, kpad]. */
 void ap_dequant_rows_i16_avx2(const ap_dequant_args *a, int64_t r0, int64_t r1, int16_t *out, int64_t kpad);
 /* y[t, j] = x[t] . W[j] for every token of X and the nb rows of w (int16 q [nb, kpad], the
  * rows' lo and scale). */

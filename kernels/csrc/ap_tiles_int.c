@@ -8,11 +8,13 @@
  * sum_k x is the exact fp32 sum of the activations, so only the q term sees the activation
  * rounding (at most sx / 2 = absmax of the token's column block / 65534 per column).
  *
- * Overflow: each int32 lane of an accumulator adds pairs q[k] * xq[k] + q[k+1] * xq[k+1]
- * from every 16-column step, i.e. AP_I16_KB / 8 products of at most 255 * 32767 per block
- * before it is converted to fp32. With AP_I16_KB = 256 that is 32 * 255 * 32767 < 2^28; the
- * bound 2^31 - 1 would allow blocks up to 2048 columns (256 * 255 * 32767 = 2139029760).
+ * Overflow: |q * xq| <= 255 * 32767 = 8355585. Each int32 lane of an accumulator adds the
+ * pairs q[k] * xq[k] + q[k+1] * xq[k+1] of every 16-column step (AP_I16_KB / 8 = 32 products
+ * per block), and the 8 lanes are then summed in int32 (`vphaddd`, wrapping): AP_I16_KB = 256
+ * products, 256 * 8355585 = 2139029760 <= 2^31 - 1 = 2147483647, so no sum can wrap. The
+ * block's int32 dot product is then converted to fp32 and scaled by its sx.
  */
+#include <math.h>
 #include "ap_tiles.h"
 
 #if defined(__x86_64__)
@@ -37,6 +39,47 @@ AVX2 static void deq_i16_rows(const ap_dequant_args *a, int64_t r0, int64_t r1, 
     }
 }
 
+/* Token t of X from its fp32 row x (K columns), per AP_I16_KB-column block: sx = absmax / 32767,
+ * xq = round-half-even(x * (32767 / absmax)) (`vcvtps2dq`, lrintf for the tail), so
+ * |x - sx * xq| <= sx / 2 plus fp32 rounding; xq = 0 past K, xsum = the fp32 sum of x. */
+AVX2 void ap_quantize_i16_avx2(const float *x, int64_t K, ap_i16_acts *X, int64_t t) {
+    int16_t *q = X->xq + t * X->kpad;
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    __m256 total = _mm256_setzero_ps();
+    float tail_sum = 0.0f;
+    for (int64_t b = 0; b < X->nblk; b++) {
+        const int64_t k0 = b * AP_I16_KB, k1 = k0 + AP_I16_KB < K ? k0 + AP_I16_KB : K;
+        __m256 vmax = _mm256_setzero_ps();
+        int64_t k = k0;
+        for (; k + 8 <= k1; k += 8) {
+            const __m256 v = _mm256_loadu_ps(x + k);
+            vmax = _mm256_max_ps(vmax, _mm256_andnot_ps(sign, v));
+            total = _mm256_add_ps(total, v);
+        }
+        float amax = 0.0f, lanes[8];
+        _mm256_storeu_ps(lanes, vmax);
+        for (int i = 0; i < 8; i++) amax = lanes[i] > amax ? lanes[i] : amax;
+        for (int64_t kk = k; kk < k1; kk++) {
+            amax = fabsf(x[kk]) > amax ? fabsf(x[kk]) : amax;
+            tail_sum += x[kk];
+        }
+        const float inv = amax > 0.0f ? 32767.0f / amax : 0.0f;
+        X->sx[t * X->nblk + b] = amax / 32767.0f;
+        const __m256 vinv = _mm256_set1_ps(inv);
+        for (k = k0; k + 16 <= k1; k += 16) {
+            const __m256i lo = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + k), vinv));
+            const __m256i hi = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + k + 8), vinv));
+            /* packs interleaves the 128-bit lanes: put them back in column order */
+            _mm256_storeu_si256((__m256i *)(q + k), _mm256_permute4x64_epi64(_mm256_packs_epi32(lo, hi), 0xd8));
+        }
+        for (; k < k1; k++) q[k] = (int16_t)lrintf(x[k] * inv);
+    }
+    for (int64_t k = K; k < X->kpad; k++) q[k] = 0;
+    float lanes[8];
+    _mm256_storeu_ps(lanes, total);
+    X->xsum[t] = tail_sum + lanes[0] + lanes[1] + lanes[2] + lanes[3] + lanes[4] + lanes[5] + lanes[6] + lanes[7];
+}
+
 #define DEQ_I16(B) \
     AVX2 static void deq_i16_b##B(const ap_dequant_args *a, int64_t r0, int64_t r1, int16_t *o, int64_t kp) { \
         deq_i16_rows(a, r0, r1, o, kp, B);                                                                   \
@@ -51,63 +94,71 @@ AVX2 void ap_dequant_rows_i16_avx2(const ap_dequant_args *a, int64_t r0, int64_t
     DEQ_I16_TABLE[a->bits - 1](a, r0, r1, out, kpad);
 }
 
-/* 4 tokens x 2 rows: 8 int32 accumulators + 2 weights + 1 x + the product before its add =
- * 12 ymm registers. 4 x 3 (the fp32 tile's shape) needs 17 and spills: measured on Zen 3,
- * 4 x 2 runs 35 GMAC/s per core against 17 for 4 x 3 (and 17 for the fp32 4 x 3 tile). */
-#define MT 4 /* tokens per micro-tile */
-#define NR 2 /* weight rows per micro-tile */
+/* 2 tokens x 4 rows: 8 int32 accumulators + 4 weights + 1 x + the product before its add =
+ * 14 ymm registers. 4 x 3 (the fp32 tile's shape) needs 17 and spills. Measured on Zen 3
+ * (1 core, L1-resident operands, busy machine): 2 x 4 and 3 x 3 reach ~70-77 GMAC/s, 4 x 2
+ * ~56, 4 x 3 ~40, the fp32 4 x 3 tile ~40; in the blocked GEMM below 2 x 4 gives 42-46. */
+#define MT 2 /* tokens per micro-tile */
+#define NR 4 /* weight rows per micro-tile */
 
-INLINE float hsum(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
+_Static_assert(MT * NR == 8, "sum8 reduces exactly 8 accumulators");
+
+/* The 8 lane sums of v[0..7] (sum k = all lanes of v[k]); each fits int32 (header bound). */
+INLINE __m256i sum8(const __m256i v[8]) {
+    const __m256i a = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
+    const __m256i b = _mm256_hadd_epi32(_mm256_hadd_epi32(v[4], v[5]), _mm256_hadd_epi32(v[6], v[7]));
+    return _mm256_add_epi32(_mm256_permute2x128_si256(a, b, 0x20), _mm256_permute2x128_si256(a, b, 0x31));
 }
 
-/* One m x r micro-tile (m <= MT, r <= NR; constants after inlining) of ap_i16_block_avx2. */
-INLINE void micro_i16(const ap_i16_acts *X, int64_t t0, const int16_t *w, int64_t kpad, const float *lo,
-                      const float *scale, float *y, int64_t ys, const int m, const int r) {
-    float facc[MT][NR][8] __attribute__((aligned(32))) = {{{0}}};  /* in memory: the loop keeps its registers */
-    for (int64_t b = 0, k0 = 0; k0 < kpad; b++, k0 += AP_I16_KB) {
-        const int64_t k1 = k0 + AP_I16_KB < kpad ? k0 + AP_I16_KB : kpad;
-        __m256i acc[MT][NR];
-        for (int t = 0; t < m; t++)
-            for (int j = 0; j < r; j++) acc[t][j] = _mm256_setzero_si256();
-        for (int64_t k = k0; k < k1; k += 16) {
-            __m256i wv[NR];
-            for (int j = 0; j < r; j++) wv[j] = _mm256_loadu_si256((const __m256i *)(w + j * kpad + k));
-            for (int t = 0; t < m; t++) {
-                const __m256i xv = _mm256_loadu_si256((const __m256i *)(X->xq + (t0 + t) * kpad + k));
-                for (int j = 0; j < r; j++) acc[t][j] = _mm256_add_epi32(acc[t][j], _mm256_madd_epi16(xv, wv[j]));
-            }
-        }
+/* One m x r micro-tile (m <= MT, r <= NR; constants after inlining) over the columns
+ * [k0, k1) of activation block b: acc[t][j] += sx[t, b] * xq[t] . q[j] over those columns. */
+INLINE void micro_i16(const ap_i16_acts *X, int64_t t0, const int16_t *w, int64_t kpad, int64_t b, int64_t k0,
+                      int64_t k1, float *acc, int64_t ys, const int m, const int r) {
+    __m256i s[MT * NR];
+    for (int i = 0; i < MT * NR; i++) s[i] = _mm256_setzero_si256();
+    for (int64_t k = k0; k < k1; k += 16) {
+        __m256i wv[NR];
+        for (int j = 0; j < r; j++) wv[j] = _mm256_loadu_si256((const __m256i *)(w + j * kpad + k));
         for (int t = 0; t < m; t++) {
-            const __m256 s = _mm256_set1_ps(X->sx[(t0 + t) * X->nblk + b]);
-            for (int j = 0; j < r; j++)
-                _mm256_store_ps(facc[t][j], _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[t][j]), s, _mm256_load_ps(facc[t][j])));
+            const __m256i xv = _mm256_loadu_si256((const __m256i *)(X->xq + (t0 + t) * kpad + k));
+            for (int j = 0; j < r; j++) s[t * NR + j] = _mm256_add_epi32(s[t * NR + j], _mm256_madd_epi16(xv, wv[j]));
         }
     }
-    for (int t = 0; t < m; t++)
-        for (int j = 0; j < r; j++) y[t * ys + j] = lo[j] * X->xsum[t0 + t] + scale[j] * hsum(_mm256_load_ps(facc[t][j]));
+    int32_t dot[MT * NR] __attribute__((aligned(32)));
+    _mm256_store_si256((__m256i *)dot, sum8(s));
+    for (int t = 0; t < m; t++) {
+        const float sx = X->sx[(t0 + t) * X->nblk + b];
+        for (int j = 0; j < r; j++) acc[t * ys + j] += sx * (float)dot[t * NR + j];
+    }
 }
 
+/* Blocked over columns: one AP_I16_KB-column slice of the block's nb rows (nb * 512 bytes)
+ * stays in L1 while every token tile passes over it, so the weights are read from L2 once
+ * per slice instead of once per token tile (L2 bandwidth was the limit of the unblocked loop). */
 AVX2 void ap_i16_block_avx2(const ap_i16_acts *X, const int16_t *w, int64_t nb, int64_t kpad, const float *lo,
                             const float *scale, float *y, int64_t ys) {
-    for (int64_t t0 = 0; t0 < X->tokens; t0 += MT) {
-        const int m = X->tokens - t0 < MT ? (int)(X->tokens - t0) : MT;
-        for (int64_t j0 = 0; j0 < nb; j0 += NR) {
-            const int r = nb - j0 < NR ? (int)(nb - j0) : NR;
-            const int16_t *wj = w + j0 * kpad;
-            float *yt = y + t0 * ys + j0;
-            switch (m * 4 + r) {
+    for (int64_t t = 0; t < X->tokens; t++)
+        for (int64_t j = 0; j < nb; j++) y[t * ys + j] = 0.0f;
+    for (int64_t b = 0, k0 = 0; k0 < kpad; b++, k0 += AP_I16_KB) {
+        const int64_t k1 = k0 + AP_I16_KB < kpad ? k0 + AP_I16_KB : kpad;
+        for (int64_t t0 = 0; t0 < X->tokens; t0 += MT) {
+            const int m = X->tokens - t0 < MT ? (int)(X->tokens - t0) : MT;
+            for (int64_t j0 = 0; j0 < nb; j0 += NR) {
+                const int r = nb - j0 < NR ? (int)(nb - j0) : NR;
+                const int16_t *wj = w + j0 * kpad;
+                float *acc = y + t0 * ys + j0;
+                switch (m * 8 + r) {
 #define CASE(M, R) \
-    case M * 4 + R: micro_i16(X, t0, wj, kpad, lo + j0, scale + j0, yt, ys, M, R); break;
-                CASE(1, 1) CASE(1, 2) CASE(2, 1) CASE(2, 2) CASE(3, 1) CASE(3, 2) CASE(4, 1) CASE(4, 2)
+    case M * 8 + R: micro_i16(X, t0, wj, kpad, b, k0, k1, acc, ys, M, R); break;
+                    CASE(1, 1) CASE(1, 2) CASE(1, 3) CASE(1, 4) CASE(2, 1) CASE(2, 2) CASE(2, 3) CASE(2, 4)
 #undef CASE
-                default: break;
+                    default: break;
+                }
             }
         }
     }
+    for (int64_t t = 0; t < X->tokens; t++)
+        for (int64_t j = 0; j < nb; j++) y[t * ys + j] = lo[j] * X->xsum[t] + scale[j] * y[t * ys + j];
 }
 
 #endif /* __x86_64__ */
