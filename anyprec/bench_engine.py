@@ -227,9 +227,9 @@ def add_tile_rows_option(p) -> None:
                         "threshold; a huge value: mat-vec kernels only)")
     p.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
                    help="wall time, or this process's CPU time (sums all threads: use it with --threads 1)")
-    from anyprec.engine.native import TILE_KINDS
+    from anyprec.engine.native import DEFAULT_TILES, TILE_KINDS
 
-    p.add_argument("--tiles", nargs="+", choices=TILE_KINDS, default=[TILE_KINDS[0]],
+    p.add_argument("--tiles", nargs="+", choices=TILE_KINDS, default=[DEFAULT_TILES],
                    help="the native engine's tile GEMM: int16 (uint8 LUTs on AVX2) or fp32; bench prefill "
                         "times each kind given, interleaved")
 

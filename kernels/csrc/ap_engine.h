@@ -66,11 +66,12 @@ typedef struct {
 enum { AP_T_NORM, AP_T_QKV, AP_T_ATTN, AP_T_O, AP_T_MLP_UP, AP_T_MLP_DOWN, AP_T_HEAD, AP_T_COUNT };
 
 /* Rows at one bit-width from which a layer call uses the tile GEMM (ap_tiles.h) instead of
- * the mat-vec kernels, measured on AVX2 with the int16 tiles (docs/ENGINE.md, "Prefill:
- * integer tiles"; 1 thread, CPU time, tiles / mat-vec-only): 8 rows 1.0x at 3 bits, 1.47x
- * at 4, 2.6x at 8; 16 rows 1.04x / 1.53x / 2.2x; 32 rows 1.45x / 1.85x / 3.4x. */
+ * the mat-vec kernels, measured on AVX2 (docs/ENGINE.md, "Prefill: integer tiles"; 1 thread,
+ * CPU time, 16-token prompt, tiles / mat-vec only): fp32 tiles 1.36x at 3 bits, 1.92x at 4,
+ * 2.9x at 8; int16 tiles 1.04x / 1.53x / 2.2x (another window); 8 rows: int16 tiles 1.0x /
+ * 1.47x / 2.6x, so 3 bits gains nothing below 16 rows. */
 #define AP_TILE_ROWS 16
-#define AP_TILE_ROWS_LOW_BITS 32 /* bit-widths <= 3: tiles only tie with the mat-vec below 32 rows */
+#define AP_TILE_ROWS_LOW_BITS 16 /* bit-widths <= 3 */
 
 /* Rows without a plan must be sorted by bits (rows of equal bits contiguous); rows with a
  * plan may come in any order (each module call groups them by its width). logits: float32

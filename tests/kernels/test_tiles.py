@@ -236,6 +236,6 @@ def test_engine_tiles_kind_is_checked(u8_apm):
     from anyprec.engine import EngineError, NativeEngine
 
     engine = NativeEngine(u8_apm, head="int8w")
-    assert engine.tiles == "int16"
+    assert engine.tiles == "fp32"  # int16 is opt-in (docs/ENGINE.md)
     with pytest.raises(EngineError, match="tiles 'int8' is not one of int16, fp32"):
         engine.tiles = "int8"
