@@ -6,6 +6,9 @@
  * vectors and 4 x vectors for 12 FMAs into 12 accumulators (16 ymm registers in all), and
  * sums each accumulator's lanes once at the end. No packing is needed: a 4-token x tile
  * (4 * K floats) stays in L1 while it sweeps the block, which stays in L2.
+ *
+ * int16 tiles (uint8 LUTs on AVX2): the activations are quantized once per call, the block
+ * is dequantized to int16 codes and multiplied by ap_tiles_int.c's kernel instead.
  */
 #include <omp.h>
 #include <stdlib.h>
@@ -148,11 +151,13 @@ int ap_tile_gemm(const ap_tile_group *groups, int n_groups, ap_dequant_fn dequan
     int failed = 0;
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
+#if defined(__x86_64__)
         for (int g = 0; g < (int16 ? n_groups : 0); g++) {
 #pragma omp for schedule(static)
             for (int64_t t = 0; t < groups[g].tokens; t++)
                 ap_quantize_i16_avx2(groups[g].x + t * groups[g].xstride, K, &X[g], t);
         }
+#endif
         void *buf = aligned_alloc(64, buf_bytes);
         if (!buf) {
 #pragma omp atomic write
