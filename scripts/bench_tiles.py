@@ -51,7 +51,8 @@ def main() -> None:
                     best[kind] = min(best[kind], fastest(fn, args.repeats // 3 or 1))
             gmac = {kind: n * k * args.tokens / s / 1e9 for kind, s in best.items()}
             print(f"{n} x {k}, {args.tokens} tokens, {b} bits: fp32 tiles {best['fp32'] * 1e3:.2f} ms "
-                  f"({gmac['fp32']:.1f} GMAC/s), int16 tiles {best['int16'] * 1e3:.2f} ms ({gmac['int16']:.1f} GMAC/s), "
+                  f"({gmac['fp32']:.1f} GMAC/s), int16 tiles {best['int16'] * 1e3:.2f} ms "
+                  f"({gmac['int16']:.1f} GMAC/s), "
                   f"int16 / fp32 speed {best['fp32'] / best['int16']:.2f}x", flush=True)
 
 

@@ -159,8 +159,8 @@ class NativeEngine(SlotPool):
     Attributes: max_batch, context_length, vocab_size (the contract), head, threads (OpenMP
     threads per call; 0: torch's), tile_rows (rows at one bit-width from which a layer runs
     the tile GEMM instead of the mat-vec kernels; 0: the measured default per width, see
-    ap_engine.h), tiles (that GEMM's kind, TILE_KINDS), timings (float64[len(PARTS)] seconds per part, summed over calls while
-    `profile` is True). Not thread-safe: one caller drives it.
+    ap_engine.h), tiles (that GEMM's kind, TILE_KINDS), timings (float64[len(PARTS)] seconds
+    per part, summed over calls while `profile` is True). Not thread-safe: one caller drives it.
     """
 
     def __init__(self, apm: AnyPrecisionModel, max_batch: int = 16, threads: int = 0, head: str = DEFAULT_HEAD,
