@@ -20,6 +20,7 @@ SOURCES = [
     "kernels/csrc/ap_int8.c",
     "kernels/csrc/ap_lut8_avx2.c",
     "kernels/csrc/ap_tiles.c",
+    "kernels/csrc/ap_tiles_int.c",
 ]
 
 setup(

@@ -220,7 +220,19 @@ def _load(args, kinds: Sequence[str]):
     engines = {k: open_engine(apm, kind=k, max_batch=16, head=args.head, acts=acts[k]) for k in kinds}
     if getattr(args, "tile_rows", 0) and "native" in engines:
         engines["native"].tile_rows = args.tile_rows
+    if getattr(args, "tiles", None) and "native" in engines:
+        engines["native"].tiles = args.tiles[0]
     return apm, engines
+
+
+def _more_tile_kinds(args, apm, engines: dict) -> None:
+    """One more native engine, named native:KIND, per tile kind after the first of --tiles."""
+    from anyprec.engine import open_engine
+
+    for kind in args.tiles[1:] if "native" in engines else []:
+        engine = open_engine(apm, kind="native", max_batch=16, head=args.head, acts=args.acts)
+        engine.tile_rows, engine.tiles = args.tile_rows, kind
+        engines[f"native:{kind}"] = engine
 
 
 def add_tile_rows_option(p) -> None:
@@ -231,6 +243,11 @@ def add_tile_rows_option(p) -> None:
                         "threshold; a huge value: mat-vec kernels only)")
     p.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
                    help="wall time, or this process's CPU time (sums all threads: use it with --threads 1)")
+    from anyprec.engine.native import DEFAULT_TILES, TILE_KINDS
+
+    p.add_argument("--tiles", nargs="+", choices=TILE_KINDS, default=[DEFAULT_TILES],
+                   help="the native engine's tile GEMM: int16 (uint8 LUTs on AVX2) or fp32; bench prefill "
+                        "times each kind given, interleaved")
 
 
 def _print_rows(title: str, rows: list[dict], unit: str) -> None:
@@ -314,12 +331,13 @@ def run_prefill(args) -> int:
     from anyprec.bench import _write_json
 
     apm, engines = _load(args, args.engines)
+    _more_tile_kinds(args, apm, engines)
     ids = prompt_ids(apm.tokenizer, args.prompt_tokens)
     rows = measure_prefill(engines, args.bits, ids, args.repeats, args.clock)
     _print_rows(f"median prefill of a {len(ids)}-token prompt over {args.repeats} interleaved rounds", rows,
                 "tok/s")
     _write_json(args.json, {"dir": str(args.dir), "threads": torch.get_num_threads(), "tile_rows": args.tile_rows,
-                            "clock": args.clock, "rows": rows})
+                            "tiles": args.tiles, "clock": args.clock, "rows": rows})
     return 0
 
 

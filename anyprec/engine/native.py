@@ -38,6 +38,11 @@ _ROW = struct.Struct("<8q")
 # about +-0.7%, docs/ENGINE.md); 3-bit calls, prefill tiles and the head are not affected
 ACT_MODES = ("fp32", "int8")
 DEFAULT_ACTS = "fp32"
+# prefill tile GEMM (ap_eng_model.tiles_fp32): "int16" (uint8 LUTs on AVX2: int16 weights and
+# activations, `vpmaddwd`; else fp32) or "fp32" (dequantized fp32 tiles everywhere). int16 is
+# opt-in: perplexity within +-0.01%, but not yet measurably faster in the engine (docs/ENGINE.md)
+TILE_KINDS = ("int16", "fp32")
+DEFAULT_TILES = "fp32"
 
 
 def unsupported_reason(apm: AnyPrecisionModel) -> str | None:
@@ -154,8 +159,8 @@ class NativeEngine(SlotPool):
     Attributes: max_batch, context_length, vocab_size (the contract), head, threads (OpenMP
     threads per call; 0: torch's), tile_rows (rows at one bit-width from which a layer runs
     the tile GEMM instead of the mat-vec kernels; 0: the measured default per width, see
-    ap_engine.h), timings (float64[len(PARTS)] seconds per part, summed over calls while
-    `profile` is True). Not thread-safe: one caller drives it.
+    ap_engine.h), tiles (that GEMM's kind, TILE_KINDS), timings (float64[len(PARTS)] seconds
+    per part, summed over calls while `profile` is True). Not thread-safe: one caller drives it.
     """
 
     def __init__(self, apm: AnyPrecisionModel, max_batch: int = 16, threads: int = 0, head: str = DEFAULT_HEAD,
@@ -177,6 +182,7 @@ class NativeEngine(SlotPool):
         self.vocab_size = int(config.vocab_size)
         self.threads = int(threads)
         self.tile_rows = 0
+        self._tiles = DEFAULT_TILES
         self.profile = False
         self.timings = torch.zeros(len(PARTS), dtype=torch.float64)
         self._bits = set(apm.bits_available)
@@ -216,13 +222,39 @@ class NativeEngine(SlotPool):
         header += struct.pack("<3q", HEAD_MODES.index(self.head), i8, scale)
         header += struct.pack("<2q", int(embed_scale is not None), 0 if embed_scale is None else embed_scale.data_ptr())
         header += struct.pack("<q", int(self.acts == "int8"))
+        self._tiles_at = len(header)  # tiles_fp32, rewritten by the `tiles` setter
+        header += struct.pack("<q", TILE_KINDS.index(self._tiles))
         self._model = torch.frombuffer(bytearray(header), dtype=torch.uint8)
+
+    @property
+    def tiles(self) -> str:
+        """The prefill tile GEMM: "int16" (where it applies, else fp32) or "fp32" (TILE_KINDS)."""
+        return self._tiles
+
+    @tiles.setter
+    def tiles(self, kind: str) -> None:
+        if kind not in TILE_KINDS:
+            raise EngineError(f"tiles {kind!r} is not one of {', '.join(TILE_KINDS)}")
+        self._tiles = kind
+        self._model[self._tiles_at:self._tiles_at + 8] = torch.tensor([TILE_KINDS.index(kind)]).view(torch.uint8)
 
     # -- the contract -------------------------------------------------------------------
 
     def add(self, prompt_ids: Sequence[int], bits: int | float | Plan) -> tuple[int, torch.Tensor]:
         """As the contract; bits may also be a plan (a Plan or a fractional precision such as
         4.5, resolved by the artifact): each module then runs at the plan's width."""
+        slot = self._free_slot()
+        state, logits = self._prefill(prompt_ids, bits, every_position=False)
+        self._slots[slot] = state  # only once the prefill succeeded
+        return slot, logits[0]
+
+    def prompt_logits(self, prompt_ids: Sequence[int], bits: int | float | Plan) -> torch.Tensor:
+        """float32 [len(prompt_ids), vocab]: the logits at every prompt position (for
+        perplexity; `add` computes the head for the last position only). Keeps no slot."""
+        return self._prefill(prompt_ids, bits, every_position=True)[1]
+
+    def _prefill(self, prompt_ids: Sequence[int], bits, every_position: bool) -> tuple[list, torch.Tensor]:
+        """(slot state, logits [1 or len(prompt_ids), vocab]) of a prompt run in chunks."""
         ids = [int(t) for t in prompt_ids]
         if not ids:
             raise EngineError("the prompt is empty: give at least one token")
@@ -230,19 +262,17 @@ class NativeEngine(SlotPool):
             raise EngineError(f"the prompt has {len(ids)} tokens; this model's context is {self.context_length}")
         bits, table = self._width(bits)
         self._check_tokens(ids)
-        slot = self._free_slot()
         state: list = [None, 0]
         self._reserve(state, len(ids))
-        logits = torch.empty(1, self.vocab_size, dtype=torch.float32)
+        logits = torch.empty(len(ids) if every_position else 1, self.vocab_size, dtype=torch.float32)
         for start in range(0, len(ids), PREFILL_CHUNK):
             chunk = ids[start:start + PREFILL_CHUNK]
             last = start + len(chunk) == len(ids)
-            rows = [(tok, bits, start + i, state, 0 if last and i == len(chunk) - 1 else -1, table)
-                    for i, tok in enumerate(chunk)]
+            rows = [(tok, bits, start + i, state, start + i if every_position else
+                     0 if last and i == len(chunk) - 1 else -1, table) for i, tok in enumerate(chunk)]
             self._run(rows, logits)
         state[1] = len(ids)
-        self._slots[slot] = state  # only once the prefill succeeded
-        return slot, logits[0]
+        return state, logits
 
     def step(self, slots: Sequence[int], tokens: Sequence[int], bits: Sequence[int | float | Plan]) -> torch.Tensor:
         if not (len(slots) == len(tokens) == len(bits)):

@@ -52,11 +52,11 @@ static void add_gemv_groups(const ap_eng_linear *L, int bits, int64_t r0, int64_
 
 /* y[r, :] = x[r, :] @ W_{widths[r]}.T + bias for rows r in [0, R); equal widths are
  * contiguous. A run of at least `tile_rows` rows at one width (<= 0: the measured default
- * of that width, ap_engine.h) goes through the tile GEMM
+ * of that width, ap_engine.h) goes through the tile GEMM of `tiles_kind` (AP_TILES_*)
  * (one dequantization per block of weight rows, shared by the run); shorter runs make
  * mat-vec groups of up to AP_MAX_TOKENS rows, which share one pass over the planes. */
 static int linear(const ap_eng_linear *L, const int64_t *widths, int64_t R, const float *x, float *y,
-                  int nthreads, int64_t tile_rows, int act_int8) {
+                  int nthreads, int64_t tile_rows, int act_int8, int tiles_kind) {
     const int64_t K = L->in_features, N = L->n_rows;
     ap_tile_group tiles[AP_MAX_BITS];
     int n_tiles = 0;
@@ -89,7 +89,7 @@ static int linear(const ap_eng_linear *L, const int64_t *widths, int64_t R, cons
         }
         c0 = r0;
     }
-    if (n_tiles && ap_run_tile_gemm(tiles, n_tiles, nthreads)) return -1;
+    if (n_tiles && ap_run_tile_gemm(tiles, n_tiles, tiles_kind, nthreads)) return -1;
     if (L->bias) {
         const float *b = (const float *)(intptr_t)L->bias;
         for (int64_t r = 0; r < R; r++)
@@ -102,6 +102,7 @@ static int linear(const ap_eng_linear *L, const int64_t *widths, int64_t R, cons
 typedef struct {
     int any_plan;
     int act_int8;             /* the model's acts_int8 (ap_eng_model) */
+    int tiles_kind;           /* the model's tiles_fp32 as an AP_TILES_* kind */
     int64_t *widths, *order;  /* [R] */
     float *xg, *yg;           /* [R, widest in/out features] */
 } plan_scratch;
@@ -112,7 +113,7 @@ static int module_call(const ap_eng_linear *L, int64_t l, int j, const ap_eng_ro
                        const float *x, float *y, int nt, int64_t tr, const plan_scratch *ps) {
     if (!ps->any_plan) {
         for (int64_t r = 0; r < R; r++) ps->widths[r] = rows[r].bits;
-        return linear(L, ps->widths, R, x, y, nt, tr, ps->act_int8);
+        return linear(L, ps->widths, R, x, y, nt, tr, ps->act_int8, ps->tiles_kind);
     }
     const int64_t K = L->in_features, N = L->n_rows;
     int64_t n = 0;
@@ -127,7 +128,7 @@ static int module_call(const ap_eng_linear *L, int64_t l, int j, const ap_eng_ro
         }
     if (n != R) return -2;  /* a width outside 1..AP_MAX_BITS */
     for (int64_t i = 0; i < R; i++) memcpy(ps->xg + i * K, x + ps->order[i] * K, (size_t)K * sizeof(float));
-    const int rc = linear(L, ps->widths, R, ps->xg, ps->yg, nt, tr, ps->act_int8);
+    const int rc = linear(L, ps->widths, R, ps->xg, ps->yg, nt, tr, ps->act_int8, ps->tiles_kind);
     for (int64_t i = 0; i < R && !rc; i++) memcpy(y + ps->order[i] * N, ps->yg + i * N, (size_t)N * sizeof(float));
     return rc;
 }
@@ -227,6 +228,7 @@ static int alloc_scratch(scratch *s, const ap_eng_model *m, const ap_eng_row *ro
     s->u = s->g + R * I;
     s->ps.any_plan = any_plan;
     s->ps.act_int8 = m->acts_int8 != 0;
+    s->ps.tiles_kind = m->tiles_fp32 ? AP_TILES_FP32 : AP_TILES_AUTO;
     s->ps.xg = any_plan ? s->u + R * I : NULL;
     s->ps.yg = any_plan ? s->ps.xg + R * widest : NULL;
     s->ps.widths = (int64_t *)(void *)(all + floats);

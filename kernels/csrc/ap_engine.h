@@ -42,7 +42,9 @@ typedef struct {
     int64_t embed_i8;        /* 1: embed is int8 [vocab, hidden] rows times embed_scale, widened per token */
     int64_t embed_scale;     /* float32 [vocab] when embed_i8 */
     int64_t acts_int8;       /* 1: mat-vec calls on uint8 LUTs from 4 bits take int8 activations (one
-                              * scale per 32 columns); 0: fp32. 3-bit calls and tiles stay fp32 */
+                              * scale per 32 columns); 0: fp32. 3-bit calls stay fp32 */
+    int64_t tiles_fp32;      /* 1: the tile GEMM runs fp32 tiles; 0: int16 tiles where they apply
+                              * (uint8 LUTs on AVX2, ap_tiles.h), else fp32 */
 } ap_eng_model;
 
 /* Output head modes: fp16 weights (exact); int8 weights x fp32 activations; int8 x int8. */
@@ -64,11 +66,12 @@ typedef struct {
 enum { AP_T_NORM, AP_T_QKV, AP_T_ATTN, AP_T_O, AP_T_MLP_UP, AP_T_MLP_DOWN, AP_T_HEAD, AP_T_COUNT };
 
 /* Rows at one bit-width from which a layer call uses the tile GEMM (ap_tiles.h) instead of
- * the mat-vec kernels, measured on AVX2 (docs/ENGINE.md, "AVX2 dequantizer on the lookup
- * path"): with the vpshufb dequantizer, 32- and 64-row prompts at 3 and 4 bits are
- * 1.6-2.4x faster by tiles, so 3 bits no longer needs a higher threshold. */
-#define AP_TILE_ROWS 64
-#define AP_TILE_ROWS_LOW_BITS 64 /* bit-widths <= 3 */
+ * the mat-vec kernels, measured on AVX2 (docs/ENGINE.md, "Prefill: integer tiles"; 1 thread,
+ * CPU time, 16-token prompt, tiles / mat-vec only): fp32 tiles 1.36x at 3 bits, 1.92x at 4,
+ * 2.9x at 8; int16 tiles 1.04x / 1.53x / 2.2x (another window); 8 rows: int16 tiles 1.0x /
+ * 1.47x / 2.6x, so 3 bits gains nothing below 16 rows. */
+#define AP_TILE_ROWS 16
+#define AP_TILE_ROWS_LOW_BITS 16 /* bit-widths <= 3 */
 
 /* Rows without a plan must be sorted by bits (rows of equal bits contiguous); rows with a
  * plan may come in any order (each module call groups them by its width). logits: float32

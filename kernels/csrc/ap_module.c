@@ -365,9 +365,12 @@ int ap_run_gemv_groups(ap_gemv_args *groups, int n_groups, int nthreads, int act
 void ap_run_half_gemv(const ap_half_gemv_args *a, int nthreads) { run_half_gemv(a, nthreads); }
 
 /* Every group of one call is one layer's: the same LUT kind, so one dequantizer serves them. */
-int ap_run_tile_gemm(const ap_tile_group *groups, int n_groups, int nthreads) {
+/* Integer tiles need the AVX2 kernels and uint8 LUTs (AVX-512 CPUs run AVX2 too). */
+int ap_run_tile_gemm(const ap_tile_group *groups, int n_groups, int kind, int nthreads) {
     if (n_groups < 1) return 0;
-    return ap_tile_gemm(groups, n_groups, pick_dequant(&groups[0].w), current_isa() != ISA_PORTABLE, nthreads);
+    const int avx2 = current_isa() != ISA_PORTABLE;
+    const int int16 = avx2 && kind == AP_TILES_AUTO && groups[0].w.lut_u8;
+    return ap_tile_gemm(groups, n_groups, pick_dequant(&groups[0].w), avx2, int16, nthreads);
 }
 
 static int parse_ints(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t want, int64_t *out, const char *name) {
@@ -447,20 +450,27 @@ static PyObject *py_dequant(PyObject *self, PyObject *const *args, Py_ssize_t na
 }
 
 /* tile_gemm(planes, plane_stride, n_rows, words, in_features, lut, lut_f16, bits,
- *           x, tokens, x_stride, y, y_stride, nthreads): the tile GEMM for any token count */
+ *           x, tokens, x_stride, y, y_stride, nthreads[, lut_lo, lut_scale, kind]): the tile GEMM
+ * for any token count; lut_lo != 0: a uint8 LUT with its lo / scale; kind: AP_TILES_* (0: auto) */
 static PyObject *py_tile_gemm(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    int64_t v[14];
-    if (parse_ints(args, nargs, 14, v, "tile_gemm") || check_common(v[7], v[13])) return NULL;
+    int64_t v[17] = {0};
+    if (parse_ints(args, nargs, nargs == 17 ? 17 : 14, v, "tile_gemm") || check_common(v[7], v[13])) return NULL;
+    if ((v[14] == 0) != (v[15] == 0) || (v[16] != AP_TILES_AUTO && v[16] != AP_TILES_FP32)) {
+        PyErr_Format(PyExc_ValueError, "tile_gemm: pass both lut_lo and lut_scale or neither, and kind 0 (auto) "
+                     "or 1 (fp32), got kind=%lld", (long long)v[16]);
+        return NULL;
+    }
     if (v[9] < 1) {
         PyErr_Format(PyExc_ValueError, "tokens=%lld must be >= 1", (long long)v[9]);
         return NULL;
     }
     ap_tile_group g = {{(const uint32_t *)(intptr_t)v[0], v[1], v[2], v[3], v[4], (const void *)(intptr_t)v[5],
-                        (int)v[6], (int)v[7], NULL, 0},
+                        (int)v[6], (int)v[7], NULL, 0, v[14] != 0, (const float *)(intptr_t)v[14],
+                        (const float *)(intptr_t)v[15]},
                        (const float *)(intptr_t)v[8], v[10], v[9], (float *)(intptr_t)v[11], v[12]};
     int rc;
     Py_BEGIN_ALLOW_THREADS
-    rc = ap_run_tile_gemm(&g, 1, (int)v[13]);
+    rc = ap_run_tile_gemm(&g, 1, (int)v[16], (int)v[13]);
     Py_END_ALLOW_THREADS
     if (rc) return PyErr_NoMemory();
     Py_RETURN_NONE;
