@@ -125,18 +125,21 @@ def tiny_gpt2_dir(tmp_path_factory, tiny_gpt2) -> Path:
 TINY_CALIB = {"n_samples": 4, "seq_len": 32}
 
 
-@pytest.fixture(scope="session")
-def tiny_quantized(tmp_path_factory, tiny_model_dir):
-    """(artifact_dir, work_dir): the tiny Llama quantized 3..8 bits with a 4 x 32 calibration set."""
+def quantize_tiny(model_dir: Path, root: Path, **quantization) -> Path:
+    """`model_dir` quantized 3..8 bits with the 4 x 32 calibration set and QuantizationConfig(**quantization):
+    the artifact in root/packed, work files in root/work."""
     from anyprec.config import CalibrationConfig, QuantizationConfig
     from anyprec.quantize import quantize_model
 
+    return quantize_model(str(model_dir), root / "packed", CalibrationConfig(**TINY_CALIB),
+                          QuantizationConfig(**quantization), work_dir=root / "work", progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_quantized(tmp_path_factory, tiny_model_dir):
+    """(artifact_dir, work_dir): the tiny Llama quantized 3..8 bits with a 4 x 32 calibration set."""
     root = tmp_path_factory.mktemp("tiny_quantized")
-    out = quantize_model(
-        str(tiny_model_dir), root / "packed", CalibrationConfig(**TINY_CALIB), QuantizationConfig(),
-        work_dir=root / "work", progress=False,
-    )
-    return out, root / "work"
+    return quantize_tiny(tiny_model_dir, root), root / "work"
 
 
 @pytest.fixture(scope="session")

@@ -162,6 +162,14 @@ INLINE __m256i u8_lookup_codes32(__m256i c, const uint32_t *const src[], int64_t
     return cand[0];
 }
 
+/* acc[t][j] += wv[j] * x[t, 32w + 8j .. 32w + 8j + 7] for T fp32 tokens (columns 8j..8j+7 of word w). */
+INLINE void fma_tokens32(const ap_gemv_args *a, int64_t w, const __m256 wv[4], __m256 acc[][4], int T) {
+    for (int t = 0; t < T; t++) {
+        const float *x = a->x + t * a->xstride + 32 * w;
+        for (int j = 0; j < 4; j++) acc[t][j] = _mm256_fmadd_ps(wv[j], _mm256_loadu_ps(x + 8 * j), acc[t][j]);
+    }
+}
+
 /* 32 bytes -> fp32, columns 8j..8j+7 in w[j] (exact). */
 INLINE void u8_widen(__m256i q, __m256 w[4]) {
     const __m128i q0 = _mm256_castsi256_si128(q), q1 = _mm256_extracti128_si256(q, 1);

@@ -43,10 +43,7 @@ INLINE void dot_f32(const ap_gemv_args *a, const uint32_t *const src[], const __
         for (int64_t w = w0; w < w1; w++) {
             __m256 wv[4];
             u8_widen(u8_lookup_codes32(_mm256_load_si256((const __m256i *)(codes + 32 * (w - w0))), src, w, tabs, bits), wv);
-            for (int t = 0; t < T; t++) {
-                const float *x = a->x + t * a->xstride + 32 * w;
-                for (int j = 0; j < 4; j++) acc[t][j] = _mm256_fmadd_ps(wv[j], _mm256_loadu_ps(x + 8 * j), acc[t][j]);
-            }
+            fma_tokens32(a, w, wv, acc, T);
         }
     }
     for (int t = 0; t < T; t++)

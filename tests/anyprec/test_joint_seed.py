@@ -112,13 +112,10 @@ def test_plain_seed_dumps_stay_as_before():
 
 
 def test_pipeline_quantizes_with_a_joint_seed(tiny_model_dir, tiny_artifact, tmp_path):
-    from anyprec.config import CalibrationConfig
     from anyprec.packed import read_manifest
-    from anyprec.quantize import quantize_model
-    from tests.conftest import TINY_CALIB
+    from tests.conftest import quantize_tiny
 
-    out = quantize_model(str(tiny_model_dir), tmp_path / "packed", CalibrationConfig(**TINY_CALIB),
-                         QuantizationConfig(joint_weight=0.0), work_dir=tmp_path / "work", progress=False)
+    out = quantize_tiny(tiny_model_dir, tmp_path, joint_weight=0.0)
     joint, plain = read_manifest(out), read_manifest(tiny_artifact)
     assert joint["inputs"]["quantization"]["joint_weight"] == 0.0
     # weight 0: 4 bits are exactly optimal, so never worse than the plain seed's 4 bits

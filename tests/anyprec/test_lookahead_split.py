@@ -97,13 +97,10 @@ def test_config_refuses_lookahead_with_lloyd_and_keeps_plain_dumps():
 
 
 def test_pipeline_quantizes_with_lookahead(tiny_model_dir, tiny_artifact, tmp_path):
-    from anyprec.config import CalibrationConfig, QuantizationConfig
     from anyprec.packed import read_manifest
-    from anyprec.quantize import quantize_model
-    from tests.conftest import TINY_CALIB
+    from tests.conftest import quantize_tiny
 
-    out = quantize_model(str(tiny_model_dir), tmp_path / "packed", CalibrationConfig(**TINY_CALIB),
-                         QuantizationConfig(lookahead_weight=0.0), work_dir=tmp_path / "work", progress=False)
+    out = quantize_tiny(tiny_model_dir, tmp_path, lookahead_weight=0.0)
     ahead, plain = read_manifest(out), read_manifest(tiny_artifact)
     assert ahead["inputs"]["quantization"]["lookahead_weight"] == 0.0
     assert ahead["objective"]["3"] == pytest.approx(plain["objective"]["3"], rel=1e-12)  # the seed stays
