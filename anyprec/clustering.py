@@ -125,27 +125,24 @@ def _unsort(order: np.ndarray, sorted_codes: np.ndarray) -> np.ndarray:
     return codes
 
 
-def _check_joint(joint_weight: float | None, method: ClusterMethod) -> float:
-    """The kernel's joint-seed weight: -1 for the plain seed, else joint_weight (>= 0)."""
-    if joint_weight is None:
+def _kernel_weight(name: str, value: float | None, method: ClusterMethod, plain: str, step: str) -> float:
+    """A clustering kernel's weight option (joint_weight, lookahead_weight): -1 for the plain
+    algorithm (None), else the value, which must be >= 0 and needs the optimal method."""
+    if value is None:
         return -1.0
     if method != ClusterMethod.OPTIMAL:
-        raise ValueError("joint_weight needs method='optimal' (the Lloyd seed is the reference's, kept as is)")
-    if not np.isfinite(joint_weight) or joint_weight < 0:
-        raise ValueError(f"joint_weight must be a finite number >= 0 (or None for the plain seed), got {joint_weight!r}")
-    return float(joint_weight)
+        raise ValueError(f"{name} needs method='optimal' (the Lloyd {step} is the reference's, kept as is)")
+    if not np.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0 (or None for {plain}), got {value!r}")
+    return float(value)
+
+
+def _check_joint(joint_weight: float | None, method: ClusterMethod) -> float:
+    return _kernel_weight("joint_weight", joint_weight, method, "the plain seed", "seed")
 
 
 def _check_lookahead(lookahead_weight: float | None, method: ClusterMethod) -> float:
-    """The upscale kernel's look-ahead weight: -1 for plain splits, else lookahead_weight (>= 0)."""
-    if lookahead_weight is None:
-        return -1.0
-    if method != ClusterMethod.OPTIMAL:
-        raise ValueError("lookahead_weight needs method='optimal' (the Lloyd split is the reference's, kept as is)")
-    if not np.isfinite(lookahead_weight) or lookahead_weight < 0:
-        raise ValueError(f"lookahead_weight must be a finite number >= 0 (or None for plain splits), "
-                         f"got {lookahead_weight!r}")
-    return float(lookahead_weight)
+    return _kernel_weight("lookahead_weight", lookahead_weight, method, "plain splits", "split")
 
 
 def _seed_sorted(xs, fs, bits: int, method: ClusterMethod, row_offset: int, lam: float = -1.0):

@@ -69,7 +69,7 @@ static int linear(const ap_eng_linear *L, const int64_t *widths, int64_t R, cons
             int64_t r1 = r0;
             while (r1 < R && widths[r1] == bits) r1++;
             if (bits < 1 || bits > AP_MAX_BITS || !L->lut[bits]) return -2;
-            const int64_t threshold = tile_rows > 0 ? tile_rows : bits <= 3 ? AP_TILE_ROWS_LOW_BITS : AP_TILE_ROWS;
+            const int64_t threshold = tile_rows > 0 ? tile_rows : AP_TILE_ROWS;
             if (r1 - r0 >= threshold && n_tiles < AP_MAX_BITS) {
                 tiles[n_tiles++] = (ap_tile_group){dequant_args(L, bits), x + r0 * K, K, r1 - r0, y + r0 * N, N};
             } else {

@@ -71,12 +71,10 @@ enum { AP_T_NORM, AP_T_QKV, AP_T_ATTN, AP_T_O, AP_T_MLP_UP, AP_T_MLP_DOWN, AP_T_
  * 2.9x at 8; int16 tiles 1.04x / 1.53x / 2.2x (another window); 8 rows: int16 tiles 1.0x /
  * 1.47x / 2.6x, so 3 bits gains nothing below 16 rows. */
 #define AP_TILE_ROWS 16
-#define AP_TILE_ROWS_LOW_BITS 16 /* bit-widths <= 3 */
 
 /* Rows without a plan must be sorted by bits (rows of equal bits contiguous); rows with a
  * plan may come in any order (each module call groups them by its width). logits: float32
- * [n_logits, vocab]. tile_rows: the tile threshold for every width (<= 0: AP_TILE_ROWS,
- * AP_TILE_ROWS_LOW_BITS).
+ * [n_logits, vocab]. tile_rows: the tile threshold for every width (<= 0: AP_TILE_ROWS).
  * Returns 0, -1 (out of memory) or -2 (a row's bit-width has no LUT). */
 int ap_engine_step(const ap_eng_model *m, const ap_eng_row *rows, int64_t n_rows, float *logits,
                    int nthreads, double *timings, int64_t tile_rows);
