@@ -20,7 +20,8 @@ PLAN_HELP = "; 4.5, a stored plan's name or a plan JSON file (`anyprec plan`) ru
 
 
 QUANTIZE_FLAGS = {"seed_bits": "--seed-bits", "parent_bits": "--parent-bits", "method": "--method", "corpus": "--corpus",
-                  "n_samples": "--samples", "seq_len": "--seq-len", "seed": "--seed", "sensitivity": "--sensitivity"}
+                  "n_samples": "--samples", "seq_len": "--seq-len", "seed": "--seed", "sensitivity": "--sensitivity",
+                  "lookahead_weight": "--lookahead-weight"}
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
@@ -32,13 +33,26 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
     try:
         calib = CalibrationConfig(corpus=args.corpus, n_samples=args.samples, seq_len=args.seq_len, seed=args.seed)
+        chosen = {} if args.lookahead_weight is None else {"lookahead_weight": _weight_or_none(args.lookahead_weight)}
         quant = QuantizationConfig(seed_bits=args.seed_bits, parent_bits=args.parent_bits, method=args.method,
-                                   sensitivity=args.sensitivity)
+                                   sensitivity=args.sensitivity, **chosen)
     except ValidationError as err:
         raise UsageError(validation_message(err, QUANTIZE_FLAGS)) from None
     out = quantize_model(args.model, args.out, calib, quant, work_dir=args.work_dir, force=args.force)
     print(f"wrote {out}")
     return cmd_info(argparse.Namespace(dir=out, json=False, verify=False, bits=None, luts=DEFAULT_LUTS))
+
+
+def _weight_or_none(text: str) -> float | None:
+    """A clustering weight flag: a number, or `none` for the plain (paper) algorithm."""
+    from anyprec.errors import UsageError
+
+    if text.lower() in ("none", "null"):
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise UsageError(f"--lookahead-weight {text!r} is not a number: give e.g. 0.25, or none for plain splits") from None
 
 
 def _mib(n: int) -> str:
@@ -206,6 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replace an existing anyprec artifact at --out (any other non-empty folder is refused)")
     q.add_argument("--sensitivity", choices=["auto", "streamed", "whole"], default=quant.sensitivity,
                    help="Fisher pass: streamed holds one decoder layer at a time (default auto: when RAM needs it)")
+    q.add_argument("--lookahead-weight", default=None, metavar="V|none",
+                   help=f"look-ahead upscaling weight (default {quant.lookahead_weight} with --method optimal; "
+                        "none: each split best for its own width, as the paper)")
     q.set_defaults(func=cmd_quantize)
 
     i = sub.add_parser("info", help="bit-widths, bytes per bit-width and total, manifest")

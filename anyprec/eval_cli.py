@@ -66,7 +66,7 @@ def _work_dir(inputs: dict[str, Any]) -> Path:
     from anyprec.stages import work_dir
 
     calib = CalibrationConfig(**inputs["calibration"])
-    quant = QuantizationConfig(**inputs["quantization"])
+    quant = QuantizationConfig.from_dump(inputs["quantization"])
     return work_dir(inputs["base_model_sha256"], calib, quant)
 
 

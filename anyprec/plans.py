@@ -170,7 +170,7 @@ def _objectives_from_work_dir(manifest: Mapping[str, Any], work_dir: Path) -> di
     if not (sens.is_dir() and nested.is_dir()):
         raise FileNotFoundError(f"--work-dir {work_dir} lacks sensitivity/ or nested/: give the directory "
                                 "`anyprec quantize --work-dir` used (default: ~/.cache/anyprec/work/<hash>)")
-    quant = QuantizationConfig(**manifest["inputs"]["quantization"])
+    quant = QuantizationConfig.from_dump(manifest["inputs"]["quantization"])
     table = module_objectives(manifest["inputs"]["base_model_ref"], sens, nested, quant)
     if set(table) != set(manifest["modules"]):
         raise ValueError(f"--work-dir {work_dir} holds other modules than the artifact: "

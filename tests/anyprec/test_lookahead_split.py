@@ -91,18 +91,26 @@ def test_config_refuses_lookahead_with_lloyd_and_keeps_plain_dumps():
         QuantizationConfig(method="lloyd", lookahead_weight=0.25)
     with pytest.raises(ValidationError):
         QuantizationConfig(lookahead_weight=-1.0)
-    # plain splits: cache keys and manifests stay byte-identical to earlier ones
-    assert "lookahead_weight" not in QuantizationConfig().model_dump()
-    assert QuantizationConfig(lookahead_weight=0.5).model_dump()["lookahead_weight"] == 0.5
+    # the default: look-ahead for the optimal method, plain splits for lloyd (no error)
+    assert QuantizationConfig().model_dump()["lookahead_weight"] == 0.25
+    assert QuantizationConfig(method="lloyd").lookahead_weight is None
+    # plain splits: cache keys and manifests stay byte-identical to earlier ones ...
+    plain = QuantizationConfig(lookahead_weight=None)
+    assert "lookahead_weight" not in plain.model_dump()
+    # ... and a dump without the key (any artifact made before look-ahead was the default) reads as plain
+    assert QuantizationConfig.from_dump(plain.model_dump()) == plain
+    assert QuantizationConfig.from_dump(QuantizationConfig().model_dump()) == QuantizationConfig()
 
 
 def test_pipeline_quantizes_with_lookahead(tiny_model_dir, tiny_artifact, tmp_path):
     from anyprec.packed import read_manifest
     from tests.conftest import quantize_tiny
 
-    out = quantize_tiny(tiny_model_dir, tmp_path, lookahead_weight=0.0)
-    ahead, plain = read_manifest(out), read_manifest(tiny_artifact)
+    out = quantize_tiny(tiny_model_dir, tmp_path / "ahead", lookahead_weight=0.0)
+    ahead, plain = read_manifest(out), read_manifest(quantize_tiny(tiny_model_dir, tmp_path / "plain", lookahead_weight=None))
     assert ahead["inputs"]["quantization"]["lookahead_weight"] == 0.0
+    assert "lookahead_weight" not in plain["inputs"]["quantization"]
+    assert read_manifest(tiny_artifact)["inputs"]["quantization"]["lookahead_weight"] == 0.25  # the default
     assert ahead["objective"]["3"] == pytest.approx(plain["objective"]["3"], rel=1e-12)  # the seed stays
     # weight 0: each seed cluster's split is the one best for 5 bits (plain's is one candidate) ...
     assert ahead["objective"]["5"] <= plain["objective"]["5"] * (1 + 1e-9)

@@ -31,6 +31,8 @@ def _quantize(model: Path, out: Path, *flags: str) -> list[str]:
         (["--seed-bits", "3", "--parent-bits", "9"], ["--parent-bits 9", "less than or equal to 8"]),
         (["--samples", "0"], ["--samples 0", "greater than or equal to 1"]),
         (["--seq-len", "4"], ["--seq-len 4", "greater than or equal to 8"]),
+        (["--lookahead-weight", "-1"], ["--lookahead-weight -1", "greater than or equal to 0"]),
+        (["--lookahead-weight", "abc"], ["--lookahead-weight 'abc' is not a number", "none for plain splits"]),
     ],
 )
 def test_out_of_range_settings_name_the_flag(tiny_model_dir, tmp_path, flags, names, capsys):
