@@ -466,27 +466,60 @@ def _split_range(x, f, a, e, method, g, buf1, buf2):
     return _split_lloyd(x, g, a, e, buf1, buf2)
 
 
-@nb.njit(cache=True, inline="always")
-def _best_halves(W, S1, S2, j, i):
-    """Least cost of positions [j, i) cut into two contiguous parts (0 with < 2 positions)."""
-    best = 0.0 if i - j < 2 else np.inf
-    for t in range(j + 1, i):
-        v = _cost(W, S1, S2, j, t) + _cost(W, S1, S2, t, i)
-        if v < best:
-            best = v
-    return best
+@nb.njit(cache=True)
+def _halves_costs(W, S1, S2, a, e, suffix, out, stack):
+    """out[c - a] = least cost of [a, c) (suffix: [c, e)) cut into two parts, for every c in
+    [a, e]; 0 for fewer than 2 positions. O(m log m) for m = e - a: the best cut is
+    non-decreasing in c (the interval costs satisfy the quadrangle inequality), so each
+    middle c of a range of c scans only the cuts between its neighbours' best cuts.
+    stack: int64[>= 4 * (2 * log2(m) + 4)] scratch."""
+    m = e - a
+    for i in range(m + 1):
+        out[i] = 0.0
+    if m < 2:
+        return
+    top = 0
+    stack[0] = a if suffix else a + 2  # range of c
+    stack[1] = e - 2 if suffix else e
+    stack[2] = a + 1  # range of cuts
+    stack[3] = e - 1
+    top = 4
+    while top > 0:
+        top -= 4
+        lo, hi, t_lo, t_hi = stack[top], stack[top + 1], stack[top + 2], stack[top + 3]
+        if lo > hi:
+            continue
+        c = (lo + hi) // 2
+        t0 = max(t_lo, c + 1 if suffix else a + 1)
+        t1 = min(t_hi, e - 1 if suffix else c - 1)
+        best = np.inf
+        bt = t0
+        for t in range(t0, t1 + 1):
+            if suffix:
+                v = _cost(W, S1, S2, c, t) + _cost(W, S1, S2, t, e)
+            else:
+                v = _cost(W, S1, S2, a, t) + _cost(W, S1, S2, t, c)
+            if v < best:
+                best = v
+                bt = t
+        out[c - a] = best
+        stack[top], stack[top + 1], stack[top + 2], stack[top + 3] = lo, c - 1, t_lo, bt
+        stack[top + 4], stack[top + 5], stack[top + 6], stack[top + 7] = c + 1, hi, bt, t_hi
+        top += 8
 
 
 @nb.njit(cache=True)
-def _split_lookahead(W, S1, S2, a, e, lam):
+def _split_lookahead(W, S1, S2, a, e, lam, left, right, stack):
     """Split s of [a, e) minimising lam * (cost[a, s) + cost[s, e)) + the cost of each child
-    split again in two (the width after next): O((e - a)^2). W, S1, S2: the row's prefix
-    sums (`_prefix_centered`); lam -> inf is the plain best split."""
+    split again in two (the width after next): O(m log m) for m = e - a. W, S1, S2: the
+    row's prefix sums (`_prefix_centered`); left, right: f64[>= m + 1] scratch; lam -> inf
+    is the plain best split."""
+    _halves_costs(W, S1, S2, a, e, False, left, stack)
+    _halves_costs(W, S1, S2, a, e, True, right, stack)
     best = np.inf
     bs = a + 1
     for s in range(a + 1, e):
-        v = lam * (_cost(W, S1, S2, a, s) + _cost(W, S1, S2, s, e))
-        v += _best_halves(W, S1, S2, a, s) + _best_halves(W, S1, S2, s, e)
+        v = lam * (_cost(W, S1, S2, a, s) + _cost(W, S1, S2, s, e)) + left[s - a] + right[s - a]
         if v < best:
             best = v
             bs = s
@@ -532,6 +565,7 @@ def upscale_rows(xs, fs, codes, lut, from_bits, to_bits, method, lam, out_codes,
         W = np.empty(n + 1 if ahead else 0)
         S1 = np.empty(n + 1 if ahead else 0)
         S2 = np.empty(n + 1 if ahead else 0)
+        stack = np.empty(4 * 2 * 70, dtype=np.int64)  # > 2 * log2(n) + 4 ranges of 4 for any n < 2**64
         if ahead:
             _prefix_centered(x, f, W, S1, S2)
         k = 1 << from_bits
@@ -545,7 +579,7 @@ def upscale_rows(xs, fs, codes, lut, from_bits, to_bits, method, lam, out_codes,
                 a = bounds[c]
                 e = bounds[c + 1]
                 if ahead and b == from_bits and e - a > 1 and W[e] - W[a] > 0.0:
-                    s = _split_lookahead(W, S1, S2, a, e, lam)
+                    s = _split_lookahead(W, S1, S2, a, e, lam, buf1, buf2, stack)
                 else:
                     s = _split_range(x, f, a, e, method, g, buf1, buf2) if e > a else a
                 left, right = _child_centroids(x, f, a, s, e, cent[c])

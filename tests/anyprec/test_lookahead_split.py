@@ -34,9 +34,9 @@ def _rows(seed: int, n: int = 5, k: int = 14):
     return w, f
 
 
-@pytest.mark.parametrize("lam", [0.0, 0.3, 2.0])
-def test_first_split_is_the_exact_lookahead_optimum(lam):
-    w, f = _rows(1)
+@pytest.mark.parametrize(("lam", "k"), [(0.0, 14), (0.3, 14), (2.0, 14), (0.25, 160)])
+def test_first_split_is_the_exact_lookahead_optimum(lam, k):
+    w, f = _rows(1, n=5 if k < 100 else 2, k=k)  # k = 160: clusters of ~80, many levels of the cut search
     seed_codes, seed_lut = C.quantize_seed(w, f, 1)
     codes, luts = C.upscale(w, f, seed_codes, seed_lut, 1, 3, lookahead_weight=lam)
     got = lam * C.weighted_objective(w, f, codes >> 1, luts[2]) + C.weighted_objective(w, f, codes, luts[3])
