@@ -53,7 +53,8 @@ static void add_gemv_groups(const ap_eng_linear *L, int bits, int64_t r0, int64_
 /* Rows at `bits` from which a layer call uses the tile GEMM by default (ap_engine.h); with
  * int8 activations the mat-vec calls keep them up to AP_TILE_ROWS (the tiles are fp32/int16). */
 static int64_t default_tile_rows(int bits, int act_int8) {
-    return bits >= AP_TILE_WIDE_BITS && !act_int8 ? AP_TILE_ROWS_WIDE : AP_TILE_ROWS;
+    static const int64_t decode[AP_MAX_BITS + 1] = AP_DECODE_TILE_ROWS;
+    return act_int8 || !decode[bits] ? AP_TILE_ROWS : decode[bits];
 }
 
 /* y[r, :] = x[r, :] @ W_{widths[r]}.T + bias for rows r in [0, R); equal widths are

@@ -1,5 +1,5 @@
 """Decode batches of 1..16 sequences on the default paths (uint8 LUTs, int8w head, the
-built-in tile thresholds, so runs of 5+ rows at 4+ bits go through the tile GEMM): every
+built-in tile thresholds, so long enough runs at 4+ bits go through the tile GEMM): every
 row equals the same sequence decoded alone; and the head kernel's rows of a several-token
 call equal its one-token calls."""
 
@@ -16,14 +16,16 @@ from tests.anyprec.engine.engine_testlib import build_apm, full_logits, tiny_con
 pytestmark = pytest.mark.skipif(not cpu.is_available(), reason="native CPU kernels not built")
 TOL = dict(rtol=1e-4, atol=1e-4)
 FAMILIES = [f for f in ("portable", "avx2") if f == "portable" or cpu._lib().best_isa() in ("avx2", "avx512")]
-# per batch size: runs of 5+ rows at 4+ bits (tiles) next to short runs (mat-vec)
+# per batch size: runs that reach the decode tile threshold (5 rows at 6..8 bits, 8 at 4..5)
+# next to short runs (mat-vec)
 MIXES = {
     1: [5],
     2: [8, 3],
     4: [4, 4, 4, 4],
     5: [6, 6, 6, 6, 6],
-    6: [4, 4, 3, 4, 4, 4],
+    6: [8, 8, 3, 8, 8, 8],
     8: [3, 4, 5, 6, 7, 8, 3, 4],
+    9: [4, 4, 4, 4, 3, 4, 4, 4, 4],
     11: [8, 8, 3, 8, 3, 8, 3, 5, 8, 7, 4],
     16: [3, 4, 5, 6, 7, 8, 3, 4, 4, 4, 8, 8, 4, 3, 8, 8],
 }
