@@ -356,7 +356,10 @@ def run_prefill(args) -> int:
 def run_batch(args) -> int:
     """`bench batch`: total tok/s of a mixed-precision batch vs single sequences."""
     from anyprec.bench import _write_json
+    from anyprec.errors import UsageError
 
+    if args.breakdown and args.engine != "native":
+        raise UsageError("--breakdown times the native engine's parts: use it with --engine native")
     args.bits = args.batch_bits
     apm, engines = _load(args, [args.engine])
     args.batch_bits = args.bits
@@ -410,10 +413,6 @@ def run_head(args) -> int:
 def _batch_breakdowns(engine, batch_bits: Sequence[int], ids: Sequence[int], steps: int) -> dict:
     """Per-part ms of one step of the whole batch and of one sequence at each of its widths,
     printed as a table (ms per step; the single rows are one sequence's step)."""
-    from anyprec.errors import UsageError
-
-    if not hasattr(engine, "timings"):
-        raise UsageError("--breakdown needs the native engine (--engine native)")
     runs = {"batch": list(batch_bits), **{f"single {b}": [b] for b in sorted(set(batch_bits))}}
     out = {name: batch_breakdown(engine, bits, ids, steps) for name, bits in runs.items()}
     parts = list(next(iter(out.values())))

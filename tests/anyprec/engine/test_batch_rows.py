@@ -92,3 +92,19 @@ def test_head_rows_equal_one_token_calls(family, mode, k):
     for tokens in (*range(1, 9), 13):
         got = head_logits(x[:tokens], mode, q=q, scale=scale, threads=2)
         assert torch.equal(got, ones[:tokens]), f"{tokens} tokens"
+
+
+def test_batch_breakdown_times_every_part(apm, tmp_path):
+    """`bench batch --breakdown`'s timer: the parts of one batch step (native engine) add up
+    to at most the step; a transformers engine is refused before anything loads."""
+    from anyprec import bench_engine
+    from anyprec.bench import main
+    from anyprec.errors import UsageError
+
+    engine = NativeEngine(apm, max_batch=16)
+    parts = bench_engine.batch_breakdown(engine, [3, 8, 8, 3, 5], list(range(3, 12)), steps=2)
+    assert parts["qkv"] > 0 and parts["mlp_gate_up"] > 0 and parts["head"] > 0 and parts["rope_attention"] > 0
+    c_parts = sum(v for k, v in parts.items() if k not in ("python_and_other", "step"))
+    assert parts["step"] >= c_parts and parts["python_and_other"] >= 0
+    with pytest.raises(UsageError, match="--breakdown .* --engine native"):
+        main(["batch", str(tmp_path), "--engine", "transformers", "--breakdown"])
