@@ -122,6 +122,31 @@ AVX2 static inline __attribute__((always_inline)) void row_f32i8(const int8_t *w
     for (int t = 0; t < T; t++) y[t * ystride] = hsum_ps(_mm256_add_ps(acc0[t], acc1[t])) * scale;
 }
 
+/* The same sums for T = 6..8 tokens in one pass per half: the even 8-column blocks' chain
+ * (acc0 above) for every token, kept in `lo`, then the odd blocks' chain (acc1), so each
+ * weight is widened once for all T tokens with T chains in flight, and every token's
+ * result is row_f32i8's bit for bit. k a multiple of 8 here. */
+AVX2 static inline __attribute__((always_inline)) void row_f32i8_halves(const int8_t *w, int64_t k_all,
+                                                                        const float *x, int64_t xstride,
+                                                                        float scale, float *y, int64_t ystride,
+                                                                        int T) {
+    __m256 lo[AP_MAX_TOKENS], acc[AP_MAX_TOKENS];
+    for (int t = 0; t < T; t++) acc[t] = _mm256_setzero_ps();
+    for (int64_t k = 0; k < k_all; k += 16) {  /* even blocks, and a last block of 8 */
+        const __m256 wk = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(w + k))));
+        for (int t = 0; t < T; t++) acc[t] = _mm256_fmadd_ps(wk, _mm256_loadu_ps(x + t * xstride + k), acc[t]);
+    }
+    for (int t = 0; t < T; t++) {
+        lo[t] = acc[t];
+        acc[t] = _mm256_setzero_ps();
+    }
+    for (int64_t k = 8; k + 8 <= k_all; k += 16) {  /* odd blocks */
+        const __m256 wk = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(w + k))));
+        for (int t = 0; t < T; t++) acc[t] = _mm256_fmadd_ps(wk, _mm256_loadu_ps(x + t * xstride + k), acc[t]);
+    }
+    for (int t = 0; t < T; t++) y[t * ystride] = hsum_ps(_mm256_add_ps(lo[t], acc[t])) * scale;
+}
+
 #define I8I8_VARIANT(T) \
     AVX2 static void i8i8_t##T(const ap_int8_gemv_args *a, int64_t r0, int64_t r1) { rows_i8i8(a, r0, r1, T); }
 #define F32I8_VARIANT(T)                                                                                     \
@@ -131,7 +156,13 @@ AVX2 static inline __attribute__((always_inline)) void row_f32i8(const int8_t *w
     }
 I8I8_VARIANT(1) I8I8_VARIANT(2) I8I8_VARIANT(3) I8I8_VARIANT(4)
 I8I8_VARIANT(5) I8I8_VARIANT(6) I8I8_VARIANT(7) I8I8_VARIANT(8)
+#define F32I8_HALVES_VARIANT(T)                                                                              \
+    AVX2 static void f32i8_t##T(const ap_int8_gemv_args *a, const float *x, float *y, int64_t r0, int64_t r1) { \
+        for (int64_t n = r0; n < r1; n++)                                                                    \
+            row_f32i8_halves(a->w + n * a->k, a->k, x, a->xstride, a->scale[n], y + n, a->ystride, T);      \
+    }
 F32I8_VARIANT(1) F32I8_VARIANT(2) F32I8_VARIANT(3) F32I8_VARIANT(4)
+F32I8_HALVES_VARIANT(6) F32I8_HALVES_VARIANT(7) F32I8_HALVES_VARIANT(8)
 
 typedef void (*i8i8_fn)(const ap_int8_gemv_args *, int64_t, int64_t);
 typedef void (*f32i8_fn)(const ap_int8_gemv_args *, const float *, float *, int64_t, int64_t);
@@ -139,10 +170,15 @@ static const i8i8_fn I8I8[AP_MAX_TOKENS] = {i8i8_t1, i8i8_t2, i8i8_t3, i8i8_t4, 
 /* fp32 activations: at most 4 tokens per pass (8 accumulators); more tokens re-read the
  * block's weights from L1 for each group of 4 */
 static const f32i8_fn F32I8[4] = {f32i8_t1, f32i8_t2, f32i8_t3, f32i8_t4};
+static const f32i8_fn F32I8_HALVES[3] = {f32i8_t6, f32i8_t7, f32i8_t8};
 
 #define I8_ROW_BLOCK 16 /* rows per pass over the token groups: 9 KB of weights stay in L1 */
 
 AVX2 static void rows_f32i8(const ap_int8_gemv_args *a, int64_t row0, int64_t row1) {
+    if (a->tokens >= 6) {
+        F32I8_HALVES[a->tokens - 6](a, a->x, a->y, row0, row1);
+        return;
+    }
     for (int64_t b0 = row0; b0 < row1; b0 += I8_ROW_BLOCK) {
         const int64_t b1 = b0 + I8_ROW_BLOCK < row1 ? b0 + I8_ROW_BLOCK : row1;
         for (int t0 = 0; t0 < a->tokens; t0 += 4) {
