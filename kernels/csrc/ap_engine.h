@@ -77,9 +77,9 @@ enum { AP_T_NORM, AP_T_QKV, AP_T_ATTN, AP_T_O, AP_T_MLP_UP, AP_T_MLP_DOWN, AP_T_
  * kernel's table lookups, not its FMAs, bound a call, and it redoes them for every 4 tokens
  * (ap_gemv_token_groups), while a tile dequantizes each weight once. Measured on decode
  * batches (docs/ENGINE.md, "Decode batches", 1 thread, CPU time, tiles / mat-vec ms per step):
- * 4 bits 1.08x at 4 rows, 1.05x at 5, 0.74-0.80x at 8; 6 bits 0.64x at 8; 8 bits 0.96x at 4, 0.80x
- * at 5, 0.65x at 8; 3 bits 1.32x at 8 (the widened LUT's `vpermps` mat-vec is cheap there).
- * 5 and 7 bits take their neighbours' values. With int8 activations (acts_int8) every width
+ * 4 bits 1.08x at 4 rows, 1.05x at 5, 0.74-0.80x at 8; 5 bits 0.64x at 8; 6 bits 0.64x at 8;
+ * 7 bits 0.62x at 5; 8 bits 0.96x at 4, 0.80x at 5, 0.65x at 8; 3 bits 1.32x at 8 (the widened
+ * LUT's `vpermps` mat-vec is cheap there). With int8 activations (acts_int8) every width
  * keeps AP_TILE_ROWS. */
 #define AP_DECODE_TILE_ROWS {0, 0, 0, 0, 8, 8, 5, 5, 5}
 
