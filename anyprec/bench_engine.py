@@ -157,20 +157,32 @@ def measure_prefill(engines: dict[str, DecodeEngine], bits: Sequence[int], promp
 def step_breakdown(engine, bits: int, prompt_ids: Sequence[int], steps: int) -> dict[str, float]:
     """Milliseconds per part of one native decode step at `bits` (mean over `steps` steps;
     the prefill is not profiled)."""
+    return batch_breakdown(engine, [bits], prompt_ids, steps)
+
+
+def batch_breakdown(engine, batch_bits: Sequence[int], prompt_ids: Sequence[int], steps: int) -> dict[str, float]:
+    """Milliseconds per part of one native decode step of len(batch_bits) sequences (sequence
+    i at batch_bits[i]; mean over `steps` steps after one untimed step that sizes the caches;
+    the prefills are not profiled). `python_and_other` is the step's wall time minus the C parts."""
     from anyprec.engine.native import PARTS
 
-    slot, logits = engine.add(prompt_ids, bits)
-    engine.timings.zero_()
-    engine.profile = True
+    slots, tokens = [], []
     try:
-        token = int(torch.argmax(logits))
+        for b in batch_bits:
+            slot, logits = engine.add(prompt_ids, b)
+            slots.append(slot)
+            tokens.append(int(torch.argmax(logits)))
+        tokens = engine.step(slots, tokens, list(batch_bits)).argmax(dim=-1).tolist()
+        engine.timings.zero_()
+        engine.profile = True
         start = time.perf_counter()
         for _ in range(steps):
-            token = int(torch.argmax(engine.step([slot], [token], [bits])[0]))
+            tokens = engine.step(slots, tokens, list(batch_bits)).argmax(dim=-1).tolist()
         wall = time.perf_counter() - start
     finally:
         engine.profile = False
-        engine.release(slot)
+        for slot in slots:
+            engine.release(slot)
     parts = {name: float(t) * 1e3 / steps for name, t in zip(PARTS, engine.timings)}
     parts["python_and_other"] = wall * 1e3 / steps - sum(parts.values())
     parts["step"] = wall * 1e3 / steps
@@ -344,7 +356,10 @@ def run_prefill(args) -> int:
 def run_batch(args) -> int:
     """`bench batch`: total tok/s of a mixed-precision batch vs single sequences."""
     from anyprec.bench import _write_json
+    from anyprec.errors import UsageError
 
+    if args.breakdown and args.engine != "native":
+        raise UsageError("--breakdown times the native engine's parts: use it with --engine native")
     args.bits = args.batch_bits
     apm, engines = _load(args, [args.engine])
     args.batch_bits = args.bits
@@ -354,6 +369,8 @@ def run_batch(args) -> int:
           f"total ({result['ms_per_step']:.2f} ms/step, p10-p90 {result['ms_per_step_p10']:.2f}-"
           f"{result['ms_per_step_p90']:.2f}); one sequence {result['mean_single_tokens_per_s']:.1f} tok/s "
           f"(mean over the batch's bit-widths); ratio {result['ratio']:.2f}x")
+    if args.breakdown:
+        result["breakdown_ms"] = _batch_breakdowns(engines[args.engine], args.batch_bits, ids, args.steps)
     _write_json(args.json, {"dir": str(args.dir), "threads": torch.get_num_threads(), "engine": args.engine,
                             "tile_rows": args.tile_rows, "clock": args.clock, **result})
     return 0
@@ -391,6 +408,18 @@ def run_head(args) -> int:
     _write_json(args.json, {"dir": str(args.dir), "threads": torch.get_num_threads(), "rows": rows,
                             "head_ms": head_ms})
     return 0
+
+
+def _batch_breakdowns(engine, batch_bits: Sequence[int], ids: Sequence[int], steps: int) -> dict:
+    """Per-part ms of one step of the whole batch and of one sequence at each of its widths,
+    printed as a table (ms per step; the single rows are one sequence's step)."""
+    runs = {"batch": list(batch_bits), **{f"single {b}": [b] for b in sorted(set(batch_bits))}}
+    out = {name: batch_breakdown(engine, bits, ids, steps) for name, bits in runs.items()}
+    parts = list(next(iter(out.values())))
+    print("ms per step: " + " | ".join(parts))
+    for name, row in out.items():
+        print(f"{name}: " + " | ".join(f"{row[p]:.2f}" for p in parts))
+    return out
 
 
 def _timed(fn: Callable[[], object]) -> float:
@@ -434,6 +463,8 @@ def add_engine_benches(sub) -> None:
     p.add_argument("--steps", type=int, default=16, help="decode steps per round")
     p.add_argument("--prompt-tokens", type=int, default=16)
     p.add_argument("--repeats", type=int, default=3, help="interleaved rounds (median)")
+    p.add_argument("--breakdown", action="store_true",
+                   help="also print ms per part of one step (native engine) for the batch and one sequence per width")
     add_head_option(p)
     add_tile_rows_option(p)
     p.set_defaults(func=run_batch)

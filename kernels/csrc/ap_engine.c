@@ -50,11 +50,18 @@ static void add_gemv_groups(const ap_eng_linear *L, int bits, int64_t r0, int64_
     }
 }
 
+/* Rows at `bits` from which a layer call uses the tile GEMM by default (ap_engine.h); with
+ * int8 activations the mat-vec calls keep them up to AP_TILE_ROWS (the tiles are fp32/int16). */
+static int64_t default_tile_rows(int bits, int act_int8) {
+    static const int64_t decode[AP_MAX_BITS + 1] = AP_DECODE_TILE_ROWS;
+    return act_int8 || !decode[bits] ? AP_TILE_ROWS : decode[bits];
+}
+
 /* y[r, :] = x[r, :] @ W_{widths[r]}.T + bias for rows r in [0, R); equal widths are
- * contiguous. A run of at least `tile_rows` rows at one width (<= 0: the measured default
- * of that width, ap_engine.h) goes through the tile GEMM of `tiles_kind` (AP_TILES_*)
- * (one dequantization per block of weight rows, shared by the run); shorter runs make
- * mat-vec groups of up to AP_MAX_TOKENS rows, which share one pass over the planes. */
+ * contiguous. A run of at least `tile_rows` rows at one width (<= 0: default_tile_rows)
+ * goes through the tile GEMM of `tiles_kind` (AP_TILES_*) (one dequantization per block of
+ * weight rows, shared by the run); shorter runs make mat-vec groups of up to AP_MAX_TOKENS
+ * rows, which share one pass over the planes. */
 static int linear(const ap_eng_linear *L, const int64_t *widths, int64_t R, const float *x, float *y,
                   int nthreads, int64_t tile_rows, int act_int8, int tiles_kind) {
     const int64_t K = L->in_features, N = L->n_rows;
@@ -69,7 +76,7 @@ static int linear(const ap_eng_linear *L, const int64_t *widths, int64_t R, cons
             int64_t r1 = r0;
             while (r1 < R && widths[r1] == bits) r1++;
             if (bits < 1 || bits > AP_MAX_BITS || !L->lut[bits]) return -2;
-            const int64_t threshold = tile_rows > 0 ? tile_rows : AP_TILE_ROWS;
+            const int64_t threshold = tile_rows > 0 ? tile_rows : default_tile_rows(bits, act_int8);
             if (r1 - r0 >= threshold && n_tiles < AP_MAX_BITS) {
                 tiles[n_tiles++] = (ap_tile_group){dequant_args(L, bits), x + r0 * K, K, r1 - r0, y + r0 * N, N};
             } else {

@@ -72,9 +72,21 @@ enum { AP_T_NORM, AP_T_QKV, AP_T_ATTN, AP_T_O, AP_T_MLP_UP, AP_T_MLP_DOWN, AP_T_
  * 1.47x / 2.6x, so 3 bits gains nothing below 16 rows. */
 #define AP_TILE_ROWS 16
 
+/* Rows at one bit-width from which a decode-sized run (fewer than AP_TILE_ROWS rows) goes
+ * through the tile GEMM, by bit-width (0..8; 0: never below AP_TILE_ROWS). There the mat-vec
+ * kernel's table lookups, not its FMAs, bound a call, and it redoes them for every 4 tokens
+ * (ap_gemv_token_groups), while a tile dequantizes each weight once. Measured on decode
+ * batches (docs/ENGINE.md, "Decode batches", 1 thread, CPU time, tiles / mat-vec ms per step):
+ * 4 bits 1.08x at 4 rows, 1.05x at 5, 0.74-0.80x at 8; 5 bits 0.64x at 8; 6 bits 0.64x at 8;
+ * 7 bits 0.62x at 5; 8 bits 0.96x at 4, 0.80x at 5, 0.65x at 8; 3 bits 1.32x at 8 (the widened
+ * LUT's `vpermps` mat-vec is cheap there). With int8 activations (acts_int8) every width
+ * keeps AP_TILE_ROWS. */
+#define AP_DECODE_TILE_ROWS {0, 0, 0, 0, 8, 8, 5, 5, 5}
+
 /* Rows without a plan must be sorted by bits (rows of equal bits contiguous); rows with a
  * plan may come in any order (each module call groups them by its width). logits: float32
- * [n_logits, vocab]. tile_rows: the tile threshold for every width (<= 0: AP_TILE_ROWS).
+ * [n_logits, vocab]. tile_rows: the tile threshold for every width (<= 0: AP_TILE_ROWS,
+ * or AP_DECODE_TILE_ROWS of the row's width with fp32 activations).
  * Returns 0, -1 (out of memory) or -2 (a row's bit-width has no LUT). */
 int ap_engine_step(const ap_eng_model *m, const ap_eng_row *rows, int64_t n_rows, float *logits,
                    int nthreads, double *timings, int64_t tile_rows);
