@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "ap_kernels.h"
+#include "ap_attention.h"
 #include "ap_engine.h"
 #include "ap_tiles.h"
 
@@ -372,6 +373,8 @@ int ap_run_tile_gemm(const ap_tile_group *groups, int n_groups, int kind, int nt
     const int int16 = avx2 && kind == AP_TILES_AUTO && groups[0].w.lut_u8;
     return ap_tile_gemm(groups, n_groups, pick_dequant(&groups[0].w), avx2, int16, nthreads);
 }
+
+int ap_engine_avx2(void) { return current_isa() != ISA_PORTABLE; }
 
 static int parse_ints(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t want, int64_t *out, const char *name) {
     if (nargs != want) {
