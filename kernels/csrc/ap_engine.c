@@ -29,6 +29,29 @@ static void rmsnorm(const float *x, const float *w, float *out, int64_t n, doubl
     for (int64_t i = 0; i < n; i++) out[i] = w[i] * (x[i] * inv);
 }
 
+/* The row-wise parts of a layer run on one thread below this many rows (decode steps). */
+#define ROWS_PARALLEL 8
+
+/* out[r] = rmsnorm(x[r]) * w for rows r < R (x, out [R, n]). */
+static void norm_rows(const float *x, const float *w, float *out, int64_t R, int64_t n, double eps, int nt) {
+#pragma omp parallel for num_threads(nt) if (nt > 1 && R >= ROWS_PARALLEL)
+    for (int64_t r = 0; r < R; r++) rmsnorm(x + r * n, w, out + r * n, n, eps);
+}
+
+/* x[r] += h[r] for rows r < R (x, h [R, n]). */
+static void add_rows(float *x, const float *h, int64_t R, int64_t n, int nt) {
+#pragma omp parallel for num_threads(nt) if (nt > 1 && R >= ROWS_PARALLEL)
+    for (int64_t r = 0; r < R; r++)
+        for (int64_t i = r * n; i < (r + 1) * n; i++) x[i] += h[i];
+}
+
+/* g[r] = silu(g[r]) * u[r] for rows r < R (g, u [R, n]). */
+static void silu_mul_rows(float *g, const float *u, int64_t R, int64_t n, int nt) {
+#pragma omp parallel for num_threads(nt) if (nt > 1 && R >= ROWS_PARALLEL)
+    for (int64_t r = 0; r < R; r++)
+        for (int64_t i = r * n; i < (r + 1) * n; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+}
+
 /* ap_dequant_args of layer L at `bits` (the dequantizer's view of the same tensors). */
 static ap_dequant_args dequant_args(const ap_eng_linear *L, int bits) {
     return (ap_dequant_args){(const uint32_t *)(intptr_t)L->planes, L->plane_stride, L->n_rows, L->words,
@@ -179,6 +202,18 @@ static void attend_job(const ap_eng_model *m, int64_t layer, const ap_eng_row *r
         memcpy(out + (r * H + kvh * G) * D, ob + (r - r0) * G * D, (size_t)(G * D) * sizeof(float));
 }
 
+/* Rotary embedding of every row's queries q [R, H * D] and keys k [R, Hkv * D] at its position. */
+static void rope_rows(const ap_eng_model *m, const ap_eng_row *rows, int64_t R, float *q, float *k, int nt) {
+    const int64_t D = m->head_dim, QD = m->n_heads * D, KD = m->n_kv_heads * D;
+#pragma omp parallel for num_threads(nt) if (nt > 1 && R >= ROWS_PARALLEL)
+    for (int64_t r = 0; r < R; r++) {
+        const float *cos = (const float *)(intptr_t)m->rope_cos + rows[r].pos * D;
+        const float *sin = (const float *)(intptr_t)m->rope_sin + rows[r].pos * D;
+        rope(q + r * QD, m->n_heads, D, cos, sin);
+        rope(k + r * KD, m->n_kv_heads, D, cos, sin);
+    }
+}
+
 /* out[r, h*D:(h+1)*D] = softmax(q . K[0..pos] * scale) @ V[0..pos] for every row and head:
  * OpenMP over (row block, kv head) jobs. */
 static int attention(const ap_eng_model *m, int64_t layer, const ap_eng_row *rows, int64_t R, const float *q,
@@ -277,38 +312,30 @@ static int alloc_scratch(scratch *s, const ap_eng_model *m, const ap_eng_row *ro
 static int run_layer(const ap_eng_model *m, int64_t l, const ap_eng_row *rows, int64_t R, scratch s, int nt,
                      int64_t tr, double *timings) {
     const ap_eng_layer *L = (const ap_eng_layer *)(intptr_t)m->layers + l;
-    const int64_t E = m->hidden, QD = m->n_heads * m->head_dim, KD = m->n_kv_heads * m->head_dim;
-    const int64_t I = m->intermediate, D = m->head_dim;
+    const int64_t E = m->hidden, I = m->intermediate;
     int rc = 0;
-    TIMED(AP_T_NORM, for (int64_t r = 0; r < R; r++)
-                         rmsnorm(s.x + r * E, (const float *)(intptr_t)L->in_norm, s.h + r * E, E, m->eps));
+    TIMED(AP_T_NORM, norm_rows(s.x, (const float *)(intptr_t)L->in_norm, s.h, R, E, m->eps, nt));
     TIMED(AP_T_QKV, rc = module_call(&L->q, l, 0, rows, R, s.h, s.q, nt, tr, &s.ps);
           if (!rc) rc = module_call(&L->k, l, 1, rows, R, s.h, s.k, nt, tr, &s.ps);
           if (!rc) rc = module_call(&L->v, l, 2, rows, R, s.h, s.v, nt, tr, &s.ps));
     if (rc) return rc;
     TIMED(AP_T_ATTN, {
-        for (int64_t r = 0; r < R; r++) {
-            const float *cos = (const float *)(intptr_t)m->rope_cos + rows[r].pos * D;
-            const float *sin = (const float *)(intptr_t)m->rope_sin + rows[r].pos * D;
-            rope(s.q + r * QD, m->n_heads, D, cos, sin);
-            rope(s.k + r * KD, m->n_kv_heads, D, cos, sin);
-        }
+        rope_rows(m, rows, R, s.q, s.k, nt);
         store_kv(m, l, rows, R, s.k, s.v);
         rc = attention(m, l, rows, R, s.q, s.att, nt);
     });
     if (rc) return rc;
     TIMED(AP_T_O, rc = module_call(&L->o, l, 3, rows, R, s.att, s.h, nt, tr, &s.ps));
     if (rc) return rc;
-    TIMED(AP_T_NORM, for (int64_t i = 0; i < R * E; i++) s.x[i] += s.h[i];
-          for (int64_t r = 0; r < R; r++)
-              rmsnorm(s.x + r * E, (const float *)(intptr_t)L->post_norm, s.h + r * E, E, m->eps));
+    TIMED(AP_T_NORM, add_rows(s.x, s.h, R, E, nt);
+          norm_rows(s.x, (const float *)(intptr_t)L->post_norm, s.h, R, E, m->eps, nt));
     TIMED(AP_T_MLP_UP, rc = module_call(&L->gate, l, 4, rows, R, s.h, s.g, nt, tr, &s.ps);
           if (!rc) rc = module_call(&L->up, l, 5, rows, R, s.h, s.u, nt, tr, &s.ps);
-          for (int64_t i = 0; i < R * I; i++) s.g[i] = s.g[i] / (1.0f + expf(-s.g[i])) * s.u[i]);
+          silu_mul_rows(s.g, s.u, R, I, nt));
     if (rc) return rc;
     TIMED(AP_T_MLP_DOWN, rc = module_call(&L->down, l, 6, rows, R, s.g, s.h, nt, tr, &s.ps));
     if (rc) return rc;
-    TIMED(AP_T_NORM, for (int64_t i = 0; i < R * E; i++) s.x[i] += s.h[i]);
+    TIMED(AP_T_NORM, add_rows(s.x, s.h, R, E, nt));
     return 0;
 }
 
