@@ -13,16 +13,21 @@
  */
 #include <math.h>
 #include "ap_attention.h"
+#include "ap_vexp.h"
 
-/* Scores are scaled, shifted by their max, exponentiated and normalised in place. */
-static void softmax_row(float *s, int64_t n, int64_t n_max, float scale) {
+/* Scores are scaled, shifted by their max, exponentiated (avx2: by ap_vexp.c, the same
+ * bits as expf) and normalised in place. */
+static void softmax_row(float *s, int64_t n, int64_t n_max, float scale, int avx2) {
     float top = -INFINITY;
     for (int64_t t = 0; t < n; t++) {
         s[t] *= scale;
         top = s[t] > top ? s[t] : top;
     }
+    if (avx2) ap_exp_shifted_avx2(s, n, top);
+    else
+        for (int64_t t = 0; t < n; t++) s[t] = expf(s[t] - top);
     float total = 0.0f;
-    for (int64_t t = 0; t < n; t++) total += s[t] = expf(s[t] - top);
+    for (int64_t t = 0; t < n; t++) total += s[t];
     for (int64_t t = 0; t < n; t++) s[t] /= total;
     for (int64_t t = n; t < n_max; t++) s[t] = 0.0f;
 }
@@ -37,7 +42,7 @@ static void attend_portable(const ap_attn_block *a) {
             for (int64_t d = 0; d < D; d++) dot += q[d] * a->k[t * D + d];
             s[t] = dot;
         }
-        softmax_row(s, a->n[i], a->n[i], a->scale);
+        softmax_row(s, a->n[i], a->n[i], a->scale, 0);
         for (int64_t d = 0; d < D; d++) o[d] = 0.0f;
         for (int64_t t = 0; t < a->n[i]; t++)
             for (int64_t d = 0; d < D; d++) o[d] += s[t] * a->v[t * D + d];
@@ -134,7 +139,7 @@ AVX2 static void values_avx2(const ap_attn_block *a) {
 
 static void attend_avx2(const ap_attn_block *a) {
     scores_avx2(a);
-    for (int64_t i = 0; i < a->m; i++) softmax_row(a->scores + i * a->n_max, a->n[i], a->n_max, a->scale);
+    for (int64_t i = 0; i < a->m; i++) softmax_row(a->scores + i * a->n_max, a->n[i], a->n_max, a->scale, 1);
     values_avx2(a);
 }
 #endif

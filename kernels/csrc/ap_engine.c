@@ -17,6 +17,7 @@
 #include "ap_attention.h"
 #include "ap_engine.h"
 #include "ap_tiles.h"
+#include "ap_vexp.h"
 
 #define SMALL_LAYER_BYTES (1 << 14) /* layers under this many plane bytes run on one thread */
 
@@ -45,11 +46,15 @@ static void add_rows(float *x, const float *h, int64_t R, int64_t n, int nt) {
         for (int64_t i = r * n; i < (r + 1) * n; i++) x[i] += h[i];
 }
 
-/* g[r] = silu(g[r]) * u[r] for rows r < R (g, u [R, n]). */
+/* g[r] = silu(g[r]) * u[r] for rows r < R (g, u [R, n]); AVX2: ap_vexp.c (expf's bits). */
 static void silu_mul_rows(float *g, const float *u, int64_t R, int64_t n, int nt) {
+    const int avx2 = ap_engine_avx2();
 #pragma omp parallel for num_threads(nt) if (nt > 1 && R >= ROWS_PARALLEL)
-    for (int64_t r = 0; r < R; r++)
-        for (int64_t i = r * n; i < (r + 1) * n; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+    for (int64_t r = 0; r < R; r++) {
+        if (avx2) ap_silu_mul_avx2(g + r * n, u + r * n, n);
+        else
+            for (int64_t i = r * n; i < (r + 1) * n; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+    }
 }
 
 /* ap_dequant_args of layer L at `bits` (the dequantizer's view of the same tensors). */
