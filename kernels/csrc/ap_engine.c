@@ -39,11 +39,14 @@ static void norm_rows(const float *x, const float *w, float *out, int64_t R, int
     for (int64_t r = 0; r < R; r++) rmsnorm(x + r * n, w, out + r * n, n, eps);
 }
 
-/* x[r] += h[r] for rows r < R (x, h [R, n]). */
-static void add_rows(float *x, const float *h, int64_t R, int64_t n, int nt) {
+/* x[r] += h[r] for rows r < R (x, h [R, n]); then, when w is given, h[r] = rmsnorm(x[r]) * w
+ * (one parallel region for both: each barrier costs a time slice on a busy machine). */
+static void add_rows(float *x, float *h, const float *w, int64_t R, int64_t n, double eps, int nt) {
 #pragma omp parallel for num_threads(nt) if (nt > 1 && R >= ROWS_PARALLEL)
-    for (int64_t r = 0; r < R; r++)
+    for (int64_t r = 0; r < R; r++) {
         for (int64_t i = r * n; i < (r + 1) * n; i++) x[i] += h[i];
+        if (w) rmsnorm(x + r * n, w, h + r * n, n, eps);
+    }
 }
 
 /* g[r] = silu(g[r]) * u[r] for rows r < R (g, u [R, n]); AVX2: ap_vexp.c (expf's bits). */
@@ -319,7 +322,8 @@ static int run_layer(const ap_eng_model *m, int64_t l, const ap_eng_row *rows, i
     const ap_eng_layer *L = (const ap_eng_layer *)(intptr_t)m->layers + l;
     const int64_t E = m->hidden, I = m->intermediate;
     int rc = 0;
-    TIMED(AP_T_NORM, norm_rows(s.x, (const float *)(intptr_t)L->in_norm, s.h, R, E, m->eps, nt));
+    if (l == 0)  /* later layers get h = their input norm from the previous layer's last add */
+        TIMED(AP_T_NORM, norm_rows(s.x, (const float *)(intptr_t)L->in_norm, s.h, R, E, m->eps, nt));
     TIMED(AP_T_QKV, rc = module_call(&L->q, l, 0, rows, R, s.h, s.q, nt, tr, &s.ps);
           if (!rc) rc = module_call(&L->k, l, 1, rows, R, s.h, s.k, nt, tr, &s.ps);
           if (!rc) rc = module_call(&L->v, l, 2, rows, R, s.h, s.v, nt, tr, &s.ps));
@@ -332,15 +336,15 @@ static int run_layer(const ap_eng_model *m, int64_t l, const ap_eng_row *rows, i
     if (rc) return rc;
     TIMED(AP_T_O, rc = module_call(&L->o, l, 3, rows, R, s.att, s.h, nt, tr, &s.ps));
     if (rc) return rc;
-    TIMED(AP_T_NORM, add_rows(s.x, s.h, R, E, nt);
-          norm_rows(s.x, (const float *)(intptr_t)L->post_norm, s.h, R, E, m->eps, nt));
+    TIMED(AP_T_NORM, add_rows(s.x, s.h, (const float *)(intptr_t)L->post_norm, R, E, m->eps, nt));
     TIMED(AP_T_MLP_UP, rc = module_call(&L->gate, l, 4, rows, R, s.h, s.g, nt, tr, &s.ps);
           if (!rc) rc = module_call(&L->up, l, 5, rows, R, s.h, s.u, nt, tr, &s.ps);
           silu_mul_rows(s.g, s.u, R, I, nt));
     if (rc) return rc;
     TIMED(AP_T_MLP_DOWN, rc = module_call(&L->down, l, 6, rows, R, s.g, s.h, nt, tr, &s.ps));
     if (rc) return rc;
-    TIMED(AP_T_NORM, add_rows(s.x, s.h, R, E, nt));
+    const float *next_norm = l + 1 < m->n_layers ? (const float *)(intptr_t)(L + 1)->in_norm : NULL;
+    TIMED(AP_T_NORM, add_rows(s.x, s.h, next_norm, R, E, m->eps, nt));
     return 0;
 }
 
