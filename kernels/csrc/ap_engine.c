@@ -30,8 +30,9 @@ static void rmsnorm(const float *x, const float *w, float *out, int64_t n, doubl
     for (int64_t i = 0; i < n; i++) out[i] = w[i] * (x[i] * inv);
 }
 
-/* The row-wise parts of a layer run on one thread below this many rows (decode steps). */
-#define ROWS_PARALLEL 8
+/* The row-wise parts of a layer run on one thread below this many rows: decode batches (<= 16
+ * rows) would pay more for the fork and barrier than the work. */
+#define ROWS_PARALLEL 32
 
 /* out[r] = rmsnorm(x[r]) * w for rows r < R (x, out [R, n]). */
 static void norm_rows(const float *x, const float *w, float *out, int64_t R, int64_t n, double eps, int nt) {
