@@ -1,4 +1,7 @@
-/* Causal attention of a block of query vectors against one kv head (ap_attention.h).
+/* The engine's attention (ap_attention.h): a step's rows are grouped into blocks of up to
+ * AP_ATTN_ROWS rows of one slot at consecutive positions, one OpenMP job per (block, kv
+ * head), longest blocks first; each job is the causal attention of the block's query
+ * vectors (rows x the kv head's query heads) against that kv head.
  *
  * Portable C: per vector, one dot product per key, softmax, then the weighted sum of values.
  *
@@ -12,6 +15,8 @@
  * Every product is fp32 as in the portable path; only the order of the sums differs.
  */
 #include <math.h>
+#include <stdlib.h>
+#include <string.h>
 #include "ap_attention.h"
 #include "ap_vexp.h"
 
@@ -153,4 +158,71 @@ void ap_attend_block(const ap_attn_block *a, int avx2) {
 #endif
     (void)avx2;
     attend_portable(a);
+}
+
+/* Rows [r0, end) that attend together: up to AP_ATTN_ROWS rows of one slot at consecutive
+ * positions (a prefill chunk's), so every key up to the block's last position is written. */
+static int64_t block_end(const ap_eng_row *rows, int64_t R, int64_t r0) {
+    int64_t r1 = r0 + 1;
+    while (r1 < R && r1 - r0 < AP_ATTN_ROWS && rows[r1].k_cache == rows[r0].k_cache &&
+           rows[r1].pos == rows[r1 - 1].pos + 1)
+        r1++;
+    return r1;
+}
+
+/* One job: the rows [r0, r1) times the G query heads of kv head kvh (ap_attention.h);
+ * buf holds the block's queries, outputs, key counts and scores. */
+static void attend_job(const ap_eng_model *m, int64_t layer, const ap_eng_row *rows, int64_t r0, int64_t r1,
+                       int64_t kvh, const float *q, float *out, float *buf, int avx2) {
+    const int64_t H = m->n_heads, G = H / m->n_kv_heads, D = m->head_dim, Hkv = m->n_kv_heads;
+    const int64_t mq = (r1 - r0) * G, base = ((layer * Hkv + kvh) * rows[r0].cap) * D;
+    float *qb = buf, *ob = qb + AP_ATTN_ROWS * G * D;
+    int64_t *n = (int64_t *)(void *)(ob + AP_ATTN_ROWS * G * D);
+    int64_t n_max = 0;
+    for (int64_t r = r0; r < r1; r++) {
+        memcpy(qb + (r - r0) * G * D, q + (r * H + kvh * G) * D, (size_t)(G * D) * sizeof(float));
+        for (int64_t g = 0; g < G; g++) n[(r - r0) * G + g] = rows[r].pos + 1;
+        n_max = rows[r].pos + 1 > n_max ? rows[r].pos + 1 : n_max;
+    }
+    const ap_attn_block a = {qb, mq, n, n_max, (const float *)(intptr_t)rows[r0].k_cache + base,
+                             (const float *)(intptr_t)rows[r0].v_cache + base, D, (float)m->attn_scale,
+                             (float *)(void *)(n + AP_ATTN_ROWS * G), ob};
+    ap_attend_block(&a, avx2);
+    for (int64_t r = r0; r < r1; r++)
+        memcpy(out + (r * H + kvh * G) * D, ob + (r - r0) * G * D, (size_t)(G * D) * sizeof(float));
+}
+
+/* out[r, h*D:(h+1)*D] = softmax(q . K[0..pos] * scale) @ V[0..pos] for every row and head:
+ * OpenMP over (row block, kv head) jobs. */
+int ap_attention(const ap_eng_model *m, int64_t layer, const ap_eng_row *rows, int64_t R, const float *q,
+                     float *out, int nthreads) {
+    const int64_t H = m->n_heads, G = m->n_heads / m->n_kv_heads, D = m->head_dim, Hkv = m->n_kv_heads;
+    int64_t longest = 0, n_blocks = 0;
+    for (int64_t r = 0; r < R; r++) longest = rows[r].pos + 1 > longest ? rows[r].pos + 1 : longest;
+    int64_t *starts = malloc((size_t)(R + 1) * sizeof(int64_t));
+    if (!starts) return -1;
+    for (int64_t r = 0; r < R; r = block_end(rows, R, r)) starts[n_blocks++] = r;
+    starts[n_blocks] = R;
+    /* queries and outputs [AP_ATTN_ROWS * G, D] each, key counts, scores [AP_ATTN_ROWS * G, longest] */
+    const size_t buf_bytes = (size_t)(AP_ATTN_ROWS * G) * ((size_t)(2 * D + longest) * sizeof(float) + sizeof(int64_t));
+    const int avx2 = ap_engine_avx2();
+    int failed = 0;
+    const int threads = R * H * longest * D < (1 << 16) ? 1 : nthreads;
+#pragma omp parallel num_threads(threads) if (threads > 1)
+    {
+        float *buf = malloc(buf_bytes);
+        if (!buf) {
+#pragma omp atomic write
+            failed = 1;
+        }
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t job = 0; job < n_blocks * Hkv; job++) {
+            if (!buf) continue;
+            const int64_t b = n_blocks - 1 - job / Hkv;  /* the last rows attend longest: first */
+            attend_job(m, layer, rows, starts[b], starts[b + 1], job % Hkv, q, out, buf, avx2);
+        }
+        free(buf);
+    }
+    free(starts);
+    return failed ? -1 : 0;
 }

@@ -9,6 +9,7 @@
 #define AP_ATTENTION_H
 
 #include <stdint.h>
+#include "ap_engine.h"
 
 #define AP_ATTN_ROWS 4 /* rows of one slot per attention job */
 
@@ -27,6 +28,12 @@ typedef struct {
 /* out[i] = softmax(q[i] . k[0 .. n[i]) * scale) @ v[0 .. n[i]) for every vector i. avx2:
  * the AVX2/FMA kernels (D a multiple of 8), else portable C (one dot product per key). */
 void ap_attend_block(const ap_attn_block *a, int avx2);
+
+/* out[r, h*D:(h+1)*D] = softmax(q . K[0..pos] * scale) @ V[0..pos] for every row r < R and
+ * query head h of `layer` (q, out [R, n_heads * head_dim]; every row's key and value already
+ * in its slot's cache), OpenMP over (row block, kv head) jobs. Returns 0 or -1 (out of memory). */
+int ap_attention(const ap_eng_model *m, int64_t layer, const ap_eng_row *rows, int64_t R, const float *q,
+                 float *out, int nthreads);
 
 /* Defined in ap_module.c: 1 when the kernels in use are AVX2 or better (set_isa may force
  * the portable ones). */

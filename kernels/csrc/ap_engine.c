@@ -179,38 +179,6 @@ static void rope(float *v, int64_t heads, int64_t D, const float *cos, const flo
     }
 }
 
-/* Rows [r0, end) that attend together: up to AP_ATTN_ROWS rows of one slot at consecutive
- * positions (a prefill chunk's), so every key up to the block's last position is written. */
-static int64_t block_end(const ap_eng_row *rows, int64_t R, int64_t r0) {
-    int64_t r1 = r0 + 1;
-    while (r1 < R && r1 - r0 < AP_ATTN_ROWS && rows[r1].k_cache == rows[r0].k_cache &&
-           rows[r1].pos == rows[r1 - 1].pos + 1)
-        r1++;
-    return r1;
-}
-
-/* One job: the rows [r0, r1) times the G query heads of kv head kvh (ap_attention.h);
- * buf holds the block's queries, outputs, key counts and scores. */
-static void attend_job(const ap_eng_model *m, int64_t layer, const ap_eng_row *rows, int64_t r0, int64_t r1,
-                       int64_t kvh, const float *q, float *out, float *buf, int avx2) {
-    const int64_t H = m->n_heads, G = H / m->n_kv_heads, D = m->head_dim, Hkv = m->n_kv_heads;
-    const int64_t mq = (r1 - r0) * G, base = ((layer * Hkv + kvh) * rows[r0].cap) * D;
-    float *qb = buf, *ob = qb + AP_ATTN_ROWS * G * D;
-    int64_t *n = (int64_t *)(void *)(ob + AP_ATTN_ROWS * G * D);
-    int64_t n_max = 0;
-    for (int64_t r = r0; r < r1; r++) {
-        memcpy(qb + (r - r0) * G * D, q + (r * H + kvh * G) * D, (size_t)(G * D) * sizeof(float));
-        for (int64_t g = 0; g < G; g++) n[(r - r0) * G + g] = rows[r].pos + 1;
-        n_max = rows[r].pos + 1 > n_max ? rows[r].pos + 1 : n_max;
-    }
-    const ap_attn_block a = {qb, mq, n, n_max, (const float *)(intptr_t)rows[r0].k_cache + base,
-                             (const float *)(intptr_t)rows[r0].v_cache + base, D, (float)m->attn_scale,
-                             (float *)(void *)(n + AP_ATTN_ROWS * G), ob};
-    ap_attend_block(&a, avx2);
-    for (int64_t r = r0; r < r1; r++)
-        memcpy(out + (r * H + kvh * G) * D, ob + (r - r0) * G * D, (size_t)(G * D) * sizeof(float));
-}
-
 /* Rotary embedding of every row's queries q [R, H * D] and keys k [R, Hkv * D] at its position. */
 static void rope_rows(const ap_eng_model *m, const ap_eng_row *rows, int64_t R, float *q, float *k, int nt) {
     const int64_t D = m->head_dim, QD = m->n_heads * D, KD = m->n_kv_heads * D;
@@ -221,41 +189,6 @@ static void rope_rows(const ap_eng_model *m, const ap_eng_row *rows, int64_t R, 
         rope(q + r * QD, m->n_heads, D, cos, sin);
         rope(k + r * KD, m->n_kv_heads, D, cos, sin);
     }
-}
-
-/* out[r, h*D:(h+1)*D] = softmax(q . K[0..pos] * scale) @ V[0..pos] for every row and head:
- * OpenMP over (row block, kv head) jobs. */
-static int attention(const ap_eng_model *m, int64_t layer, const ap_eng_row *rows, int64_t R, const float *q,
-                     float *out, int nthreads) {
-    const int64_t H = m->n_heads, G = m->n_heads / m->n_kv_heads, D = m->head_dim, Hkv = m->n_kv_heads;
-    int64_t longest = 0, n_blocks = 0;
-    for (int64_t r = 0; r < R; r++) longest = rows[r].pos + 1 > longest ? rows[r].pos + 1 : longest;
-    int64_t *starts = malloc((size_t)(R + 1) * sizeof(int64_t));
-    if (!starts) return -1;
-    for (int64_t r = 0; r < R; r = block_end(rows, R, r)) starts[n_blocks++] = r;
-    starts[n_blocks] = R;
-    /* queries and outputs [AP_ATTN_ROWS * G, D] each, key counts, scores [AP_ATTN_ROWS * G, longest] */
-    const size_t buf_bytes = (size_t)(AP_ATTN_ROWS * G) * ((size_t)(2 * D + longest) * sizeof(float) + sizeof(int64_t));
-    const int avx2 = ap_engine_avx2();
-    int failed = 0;
-    const int threads = R * H * longest * D < (1 << 16) ? 1 : nthreads;
-#pragma omp parallel num_threads(threads) if (threads > 1)
-    {
-        float *buf = malloc(buf_bytes);
-        if (!buf) {
-#pragma omp atomic write
-            failed = 1;
-        }
-#pragma omp for schedule(dynamic, 1)
-        for (int64_t job = 0; job < n_blocks * Hkv; job++) {
-            if (!buf) continue;
-            const int64_t b = n_blocks - 1 - job / Hkv;  /* the last rows attend longest: first */
-            attend_job(m, layer, rows, starts[b], starts[b + 1], job % Hkv, q, out, buf, avx2);
-        }
-        free(buf);
-    }
-    free(starts);
-    return failed ? -1 : 0;
 }
 
 static void store_kv(const ap_eng_model *m, int64_t layer, const ap_eng_row *rows, int64_t R, const float *k,
@@ -332,7 +265,7 @@ static int run_layer(const ap_eng_model *m, int64_t l, const ap_eng_row *rows, i
     TIMED(AP_T_ATTN, {
         rope_rows(m, rows, R, s.q, s.k, nt);
         store_kv(m, l, rows, R, s.k, s.v);
-        rc = attention(m, l, rows, R, s.q, s.att, nt);
+        rc = ap_attention(m, l, rows, R, s.q, s.att, nt);
     });
     if (rc) return rc;
     TIMED(AP_T_O, rc = module_call(&L->o, l, 3, rows, R, s.att, s.h, nt, tr, &s.ps));
