@@ -51,13 +51,6 @@ static void block_portable(const float *x, int64_t xs, int64_t T, const float *w
 #define AVX2 __attribute__((target("avx2,fma")))
 #define INLINE static inline __attribute__((always_inline)) AVX2
 
-INLINE float hsum(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
-
 /* Columns [k0, k0 + 8) of tokens t0 .. t0 + 8 (rows past T are zero) into the panel:
  * dst[k * w + i] for k < 8, i < 8 (w: the panel's width), by one 8 x 8 transpose. */
 INLINE void pack_8x8(const float *x, int64_t xs, int64_t t0, int64_t T, int64_t k0, float *dst, int64_t w) {
