@@ -21,6 +21,8 @@ SOURCES = [
     "kernels/csrc/ap_lut8_avx2.c",
     "kernels/csrc/ap_tiles.c",
     "kernels/csrc/ap_tiles_int.c",
+    "kernels/csrc/ap_attention.c",
+    "kernels/csrc/ap_vexp.c",
 ]
 
 setup(
@@ -29,7 +31,8 @@ setup(
             "anyprec.kernels._cpu",
             sources=SOURCES,
             depends=["kernels/csrc/ap_kernels.h", "kernels/csrc/ap_avx512_common.h", "kernels/csrc/ap_engine.h",
-                     "kernels/csrc/ap_avx2_codes.h", "kernels/csrc/ap_tiles.h"],
+                     "kernels/csrc/ap_avx2_codes.h", "kernels/csrc/ap_tiles.h", "kernels/csrc/ap_attention.h",
+                     "kernels/csrc/ap_vexp.h"],
             extra_compile_args=["-O3", "-fopenmp", "-fno-strict-aliasing", "-std=c11", "-Wall", "-Wno-unused-function"],
             extra_link_args=["-fopenmp"],
             # without a C compiler the install still succeeds; the reference backend is used

@@ -189,6 +189,26 @@ def batch_breakdown(engine, batch_bits: Sequence[int], prompt_ids: Sequence[int]
     return parts
 
 
+def prefill_breakdown(engine, bits: int, prompt_ids: Sequence[int], repeats: int) -> dict[str, float]:
+    """Milliseconds per part of one native prefill of `prompt_ids` at `bits` (mean over
+    `repeats` prefills): the engine's per-part timers (wall time of each part, all threads),
+    `python_and_other` (the rest of `add`: row packing, cache allocation) and `prefill`."""
+    from anyprec.engine.native import PARTS
+
+    engine.timings.zero_()
+    engine.profile = True
+    wall = 0.0
+    try:
+        for _ in range(repeats):
+            wall += prefill_seconds(engine, prompt_ids, bits)
+    finally:
+        engine.profile = False
+    parts = {name: float(t) * 1e3 / repeats for name, t in zip(PARTS, engine.timings)}
+    parts["python_and_other"] = wall * 1e3 / repeats - sum(parts.values())
+    parts["prefill"] = wall * 1e3 / repeats
+    return parts
+
+
 # -- CLI ---------------------------------------------------------------------------------
 
 PROMPT_TEXT = ("The history of the city begins with a small settlement on the river, where traders "
@@ -348,8 +368,14 @@ def run_prefill(args) -> int:
     rows = measure_prefill(engines, args.bits, ids, args.repeats, args.clock)
     _print_rows(f"median prefill of a {len(ids)}-token prompt over {args.repeats} interleaved rounds", rows,
                 "tok/s")
+    breakdown = {}
+    if args.breakdown and "native" in engines:
+        breakdown = {b: prefill_breakdown(engines["native"], b, ids, args.repeats) for b in args.bits}
+        for b, parts in breakdown.items():
+            print(f"one native prefill at {b} bits (ms): " + ", ".join(f"{k} {v:.2f}" for k, v in parts.items()))
     _write_json(args.json, {"dir": str(args.dir), "threads": torch.get_num_threads(), "tile_rows": args.tile_rows,
-                            "tiles": args.tiles, "clock": args.clock, "rows": rows})
+                            "tiles": args.tiles, "clock": args.clock, "rows": rows,
+                            "breakdown_ms": {str(b): p for b, p in breakdown.items()}})
     return 0
 
 
@@ -451,6 +477,8 @@ def add_engine_benches(sub) -> None:
     p.add_argument("--engines", nargs="+", default=["native", "transformers"], choices=["native", "transformers"])
     p.add_argument("--prompt-tokens", type=int, default=128)
     p.add_argument("--repeats", type=int, default=5, help="interleaved rounds (median)")
+    p.add_argument("--breakdown", action="store_true",
+                   help="also print the native engine's milliseconds per part of one prefill (mean of --repeats)")
     add_head_option(p)
     add_tile_rows_option(p)
     p.set_defaults(func=run_prefill)

@@ -14,8 +14,10 @@
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>
+#include "ap_attention.h"
 #include "ap_engine.h"
 #include "ap_tiles.h"
+#include "ap_vexp.h"
 
 #define SMALL_LAYER_BYTES (1 << 14) /* layers under this many plane bytes run on one thread */
 
@@ -26,6 +28,37 @@ static void rmsnorm(const float *x, const float *w, float *out, int64_t n, doubl
     for (int64_t i = 0; i < n; i++) ss += x[i] * x[i];
     const float inv = 1.0f / sqrtf(ss / (float)n + (float)eps);
     for (int64_t i = 0; i < n; i++) out[i] = w[i] * (x[i] * inv);
+}
+
+/* The row-wise parts of a layer run on one thread below this many rows: decode batches (<= 16
+ * rows) would pay more for the fork and barrier than the work. */
+#define ROWS_PARALLEL 32
+
+/* out[r] = rmsnorm(x[r]) * w for rows r < R (x, out [R, n]). */
+static void norm_rows(const float *x, const float *w, float *out, int64_t R, int64_t n, double eps, int nt) {
+#pragma omp parallel for num_threads(nt) if (nt > 1 && R >= ROWS_PARALLEL)
+    for (int64_t r = 0; r < R; r++) rmsnorm(x + r * n, w, out + r * n, n, eps);
+}
+
+/* x[r] += h[r] for rows r < R (x, h [R, n]); then, when w is given, h[r] = rmsnorm(x[r]) * w
+ * (one parallel region for both: each barrier costs a time slice on a busy machine). */
+static void add_rows(float *x, float *h, const float *w, int64_t R, int64_t n, double eps, int nt) {
+#pragma omp parallel for num_threads(nt) if (nt > 1 && R >= ROWS_PARALLEL)
+    for (int64_t r = 0; r < R; r++) {
+        for (int64_t i = r * n; i < (r + 1) * n; i++) x[i] += h[i];
+        if (w) rmsnorm(x + r * n, w, h + r * n, n, eps);
+    }
+}
+
+/* g[r] = silu(g[r]) * u[r] for rows r < R (g, u [R, n]); AVX2: ap_vexp.c (expf's bits). */
+static void silu_mul_rows(float *g, const float *u, int64_t R, int64_t n, int nt) {
+    const int avx2 = ap_engine_avx2();
+#pragma omp parallel for num_threads(nt) if (nt > 1 && R >= ROWS_PARALLEL)
+    for (int64_t r = 0; r < R; r++) {
+        if (avx2) ap_silu_mul_avx2(g + r * n, u + r * n, n);
+        else
+            for (int64_t i = r * n; i < (r + 1) * n; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+    }
 }
 
 /* ap_dequant_args of layer L at `bits` (the dequantizer's view of the same tensors). */
@@ -153,49 +186,16 @@ static void rope(float *v, int64_t heads, int64_t D, const float *cos, const flo
     }
 }
 
-/* out[r, h*D:(h+1)*D] = softmax(q . K[0..pos] * scale) @ V[0..pos] for every row and head. */
-static int attention(const ap_eng_model *m, int64_t layer, const ap_eng_row *rows, int64_t R, const float *q,
-                     float *out, int nthreads) {
-    const int64_t H = m->n_heads, G = m->n_heads / m->n_kv_heads, D = m->head_dim, Hkv = m->n_kv_heads;
-    int64_t longest = 0;
-    for (int64_t r = 0; r < R; r++) longest = rows[r].pos + 1 > longest ? rows[r].pos + 1 : longest;
-    const float scale = (float)m->attn_scale;
-    int failed = 0;
-    const int threads = R * H * longest * D < (1 << 16) ? 1 : nthreads;
-#pragma omp parallel num_threads(threads) if (threads > 1)
-    {
-        float *scores = malloc((size_t)longest * sizeof(float));
-        if (!scores) {
-#pragma omp atomic write
-            failed = 1;
-        }
-#pragma omp for schedule(dynamic, 1)
-        for (int64_t job = 0; job < R * H; job++) {
-            if (!scores) continue;
-            const int64_t r = job / H, h = job % H, kvh = h / G, n = rows[r].pos + 1;
-            const int64_t base = ((layer * Hkv + kvh) * rows[r].cap) * D;
-            const float *K = (const float *)(intptr_t)rows[r].k_cache + base;
-            const float *V = (const float *)(intptr_t)rows[r].v_cache + base;
-            const float *qh = q + (r * H + h) * D;
-            float top = -INFINITY;
-            for (int64_t t = 0; t < n; t++) {
-                float s = 0.0f;
-                for (int64_t d = 0; d < D; d++) s += qh[d] * K[t * D + d];
-                scores[t] = s * scale;
-                top = scores[t] > top ? scores[t] : top;
-            }
-            float total = 0.0f;
-            for (int64_t t = 0; t < n; t++) total += scores[t] = expf(scores[t] - top);
-            float *o = out + (r * H + h) * D;
-            for (int64_t d = 0; d < D; d++) o[d] = 0.0f;
-            for (int64_t t = 0; t < n; t++) {
-                const float p = scores[t] / total;
-                for (int64_t d = 0; d < D; d++) o[d] += p * V[t * D + d];
-            }
-        }
-        free(scores);
+/* Rotary embedding of every row's queries q [R, H * D] and keys k [R, Hkv * D] at its position. */
+static void rope_rows(const ap_eng_model *m, const ap_eng_row *rows, int64_t R, float *q, float *k, int nt) {
+    const int64_t D = m->head_dim, QD = m->n_heads * D, KD = m->n_kv_heads * D;
+#pragma omp parallel for num_threads(nt) if (nt > 1 && R >= ROWS_PARALLEL)
+    for (int64_t r = 0; r < R; r++) {
+        const float *cos = (const float *)(intptr_t)m->rope_cos + rows[r].pos * D;
+        const float *sin = (const float *)(intptr_t)m->rope_sin + rows[r].pos * D;
+        rope(q + r * QD, m->n_heads, D, cos, sin);
+        rope(k + r * KD, m->n_kv_heads, D, cos, sin);
     }
-    return failed ? -1 : 0;
 }
 
 static void store_kv(const ap_eng_model *m, int64_t layer, const ap_eng_row *rows, int64_t R, const float *k,
@@ -261,38 +261,31 @@ static int alloc_scratch(scratch *s, const ap_eng_model *m, const ap_eng_row *ro
 static int run_layer(const ap_eng_model *m, int64_t l, const ap_eng_row *rows, int64_t R, scratch s, int nt,
                      int64_t tr, double *timings) {
     const ap_eng_layer *L = (const ap_eng_layer *)(intptr_t)m->layers + l;
-    const int64_t E = m->hidden, QD = m->n_heads * m->head_dim, KD = m->n_kv_heads * m->head_dim;
-    const int64_t I = m->intermediate, D = m->head_dim;
+    const int64_t E = m->hidden, I = m->intermediate;
     int rc = 0;
-    TIMED(AP_T_NORM, for (int64_t r = 0; r < R; r++)
-                         rmsnorm(s.x + r * E, (const float *)(intptr_t)L->in_norm, s.h + r * E, E, m->eps));
+    if (l == 0)  /* later layers get h = their input norm from the previous layer's last add */
+        TIMED(AP_T_NORM, norm_rows(s.x, (const float *)(intptr_t)L->in_norm, s.h, R, E, m->eps, nt));
     TIMED(AP_T_QKV, rc = module_call(&L->q, l, 0, rows, R, s.h, s.q, nt, tr, &s.ps);
           if (!rc) rc = module_call(&L->k, l, 1, rows, R, s.h, s.k, nt, tr, &s.ps);
           if (!rc) rc = module_call(&L->v, l, 2, rows, R, s.h, s.v, nt, tr, &s.ps));
     if (rc) return rc;
     TIMED(AP_T_ATTN, {
-        for (int64_t r = 0; r < R; r++) {
-            const float *cos = (const float *)(intptr_t)m->rope_cos + rows[r].pos * D;
-            const float *sin = (const float *)(intptr_t)m->rope_sin + rows[r].pos * D;
-            rope(s.q + r * QD, m->n_heads, D, cos, sin);
-            rope(s.k + r * KD, m->n_kv_heads, D, cos, sin);
-        }
+        rope_rows(m, rows, R, s.q, s.k, nt);
         store_kv(m, l, rows, R, s.k, s.v);
-        rc = attention(m, l, rows, R, s.q, s.att, nt);
+        rc = ap_attention(m, l, rows, R, s.q, s.att, nt);
     });
     if (rc) return rc;
     TIMED(AP_T_O, rc = module_call(&L->o, l, 3, rows, R, s.att, s.h, nt, tr, &s.ps));
     if (rc) return rc;
-    TIMED(AP_T_NORM, for (int64_t i = 0; i < R * E; i++) s.x[i] += s.h[i];
-          for (int64_t r = 0; r < R; r++)
-              rmsnorm(s.x + r * E, (const float *)(intptr_t)L->post_norm, s.h + r * E, E, m->eps));
+    TIMED(AP_T_NORM, add_rows(s.x, s.h, (const float *)(intptr_t)L->post_norm, R, E, m->eps, nt));
     TIMED(AP_T_MLP_UP, rc = module_call(&L->gate, l, 4, rows, R, s.h, s.g, nt, tr, &s.ps);
           if (!rc) rc = module_call(&L->up, l, 5, rows, R, s.h, s.u, nt, tr, &s.ps);
-          for (int64_t i = 0; i < R * I; i++) s.g[i] = s.g[i] / (1.0f + expf(-s.g[i])) * s.u[i]);
+          silu_mul_rows(s.g, s.u, R, I, nt));
     if (rc) return rc;
     TIMED(AP_T_MLP_DOWN, rc = module_call(&L->down, l, 6, rows, R, s.g, s.h, nt, tr, &s.ps));
     if (rc) return rc;
-    TIMED(AP_T_NORM, for (int64_t i = 0; i < R * E; i++) s.x[i] += s.h[i]);
+    const float *next_norm = l + 1 < m->n_layers ? (const float *)(intptr_t)(L + 1)->in_norm : NULL;
+    TIMED(AP_T_NORM, add_rows(s.x, s.h, next_norm, R, E, m->eps, nt));
     return 0;
 }
 

@@ -10,8 +10,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include "ap_kernels.h"
+#include "ap_attention.h"
 #include "ap_engine.h"
 #include "ap_tiles.h"
+#include "ap_vexp.h"
 
 enum { ISA_PORTABLE = 0, ISA_AVX2 = 1, ISA_AVX512 = 2 };
 static int g_vbmi = -1;
@@ -373,6 +375,8 @@ int ap_run_tile_gemm(const ap_tile_group *groups, int n_groups, int kind, int nt
     return ap_tile_gemm(groups, n_groups, pick_dequant(&groups[0].w), avx2, int16, nthreads);
 }
 
+int ap_engine_avx2(void) { return current_isa() != ISA_PORTABLE; }
+
 static int parse_ints(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t want, int64_t *out, const char *name) {
     if (nargs != want) {
         PyErr_Format(PyExc_TypeError, "%s takes %zd integer arguments, got %zd", name, want, nargs);
@@ -594,6 +598,18 @@ static PyObject *py_engine_step(PyObject *self, PyObject *const *args, Py_ssize_
     Py_RETURN_NONE;
 }
 
+/* vexp(ptr, n): float32 v[i] = expf(v[i]) in place by the engine's AVX2 exp (ap_vexp.h; tests). */
+static PyObject *py_vexp(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    int64_t v[2];
+    if (parse_ints(args, nargs, 2, v, "vexp")) return NULL;
+    if (best_isa() < ISA_AVX2) {
+        PyErr_SetString(PyExc_RuntimeError, "vexp needs an x86-64 CPU with AVX2 and FMA");
+        return NULL;
+    }
+    ap_exp_shifted_avx2((float *)(intptr_t)v[0], v[1], 0.0f);
+    Py_RETURN_NONE;
+}
+
 /* read_bytes(ptr, nbytes, nthreads) -> checksum: stream-read a buffer (bandwidth probe). */
 static PyObject *py_read_bytes(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     int64_t v[3];
@@ -640,6 +656,7 @@ static PyMethodDef METHODS[] = {
     {"half_gemv", (PyCFunction)(void (*)(void))py_half_gemv, METH_FASTCALL, "fp16-stored dense mat-vec, fp32 math"},
     {"int8_gemv", (PyCFunction)(void (*)(void))py_int8_gemv, METH_FASTCALL, "per-row int8 head mat-vec"},
     {"tile_gemm", (PyCFunction)(void (*)(void))py_tile_gemm, METH_FASTCALL, "bitplane-LUT GEMM by dequantized tiles"},
+    {"vexp", (PyCFunction)(void (*)(void))py_vexp, METH_FASTCALL, "the engine's AVX2 expf, in place"},
     {"dequant", (PyCFunction)(void (*)(void))py_dequant, METH_FASTCALL, "dense rows from bitplanes + LUT"},
     {"engine_step", (PyCFunction)(void (*)(void))py_engine_step, METH_FASTCALL, "one native decode engine step"},
     {"read_bytes", (PyCFunction)(void (*)(void))py_read_bytes, METH_FASTCALL, "stream-read a buffer"},

@@ -102,6 +102,10 @@ def test_native_engine_benches_write_rows(tmp_path: Path) -> None:
     assert set(batch["single_tokens_per_s"]) == {3, 8} and batch["ratio"] > 0
     parts = bench_engine.step_breakdown(engines["native"], 3, ids, steps=3)
     assert parts["qkv"] > 0 and parts["head"] > 0 and parts["step"] >= parts["qkv"] + parts["head"]
+    parts = bench_engine.prefill_breakdown(engines["native"], 4, ids, repeats=2)
+    assert parts["rope_attention"] > 0 and parts["mlp_gate_up"] > 0
+    assert parts["prefill"] == pytest.approx(sum(v for k, v in parts.items() if k != "prefill"))
+    assert not engines["native"].profile
 
 
 def test_llamacpp_path_without_the_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

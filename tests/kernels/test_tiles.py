@@ -67,6 +67,19 @@ def test_tiles_equal_the_matvec_path_and_honour_strides(isa: str, bits: int) -> 
     _tol(y[:, :n], want.double(), x, lut)  # both fp32, summed in different orders
 
 
+@pytest.mark.parametrize("bits", [3, 8])
+def test_tiles_across_panel_edges(isa: str, bits: int) -> None:
+    """Token counts around the 16-token activation panels (a last panel of <= 8 tokens is
+    packed 8 wide) and row counts around the 6-row micro-tile, 1 and 2 threads."""
+    n, k = 61, 203  # 61 rows: 10 full micro-tiles and one of 1 row; 203 columns: a ragged 8 x 8 tail
+    codes, luts, planes = random_layer(n, k, 8, seed=bits + 40)
+    lut = luts[bits].contiguous()
+    for tokens in (8, 9, 15, 16, 17, 24, 25, 40):
+        x = torch.randn(tokens, k)
+        for threads in (1, 2):
+            _tol(tile_gemm(x, planes, lut, bits, k, threads), oracle(x, codes, lut, bits, 8), x, lut)
+
+
 def test_bad_token_count_is_refused() -> None:
     _, luts, planes = random_layer(4, 32, 8, seed=0)
     with pytest.raises(ValueError, match="tokens=0"):
