@@ -126,6 +126,13 @@ def _texts(args: argparse.Namespace, manifest: dict) -> dict[str, str]:
     return {corpus: heldout_text(corpus, frac, seed) for corpus in args.corpus}
 
 
+def _precision_tag(label: str) -> str:
+    """How a --bits value is printed: `4-bit`, `4.5-bit`, or a plan's name or file as given."""
+    from anyprec.precision import parse_precision
+
+    return label if isinstance(parse_precision(label), str) else f"{label}-bit"
+
+
 def cmd_ppl(args: argparse.Namespace) -> int:
     from anyprec.fileio import write_json_atomic
     from anyprec.models import load_model
@@ -143,12 +150,13 @@ def cmd_ppl(args: argparse.Namespace) -> int:
         del base
     per_bits = evaluate_perplexity(apm, bits, texts, args.window, max_tokens=args.max_tokens)
     results["bits"] = per_bits
-    names = list(texts)
-    print(f"{'model':>8} " + " ".join(f"{n:>14}" for n in names))
+    names, tags = list(texts), {b: _precision_tag(b) for b in bits}
+    width = max([8, *map(len, tags.values())])
+    print(f"{'model':>{width}} " + " ".join(f"{n:>14}" for n in names))
     if "base" in results:
-        print(f"{'base':>8} " + " ".join(f"{results['base'][n]:>14.3f}" for n in names))
+        print(f"{'base':>{width}} " + " ".join(f"{results['base'][n]:>14.3f}" for n in names))
     for b in bits:
-        print(f"{b + '-bit':>8} " + " ".join(f"{per_bits[b][n]:>14.3f}" for n in names))
+        print(f"{tags[b]:>{width}} " + " ".join(f"{per_bits[b][n]:>14.3f}" for n in names))
     if args.json:
         write_json_atomic(args.json, results)
         print(f"wrote {args.json}")
@@ -175,7 +183,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     from anyprec.errors import UsageError
     from anyprec.models import context_length
-    from anyprec.precision import load_with_precisions, parse_precision
+    from anyprec.precision import load_with_precisions
 
     if not args.prompt.strip():
         raise UsageError("--prompt is empty: give the text to continue, e.g. --prompt 'The capital of France is'")
@@ -186,8 +194,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     ids = tok(args.prompt, return_tensors="pt")
     budget = generation_budget(ids["input_ids"].shape[1], args.max_new_tokens, context_length(args.dir))
     for label, precision in precisions.items():
-        tag = label if isinstance(parse_precision(label), str) else f"{label}-bit"  # a plan's name as is
-        print(f"[{tag}] {args.prompt}", end="", flush=True)
+        print(f"[{_precision_tag(label)}] {args.prompt}", end="", flush=True)
         # the streamer prints each piece of text as soon as it is decoded, and the final newline
         streamer = TextStreamer(tok, skip_prompt=True, skip_special_tokens=True)
         apm.generate(**ids, precision=precision, max_new_tokens=budget, do_sample=False, streamer=streamer,

@@ -241,6 +241,9 @@ def test_cli_plan_stores_a_hashed_plan_and_ppl_uses_it(tiny_artifact, tmp_path, 
                  "--text", str(text), "--json", str(tmp_path / "ppl.json")]) == 0
     measured = json.loads((tmp_path / "ppl.json").read_text())["bits"]
     assert set(measured) == {"4", "4.5", str(out)}
+    printed = capsys.readouterr().out.splitlines()  # a plan file is named as given, widths as N-bit
+    assert any(line.split()[0] == "4.5-bit" for line in printed)
+    assert any(line.split()[0] == str(out) for line in printed)
     apm = load_anyprec(tiny_artifact)
     apm.set_precision(str(out))
     assert apm.current_plan.bits == plan["modules"]
