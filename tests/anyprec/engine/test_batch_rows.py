@@ -15,7 +15,6 @@ from tests.anyprec.engine.engine_testlib import build_apm, full_logits, tiny_con
 
 pytestmark = pytest.mark.skipif(not cpu.is_available(), reason="native CPU kernels not built")
 TOL = dict(rtol=1e-4, atol=1e-4)
-FAMILIES = [f for f in ("portable", "avx2") if f == "portable" or cpu._lib().best_isa() in ("avx2", "avx512")]
 # per batch size: runs that reach the decode tile threshold (5 rows at 6..8 bits, 8 at 4..5)
 # next to short runs (mat-vec)
 MIXES = {
@@ -72,15 +71,6 @@ def test_tiled_rows_equal_the_matvec_path(apm):
             tiled.release(s)
         for s in b:
             matvec.release(s)
-
-
-@pytest.fixture(params=FAMILIES)
-def family(request):
-    lib = cpu._lib()
-    before = lib.isa()
-    lib.set_isa(request.param)
-    yield request.param
-    lib.set_isa(before)
 
 
 @pytest.mark.parametrize("mode", ["int8w", "int8"])

@@ -12,16 +12,6 @@ from anyprec.kernels import cpu
 from tests.anyprec.engine.engine_testlib import build_apm, tiny_config
 
 pytestmark = pytest.mark.skipif(not cpu.is_available(), reason="native kernels not built")
-FAMILIES = [f for f in ("portable", "avx2") if f == "portable" or cpu._lib().best_isa() in ("avx2", "avx512")]
-
-
-@pytest.fixture(params=FAMILIES)
-def family(request):
-    lib = cpu._lib()
-    before = lib.isa()
-    lib.set_isa(request.param)
-    yield request.param
-    lib.set_isa(before)
 
 
 def reference(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, mode: str) -> torch.Tensor:
