@@ -18,6 +18,7 @@ and restoring the originals afterwards.
 
 from __future__ import annotations
 
+import json
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import Enum
@@ -30,6 +31,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from anyprec import archs
+from anyprec.config import QuantizationConfig
 from anyprec.fileio import apply_umask, atomic_path
 
 QuantizedWeights = dict[str, tuple[np.ndarray, np.ndarray]]
@@ -109,9 +111,11 @@ def quantized_weights(model: nn.Module, qweights: QuantizedWeights) -> Iterator[
 
 
 def _quantize_module(
-    w: np.ndarray, weights: np.ndarray, method: Method, bits: list[int], seed_bits: int, parent_bits: int
+    w: np.ndarray, weights: np.ndarray, method: Method, bits: list[int], seed_bits: int, parent_bits: int,
+    options: dict[str, float],
 ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """One module quantized by `method` at every bit-width: {b: (codes, lut)}."""
+    """One module quantized by `method` at every bit-width: {b: (codes, lut)}; options: the
+    artifact's clustering options (joint_weight, lookahead_weight) for ours."""
     from anyprec.clustering import ClusterMethod, quantize_nested, quantize_rtn, quantize_seed
 
     if method is Method.RTN:
@@ -124,7 +128,8 @@ def _quantize_module(
         if outside:
             raise ValueError(f"bits {outside} outside the nested range {seed_bits}..{parent_bits}")
         cluster = ClusterMethod.OPTIMAL if method is Method.OURS else ClusterMethod.LLOYD
-        parent, luts = quantize_nested(w, weights, seed_bits, parent_bits, cluster)
+        parent, luts = quantize_nested(w, weights, seed_bits, parent_bits, cluster,
+                                       **(options if method is Method.OURS else {}))
         return {b: (parent >> (parent_bits - b), luts[b]) for b in bits}
     raise ValueError(f"method {method.value!r} is not quantized; use one of "
                      f"{[m.value for m in Method if m is not Method.BASE]}")
@@ -140,8 +145,12 @@ def quantize_method(
     progress: bool = True,
     cache: Path | None = None,
     cache_key: str = "",
+    quant: QuantizationConfig | None = None,
 ) -> MethodResult:
     """Quantize every module in `fisher` (f32[N, K] per module name) with `method` at `bits`.
+
+    quant: the artifact's quantization settings; ours uses its clustering options (joint seed,
+    look-ahead upscaling: None = plain, the paper's), the other methods are the same either way.
 
     cache: a folder keeping each module's result (`<method>/<module>.safetensors`), reused
     when its stored `cache_key` matches (pass one that names the model, calibration and
@@ -152,6 +161,10 @@ def quantize_method(
     from anyprec.clustering import sample_weights, weighted_objective
 
     method = Method(method)
+    options = {k: v for k, v in (quant.model_dump(include={"joint_weight", "lookahead_weight"}) if quant else {}).items()
+               if v is not None and method is Method.OURS}
+    if options:  # plain ours keeps its earlier cache key
+        cache_key = f"{cache_key}|{json.dumps(options, sort_keys=True)}"
     result = MethodResult(method, {b: {} for b in bits}, {b: {} for b in bits})
     for name in tqdm(list(fisher), desc=f"quantize {method.value}", disable=not progress, leave=False):
         path = cache / method.value / f"{name}.safetensors" if cache else None
@@ -162,7 +175,7 @@ def quantize_method(
             weights = sample_weights(w, fisher[name].detach().cpu().numpy().astype(np.float32))
             stored |= {b: (codes, lut, float(weighted_objective(w, weights, codes, lut).sum()))
                        for b, (codes, lut) in _quantize_module(w, weights, method, missing, seed_bits,
-                                                                parent_bits).items()}
+                                                                parent_bits, options).items()}
             if path:
                 _save_cached(path, stored, cache_key)
         for b in bits:

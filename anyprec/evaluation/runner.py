@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from anyprec.config import EvaluationConfig
+from anyprec.config import EvaluationConfig, QuantizationConfig
 from anyprec.evaluation.baselines import DEFAULT_METHODS, Method, quantize_method, quantized_weights
 from anyprec.evaluation.bigbench import PromptStyle
 from anyprec.evaluation.lm_eval_runner import ZeroShotSuite, build_suite, evaluate_suite, make_lm
@@ -74,6 +74,7 @@ def run_evaluation(model: torch.nn.Module, tokenizer: Any, fisher: dict[str, tor
     plans = _plans(artifact, config.bits)
     fraction, split_seed = heldout_split(manifest["inputs"])
     nesting = manifest["seed_bits"], manifest["parent_bits"]
+    quant = QuantizationConfig.from_dump(manifest["inputs"]["quantization"])  # ours: the artifact's clustering
     streams = heldout_streams(tokenizer, config.ppl_corpora, fraction, split_seed, config.ppl_max_tokens)
     source = Path(config.bigbench_source) if config.bigbench_source else None
     suite = build_suite(config.tasks, source, style=PromptStyle(config.prompt_style)) if config.tasks else None
@@ -94,7 +95,7 @@ def run_evaluation(model: torch.nn.Module, tokenizer: Any, fisher: dict[str, tor
         needed = sorted(set(widths) | {b for p in plans.values() for b in p.bits.values()}) if ours else widths
         folder, key = cache or (None, "")
         quantized = quantize_method(model, fisher, method, needed, seed_bits=nesting[0], parent_bits=nesting[1],
-                                    progress=progress, cache=folder, cache_key=key)
+                                    progress=progress, cache=folder, cache_key=key, quant=quant)
         report["objective"][name] = {str(b): _objective_entry(quantized.objective[b]) for b in widths}
         report["methods"][name] = {}
         for key, precision in [(str(b), b) for b in widths] + (list(plans.items()) if ours else []):
