@@ -8,7 +8,8 @@
 #define AVX2 __attribute__((target("avx2,fma")))
 #define INLINE static inline __attribute__((always_inline)) AVX2
 
-/* glibc's __exp2f_data.tab: bits of 2^(i/32) minus (i << 52) / 32 (the exponent that k adds back). */
+/* Bits of 2^(i/32) minus (i << 52) / 32 (the exponent that k adds back): the table of the expf
+ * in ARM's optimized-routines (MIT), which glibc ships as __exp2f_data.tab. */
 static const uint64_t EXP2_TAB[32] = {
     0x3ff0000000000000ULL, 0x3fefd9b0d3158574ULL, 0x3fefb5586cf9890fULL, 0x3fef9301d0125b51ULL,
     0x3fef72b83c7d517bULL, 0x3fef54873168b9aaULL, 0x3fef387a6e756238ULL, 0x3fef1e9df51fdee1ULL,
