@@ -164,8 +164,6 @@ def batch_breakdown(engine, batch_bits: Sequence[int], prompt_ids: Sequence[int]
     """Milliseconds per part of one native decode step of len(batch_bits) sequences (sequence
     i at batch_bits[i]; mean over `steps` steps after one untimed step that sizes the caches;
     the prefills are not profiled). `python_and_other` is the step's wall time minus the C parts."""
-    from anyprec.engine.native import PARTS
-
     slots, tokens = [], []
     try:
         for b in batch_bits:
@@ -173,39 +171,40 @@ def batch_breakdown(engine, batch_bits: Sequence[int], prompt_ids: Sequence[int]
             slots.append(slot)
             tokens.append(int(torch.argmax(logits)))
         tokens = engine.step(slots, tokens, list(batch_bits)).argmax(dim=-1).tolist()
-        engine.timings.zero_()
-        engine.profile = True
-        start = time.perf_counter()
-        for _ in range(steps):
+
+        def one_step() -> float:
+            nonlocal tokens
+            start = time.perf_counter()
             tokens = engine.step(slots, tokens, list(batch_bits)).argmax(dim=-1).tolist()
-        wall = time.perf_counter() - start
+            return time.perf_counter() - start
+
+        return _profiled_parts(engine, one_step, steps, "step")
     finally:
-        engine.profile = False
         for slot in slots:
             engine.release(slot)
-    parts = {name: float(t) * 1e3 / steps for name, t in zip(PARTS, engine.timings)}
-    parts["python_and_other"] = wall * 1e3 / steps - sum(parts.values())
-    parts["step"] = wall * 1e3 / steps
-    return parts
 
 
 def prefill_breakdown(engine, bits: int, prompt_ids: Sequence[int], repeats: int) -> dict[str, float]:
     """Milliseconds per part of one native prefill of `prompt_ids` at `bits` (mean over
     `repeats` prefills): the engine's per-part timers (wall time of each part, all threads),
     `python_and_other` (the rest of `add`: row packing, cache allocation) and `prefill`."""
+    return _profiled_parts(engine, lambda: prefill_seconds(engine, prompt_ids, bits), repeats, "prefill")
+
+
+def _profiled_parts(engine, run: Callable[[], float], n: int, total: str) -> dict[str, float]:
+    """Mean milliseconds per part (the engine's timers) of n calls of `run` (which returns its
+    wall seconds), plus `python_and_other` (wall time outside the C parts) and `total`."""
     from anyprec.engine.native import PARTS
 
     engine.timings.zero_()
     engine.profile = True
-    wall = 0.0
     try:
-        for _ in range(repeats):
-            wall += prefill_seconds(engine, prompt_ids, bits)
+        wall = sum(run() for _ in range(n))
     finally:
         engine.profile = False
-    parts = {name: float(t) * 1e3 / repeats for name, t in zip(PARTS, engine.timings)}
-    parts["python_and_other"] = wall * 1e3 / repeats - sum(parts.values())
-    parts["prefill"] = wall * 1e3 / repeats
+    parts = {name: float(t) * 1e3 / n for name, t in zip(PARTS, engine.timings)}
+    parts["python_and_other"] = wall * 1e3 / n - sum(parts.values())
+    parts[total] = wall * 1e3 / n
     return parts
 
 

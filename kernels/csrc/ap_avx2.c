@@ -98,12 +98,9 @@ INLINE void avx2_rows_nibble(const ap_gemv_args *a, int64_t row0, int64_t row1, 
                 fma_tokens32(a, w, wv, acc, T);
             }
         }
-        for (int t = 0; t < T; t++) {
-            const __m256 s8 = _mm256_add_ps(_mm256_add_ps(acc[t][0], acc[t][1]), _mm256_add_ps(acc[t][2], acc[t][3]));
-            const __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
-            const __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
-            a->y[t * a->ystride + n] = _mm_cvtss_f32(_mm_add_ss(s2, _mm_movehdup_ps(s2)));
-        }
+        for (int t = 0; t < T; t++)
+            a->y[t * a->ystride + n] =
+                hsum_ps(_mm256_add_ps(_mm256_add_ps(acc[t][0], acc[t][1]), _mm256_add_ps(acc[t][2], acc[t][3])));
     }
 }
 
@@ -146,11 +143,7 @@ INLINE void avx2_rows_impl(const ap_gemv_args *a, int64_t row0, int64_t row1, in
             }
         }
         if (T == 1) acc[0] = _mm256_add_ps(_mm256_add_ps(acc1[0], acc1[1]), _mm256_add_ps(acc1[2], acc1[3]));
-        for (int t = 0; t < T; t++) {
-            const __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(acc[t]), _mm256_extractf128_ps(acc[t], 1));
-            const __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
-            a->y[t * a->ystride + n] = _mm_cvtss_f32(_mm_add_ss(s2, _mm_movehdup_ps(s2)));
-        }
+        for (int t = 0; t < T; t++) a->y[t * a->ystride + n] = hsum_ps(acc[t]);
     }
 }
 

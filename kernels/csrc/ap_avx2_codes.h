@@ -17,6 +17,13 @@
 #define AVX2 __attribute__((target("avx2,fma,f16c")))
 #define INLINE static inline __attribute__((always_inline)) AVX2
 
+/* Sum of the 8 lanes of v (one fixed order: halves, then pairs, then the last two). */
+INLINE float hsum_ps(__m256 v) {
+    const __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    const __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+    return _mm_cvtss_f32(_mm_add_ss(s2, _mm_movehdup_ps(s2)));
+}
+
 /* Byte k of the result = 0xff if column k's bit is set in word w of `plane`, else 0. */
 INLINE __m256i plane_mask32(const uint32_t *plane, int64_t w) {
     const __m256i spread = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,

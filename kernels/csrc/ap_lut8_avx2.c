@@ -24,12 +24,6 @@
 #include "ap_kernels.h"
 #include "ap_avx2_codes.h"
 
-INLINE float hsum_ps(__m256 v) {
-    const __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    const __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
-    return _mm_cvtss_f32(_mm_add_ss(s2, _mm_movehdup_ps(s2)));
-}
-
 /* sum_k q * x for T fp32 tokens: q widened to fp32, columns 8j..8j+7 in acc[t][j]. */
 INLINE void dot_f32(const ap_gemv_args *a, const uint32_t *const src[], const __m256i *tabs, int bits, int T,
                     float out[4]) {
